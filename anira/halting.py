@@ -1,0 +1,194 @@
+"""The halting-policy interface and the math the built-in policies share.
+
+A policy decides, per token, how many iterations of the shared core it runs.
+The engine (:mod:`anira.model`) never looks at a policy's name; it calls:
+
+* ``begin(h0, ctx, emit)`` once, on the Prelude output. Early policies decide here.
+* ``step(state, h, t, ctx, emit)`` after iteration ``t`` (0-based, so depth
+  ``t + 1``) has run and freezing has been applied. It returns the new state
+  and the *continue weight* for iteration ``t + 1``: a float tensor (b, p)
+  whose values are 0 or 1, and which may carry a straight-through gradient.
+* ``finish(state, ctx)`` returns the exit-depth distribution ``q`` (b, p, D).
+* ``token_regularizer(out)`` gives the policy's per-token loss term (b, p);
+  ``loss(...)`` combines it with the task's cross-entropy (override for
+  policies such as PonderNet whose task loss differs).
+
+All per-call state is in the ``state`` dict that passes through these calls;
+nothing per-call is stored on the policy object. Every signal the policy
+computes goes through ``emit(name, tensor)``, which runs it through the hook
+point ``halt.hook_<name>`` (in ``begin``) or ``loop.<t>.halt.hook_<name>`` (in
+``step``) and returns the possibly patched tensor, so patching a halting signal
+changes the decision that follows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anira.config import ModelConfig
+from anira.errors import AniraError
+
+State = dict[str, Any]
+Emit = Callable[[str, Tensor], Tensor]
+Timing = Literal["early", "online", "fixed", "training-free"]
+
+
+@dataclass(frozen=True)
+class LoopContext:
+    """What the engine tells a policy about the current forward pass."""
+
+    max_iters: int  # D
+    stochastic: bool  # training: sample exits; inference: deterministic rule
+    readout: Callable[[Tensor], Tensor]  # state (b, p, d) -> logits (b, p, V), hooks bypassed
+
+
+class HaltingPolicy(nn.Module):
+    """Base class of every halting policy (see the module docstring)."""
+
+    name: ClassVar[str]
+    timing: ClassVar[Timing]
+    description: ClassVar[str] = ""
+    #: signals emitted in ``begin``: name -> shape, for the hook catalogue
+    begin_signals: ClassVar[dict[str, str]] = {}
+    #: signals emitted in each ``step``: name -> shape
+    step_signals: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.max_iters = cfg.max_iters
+
+    # -- the loop ----------------------------------------------------------------------
+    def begin(self, h0: Tensor, ctx: LoopContext, emit: Emit) -> State:
+        return {}
+
+    def step(self, state: State, h: Tensor, t: int, ctx: LoopContext, emit: Emit) -> tuple[State, Tensor]:
+        raise NotImplementedError
+
+    def finish(self, state: State, ctx: LoopContext, like: Tensor) -> Tensor:
+        """The exit-depth distribution q, shape (b, p, D)."""
+        raise NotImplementedError
+
+    def readout_state(self, state: State, h: Tensor) -> Tensor:
+        """The state the Coda reads; by default each token's (frozen) exit state."""
+        return h
+
+    # -- inference with full-distribution rules ---------------------------------------------
+    def needs_full_distribution(self) -> bool:
+        """True when the inference rule needs q over all depths before choosing
+        (e.g. the mode of an online policy); the engine then runs a scouting pass."""
+        return False
+
+    def depths_from_distribution(self, q: Tensor) -> Tensor:
+        """Exit depths (b, p) in 1..D chosen from a full distribution q."""
+        raise NotImplementedError
+
+    # -- objective ----------------------------------------------------------------------
+    def token_regularizer(self, q: Tensor) -> Tensor:
+        """Per-token regulariser (b, p), already weighted; zero by default."""
+        return q.new_zeros(q.shape[:-1])
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters
+        return [n for n, p in params.items() if n not in ("self", "cfg") and p.kind == p.KEYWORD_ONLY]
+
+
+def build_policy(policy_cls: type[HaltingPolicy], cfg: ModelConfig, options: dict[str, Any]) -> HaltingPolicy:
+    """Instantiate a policy, turning bad options into one-line errors."""
+    known = policy_cls.option_names()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise AniraError(
+            f"unknown option(s) {', '.join(unknown)} for policy {policy_cls.name!r}; "
+            f"known: {', '.join(known) or 'none'}"
+        )
+    return policy_cls(cfg, **options)
+
+
+# ---------------------------------------------------------------------------------------
+# Shared math
+# ---------------------------------------------------------------------------------------
+
+
+class Decider(nn.Module):
+    """The paper's decider FFN: LayerNorm (affine) -> Linear(H->I, no bias) -> SiLU
+    -> Linear(I->out, with bias)."""
+
+    def __init__(self, d_model: int, d_hidden: int, d_out: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.fc_in = nn.Linear(d_model, d_hidden, bias=False)
+        self.fc_out = nn.Linear(d_hidden, d_out, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc_out(F.silu(self.fc_in(self.norm(x))))
+
+
+def geometric_log_prior(max_iters: int, base: float, device=None) -> Tensor:
+    """log p(d) for the truncated geometric prior p(d) ∝ base^(-d) on d = 1..D."""
+    if base <= 0:
+        raise AniraError(f"prior base b must be > 0, got {base}")
+    d = torch.arange(1, max_iters + 1, dtype=torch.float32, device=device)
+    logits = -d * math.log(base)
+    return logits - torch.logsumexp(logits, dim=0)
+
+
+def kl_to_prior(q: Tensor, log_prior: Tensor) -> Tensor:
+    """KL(q || p) per token, q (..., D) a distribution, log_prior (D,). 0·log 0 = 0."""
+    qf = q.float()
+    log_q = torch.log(qf.clamp_min(1e-30))
+    return torch.where(qf > 0, qf * (log_q - log_prior), torch.zeros_like(qf)).sum(-1)
+
+
+def online_distribution(alphas: Tensor) -> Tensor:
+    """q from per-depth halting probabilities (ANIRA-O / PonderNet form).
+
+    alphas (..., D-1): alpha(d) for d = 1..D-1. With r(0) = 1,
+    q(d) = r(d-1)·alpha(d) for d < D, r(d) = r(d-1)(1 - alpha(d)), q(D) = r(D-1).
+    Returns q (..., D).
+    """
+    ones = torch.ones_like(alphas[..., :1])
+    survive = torch.cumprod(torch.cat([ones, 1 - alphas], dim=-1), dim=-1)  # r(0..D-1)
+    halt = torch.cat([alphas, ones], dim=-1)  # alpha(1..D-1), and 1 at D
+    return survive * halt
+
+
+def expected_depth(q: Tensor) -> Tensor:
+    """Σ_d d·q(d), d = 1..D; q (..., D) -> (...)."""
+    d = torch.arange(1, q.shape[-1] + 1, dtype=q.dtype, device=q.device)
+    return (q * d).sum(-1)
+
+
+def depth_at_cdf_threshold(q: Tensor, threshold: float) -> Tensor:
+    """First d with F(d) >= threshold, else D. q (..., D) -> long (...), values 1..D."""
+    cdf = q.cumsum(-1)
+    reached = cdf >= threshold - 1e-6  # tolerance: F(D) may round to 1 - ε
+    reached[..., -1] = True
+    return reached.float().argmax(-1) + 1
+
+
+def depth_mode(q: Tensor) -> Tensor:
+    return q.argmax(-1) + 1
+
+
+def depth_mean(q: Tensor) -> Tensor:
+    """The expected depth rounded to the nearest integer depth."""
+    return expected_depth(q).round().clamp(1, q.shape[-1]).long()
+
+
+def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """Forward value ``hard``; gradient as if it were ``soft``."""
+    return hard + (soft - soft.detach())
+
+
+def continue_from_depth_sample(sample: Tensor, t: int) -> Tensor:
+    """Continue weight for iteration t+1 given a (straight-through) one-hot over
+    depths (..., D): 1 when the chosen depth is >= t + 2, i.e. Σ_{d ≥ t+2} sample(d)."""
+    return sample[..., t + 1 :].sum(-1)

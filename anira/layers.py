@@ -1,0 +1,167 @@
+"""Llama-style Transformer layers (RMSNorm pre-norm, rotary positions, SwiGLU,
+causal attention, no biases) and the hook points that observe them.
+
+Weights and hook points live in separate modules on purpose: the core's weights
+are shared by every iteration, but each iteration owns its own hook points
+(``loop.{t}.core.{l}.attn.hook_q``, ...), so a cache never overwrites one
+iteration with the next.
+
+Einsum letters: b batch, p query position, k key position, h head,
+d model width, e head width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from anira.config import ModelConfig
+
+
+def hook(point: HookPoint | None, x: Tensor) -> Tensor:
+    """Pass ``x`` through a hook point, or straight through when hooks are bypassed."""
+    return x if point is None else point(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # normalise in float32 for stability under bf16 autocast
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class Rotary(nn.Module):
+    """Rotary position tables (half-split convention), built once for max_len."""
+
+    def __init__(self, d_head: int, max_len: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, d_head, 2, dtype=torch.float32) / d_head))
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (pos, e/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Rotate ``x`` of shape (b, p, h, e); ``positions`` (b, p) default 0..p-1."""
+        if positions is None:
+            cos = self.cos[: x.shape[1]][None, :, None, :]
+            sin = self.sin[: x.shape[1]][None, :, None, :]
+        else:
+            cos = self.cos[positions][:, :, None, :]
+            sin = self.sin[positions][:, :, None, :]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        return out.type_as(x)
+
+
+class AttnHooks(nn.Module):
+    """Hook points inside one attention layer at one place in the network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook_q = HookPoint()  # (b, p, h, e) before rotary
+        self.hook_k = HookPoint()  # (b, k, h, e) before rotary
+        self.hook_v = HookPoint()  # (b, k, h, e)
+        self.hook_attn_scores = HookPoint()  # (b, h, p, k) masked, before softmax
+        self.hook_pattern = HookPoint()  # (b, h, p, k) softmax
+        self.hook_z = HookPoint()  # (b, p, h, e) pattern-weighted values
+
+
+class LayerHooks(nn.Module):
+    """Hook points around one Transformer layer at one place in the network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook_resid_pre = HookPoint()  # (b, p, d)
+        self.attn = AttnHooks()
+        self.hook_attn_out = HookPoint()  # (b, p, d)
+        self.hook_resid_mid = HookPoint()  # (b, p, d)
+        self.hook_mlp_out = HookPoint()  # (b, p, d)
+        self.hook_resid_post = HookPoint()  # (b, p, d)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.W_q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.W_k = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.W_v = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.W_o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, rotary: Rotary, hooks: AttnHooks | None) -> Tensor:
+        """Causal self-attention over x (b, p, d)."""
+        q = hook(hooks and hooks.hook_q, rearrange(self.W_q(x), "b p (h e) -> b p h e", h=self.n_heads))
+        k = hook(hooks and hooks.hook_k, rearrange(self.W_k(x), "b k (h e) -> b k h e", h=self.n_heads))
+        v = hook(hooks and hooks.hook_v, rearrange(self.W_v(x), "b k (h e) -> b k h e", h=self.n_heads))
+        q, k = rotary(q), rotary(k)
+        z = attend(q, k, v, hooks)
+        return self.W_o(rearrange(z, "b p h e -> b p (h e)"))
+
+
+def _wants_pattern(hooks: AttnHooks | None) -> bool:
+    """Materialise the attention pattern only when someone listens to it."""
+    if hooks is None:
+        return False
+    return bool(hooks.hook_pattern.fwd_hooks or hooks.hook_attn_scores.fwd_hooks
+                or hooks.hook_pattern.bwd_hooks or hooks.hook_attn_scores.bwd_hooks)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, hooks: AttnHooks | None,
+           q_pos: Tensor | None = None) -> Tensor:
+    """Causal attention. q (b, p, h, e) at positions ``q_pos`` (p,) [default 0..p-1],
+    k and v (b, k, h, e) at positions 0..k-1. Returns z (b, p, h, e)."""
+    n_q, n_k = q.shape[1], k.shape[1]
+    if q_pos is None:
+        q_pos = torch.arange(n_k - n_q, n_k, device=q.device) if n_q != n_k else torch.arange(n_q, device=q.device)
+    allowed = q_pos[:, None] >= torch.arange(n_k, device=q.device)[None, :]  # (p, k)
+    if _wants_pattern(hooks):
+        scale = q.shape[-1] ** -0.5
+        scores = torch.einsum("bphe,bkhe->bhpk", q.float(), k.float()) * scale
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores = hook(hooks.hook_attn_scores, scores)
+        pattern = hook(hooks.hook_pattern, scores.softmax(dim=-1))
+        z = torch.einsum("bhpk,bkhe->bphe", pattern, v.float()).type_as(v)
+    else:
+        # fused kernel; same function as the explicit branch above
+        z = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed
+        ).transpose(1, 2)
+    return hook(hooks and hooks.hook_z, z)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.W_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.W_up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.W_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.W_down(F.silu(self.W_gate(x)) * self.W_up(x))
+
+
+class Block(nn.Module):
+    """One pre-norm Transformer layer (weights only; hook points are passed in)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_attn = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ln_mlp = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x: Tensor, rotary: Rotary, hooks: LayerHooks | None) -> Tensor:
+        x = hook(hooks and hooks.hook_resid_pre, x)
+        attn_out = hook(hooks and hooks.hook_attn_out, self.attn(self.ln_attn(x), rotary, hooks and hooks.attn))
+        x = hook(hooks and hooks.hook_resid_mid, x + attn_out)
+        mlp_out = hook(hooks and hooks.hook_mlp_out, self.mlp(self.ln_mlp(x)))
+        return hook(hooks and hooks.hook_resid_post, x + mlp_out)

@@ -1,0 +1,302 @@
+"""The recurrent Transformer: Prelude -> shared core looped up to D times -> Coda.
+
+Per-token exit with freezing (PAPER.md §2): with candidate h~(d) = R(h(d-1)),
+
+    h_i(d) = a_i(d)·h~_i(d) + (1 - a_i(d))·h_i(d-1),   a_i(d) = 1[d <= d_i]
+
+so after its exit depth a token's state, and so its key and value, stop
+changing while it stays visible to attention. Every token runs iteration 1.
+The Coda reads each token's exit state.
+
+Training (``model.train()``) unrolls all D iterations as a static graph and the
+policy samples exits. Inference (``model.eval()``) uses the policy's
+deterministic rule and stops the loop once every token has exited.
+
+Hook names (see docs/hooks.md for shapes): ``hook_embed``, ``prelude.{l}.*``,
+``halt.hook_*`` (early-policy signals), ``loop.{t}.hook_resid_pre``,
+``loop.{t}.core.{l}.*``, ``loop.{t}.hook_resid_post`` (after freezing),
+``loop.{t}.hook_running``, ``loop.{t}.halt.hook_*``, ``coda.hook_exit_state``,
+``coda.hook_exit_depth``, ``coda.hook_expected_depth``, ``coda.{l}.*``,
+``hook_logits``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from anira.config import ModelConfig
+from anira.errors import AniraError
+from anira.halting import HaltingPolicy, LoopContext, build_policy, expected_depth
+from anira.layers import Block, LayerHooks, RMSNorm, Rotary, hook
+
+
+@dataclass
+class ModelOutput:
+    """Everything one forward pass produced."""
+
+    logits: Tensor  # (b, p, vocab)
+    exit_depth: Tensor  # (b, p) long, 1..D: iterations each token ran
+    q: Tensor  # (b, p, D) the policy's exit-depth distribution
+    expected_depth: Tensor  # (b, p) Σ_d d·q(d)
+    running: Tensor  # (D, b, p) bool: token computed at iteration t
+    iterations_run: int  # iterations the loop actually executed (< D if it stopped early)
+    state: dict[str, Any] = field(default_factory=dict)  # the policy's final state
+
+    @property
+    def execution_cost(self) -> Tensor:
+        """Σ_d |A_d| per sequence: token-iterations executed, shape (b,)."""
+        return self.running.sum(dim=(0, 2))
+
+
+class SignalHooks(nn.Module):
+    """One hook point per halting signal a policy emits (``hook_<name>``)."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.signal_names = list(names)
+        for name in names:
+            self.add_module(f"hook_{name}", HookPoint())
+
+    def point(self, name: str) -> HookPoint:
+        if name not in self.signal_names:
+            raise AniraError(f"policy emitted undeclared signal {name!r}; declared: {self.signal_names}")
+        return getattr(self, f"hook_{name}")
+
+
+class StageHooks(nn.Module):
+    """Hook points of a stack of layers (``{l}.``) plus extra named points."""
+
+    def __init__(self, n_layers: int, extra: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.n_layers = n_layers
+        for l in range(n_layers):
+            self.add_module(str(l), LayerHooks())
+        for name in extra:
+            self.add_module(name, HookPoint())
+
+    def __getitem__(self, l: int) -> LayerHooks:
+        return getattr(self, str(l))
+
+
+class IterationHooks(nn.Module):
+    """Every hook point owned by one iteration ``t`` of the loop (``loop.{t}.``)."""
+
+    def __init__(self, n_core: int, signal_names: list[str]) -> None:
+        super().__init__()
+        self.hook_running = HookPoint()  # (b, p) bool: still computing at t
+        self.hook_resid_pre = HookPoint()  # (b, p, d)
+        self.core = StageHooks(n_core)
+        self.hook_resid_post = HookPoint()  # (b, p, d) after freezing
+        self.halt = SignalHooks(signal_names)
+
+
+class RecurrentTransformer(HookedRootModule):
+    """A looped, weight-shared Transformer with per-token adaptive depth."""
+
+    def __init__(self, cfg: ModelConfig, policy: HaltingPolicy) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # -- weights
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rotary = Rotary(cfg.d_head, cfg.max_len, cfg.rope_base)
+        self.prelude_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
+        self.core_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_core))
+        self.coda_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
+        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.policy = policy
+        # -- hook points (no weights)
+        self.hook_embed = HookPoint()  # (b, p, d)
+        self.prelude = StageHooks(cfg.n_prelude)
+        self.halt = SignalHooks(list(policy.begin_signals))
+        self.loop = nn.ModuleList(IterationHooks(cfg.n_core, list(policy.step_signals)) for _ in range(cfg.max_iters))
+        self.coda = StageHooks(cfg.n_coda, extra=("hook_exit_state", "hook_exit_depth", "hook_expected_depth"))
+        self.hook_logits = HookPoint()  # (b, p, vocab)
+        #: when False every hook point is skipped (benchmarks compare against this)
+        self.hook_points_enabled = True
+        #: inference stops the loop once every token has exited
+        self.stop_when_all_exited = True
+        self._init_weights()
+        self.setup()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module not in self._decider_linears():
+                nn.init.normal_(module.weight, std=self.cfg.init_std)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=self.cfg.init_std)
+
+    def _decider_linears(self) -> set[nn.Module]:
+        # deciders keep their own (PyTorch default) initialisation
+        return {m for m in self.policy.modules() if isinstance(m, nn.Linear)}
+
+    # ---------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def _h(self, point: nn.Module | None) -> Any:
+        return point if self.hook_points_enabled else None
+
+    def check_tokens(self, tokens: Tensor) -> Tensor:
+        """Validate token ids; returns a (b, p) long tensor on the model's device."""
+        if not isinstance(tokens, Tensor):
+            tokens = torch.as_tensor(tokens)
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise AniraError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        if tokens.dim() != 2:
+            raise AniraError(f"tokens must have shape (batch, pos), got {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.cfg.max_len:
+            raise AniraError(f"sequence length {tokens.shape[1]} exceeds max_len {self.cfg.max_len}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.cfg.vocab_size)][0].item()
+            raise AniraError(f"token id {bad} is outside the vocabulary of size {self.cfg.vocab_size}")
+        return tokens.long().to(self.device)
+
+    # ---------------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, *, exit_depths: Tensor | None = None) -> ModelOutput:
+        """Run the model. ``exit_depths`` (b, p) in 1..D forces each token's depth
+        (the policy still computes its signals and q)."""
+        tokens = self.check_tokens(tokens)
+        h0 = self.run_prelude(tokens)
+        forced = None if exit_depths is None else self._check_depths(exit_depths, tokens.shape)
+        if forced is None and not self.training and self.policy.needs_full_distribution():
+            with torch.no_grad():  # scouting pass, hooks off: choose depths from the full q
+                enabled, self.hook_points_enabled = self.hook_points_enabled, False
+                try:
+                    all_d = torch.full(tokens.shape, self.cfg.max_iters, device=self.device)
+                    scout = self.run_loop(h0, forced=all_d)
+                finally:
+                    self.hook_points_enabled = enabled
+            forced = self.policy.depths_from_distribution(scout.q)
+        return self.run_loop(h0, forced=forced)
+
+    def _check_depths(self, depths: Tensor, shape: torch.Size) -> Tensor:
+        depths = torch.as_tensor(depths, device=self.device).long()
+        if depths.shape != shape:
+            raise AniraError(f"exit_depths has shape {tuple(depths.shape)}, expected {tuple(shape)}")
+        if depths.numel() and (depths.min() < 1 or depths.max() > self.cfg.max_iters):
+            raise AniraError(f"exit_depths must lie in 1..{self.cfg.max_iters}")
+        return depths
+
+    def run_prelude(self, tokens: Tensor) -> Tensor:
+        x = hook(self._h(self.hook_embed), self.embed(tokens))  # (b, p, d)
+        for l, block in enumerate(self.prelude_blocks):
+            x = block(x, self.rotary, self._h(self.prelude[l]))
+        return x
+
+    def iterate(self, h: Tensor, t: int, active: Tensor) -> Tensor:
+        """Exactly one iteration: the core on every token, then freezing.
+        ``active`` (b, p) is a_i(t+1) (0/1, possibly with a straight-through gradient)."""
+        hooks = self._h(self.loop[t])
+        h = hook(hooks and hooks.hook_resid_pre, h)
+        candidate = h
+        for l, block in enumerate(self.core_blocks):
+            candidate = block(candidate, self.rotary, hooks and hooks.core[l])
+        a = active[..., None].to(h.dtype)
+        h_next = a * candidate + (1 - a) * h  # exact for a in {0, 1}
+        return hook(hooks and hooks.hook_resid_post, h_next)
+
+    def run_loop(self, h0: Tensor, *, forced: Tensor | None = None) -> ModelOutput:
+        D = self.cfg.max_iters
+        ctx = LoopContext(max_iters=D, stochastic=self.training and forced is None, readout=self.readout)
+        state = self.policy.begin(h0, ctx, self._emitter(self.halt))
+        cont = torch.ones(h0.shape[:2], dtype=h0.dtype, device=h0.device)
+        h = h0
+        running_masks: list[Tensor] = []
+        iterations_run = 0
+        for t in range(D):
+            hooks = self._h(self.loop[t])
+            running = (t < forced) if forced is not None else cont > 0.5
+            running = hook(hooks and hooks.hook_running, running)
+            if not self.training and self.stop_when_all_exited and not bool(running.any()):
+                self._fire_skipped(h, t)
+                break
+            active = running.to(h.dtype) if forced is not None else cont * running.to(h.dtype)
+            h = self.iterate(h, t, active)
+            running_masks.append(running)
+            iterations_run += 1
+            state, cont = self.policy.step(state, h, t, ctx, self._emitter(self.loop[t].halt))
+        while len(running_masks) < D:
+            running_masks.append(torch.zeros_like(running_masks[0]))
+        running_all = torch.stack(running_masks)  # (D, b, p)
+        exit_depth = running_all.sum(0)
+        q = self.policy.finish(state, ctx, h0)
+        exp_depth = expected_depth(q)
+        logits = self.run_coda(self.policy.readout_state(state, h), exit_depth, exp_depth)
+        return ModelOutput(
+            logits=logits,
+            exit_depth=exit_depth,
+            q=q,
+            expected_depth=exp_depth,
+            running=running_all,
+            iterations_run=iterations_run,
+            state=state,
+        )
+
+    def _fire_skipped(self, h: Tensor, t0: int) -> None:
+        """Iterations after the loop stopped: every token is frozen, so their
+        residual states and running masks are known exactly; report them."""
+        if not self.hook_points_enabled:
+            return
+        none_running = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+        for t in range(t0, self.cfg.max_iters):
+            hooks = self.loop[t]
+            if t > t0:
+                hooks.hook_running(none_running)
+            hooks.hook_resid_pre(h)
+            hooks.hook_resid_post(h)
+
+    def _emitter(self, signals: SignalHooks):
+        enabled = self.hook_points_enabled
+
+        def emit(name: str, value: Tensor) -> Tensor:
+            point = signals.point(name)
+            return point(value) if enabled else value
+
+        return emit
+
+    def run_coda(self, exit_state: Tensor, exit_depth: Tensor, exp_depth: Tensor) -> Tensor:
+        coda = self._h(self.coda)
+        x = hook(coda and coda.hook_exit_state, exit_state)
+        if coda is not None:  # observation points: patching them changes nothing downstream
+            coda.hook_exit_depth(exit_depth)
+            coda.hook_expected_depth(exp_depth)
+        for l, block in enumerate(self.coda_blocks):
+            x = block(x, self.rotary, coda and coda[l])
+        return hook(self._h(self.hook_logits), self.unembed(self.ln_final(x)))
+
+    def readout(self, state: Tensor) -> Tensor:
+        """Logits the Coda would give if every token exited with ``state``; no hooks fire."""
+        x = state
+        for block in self.coda_blocks:
+            x = block(x, self.rotary, None)
+        return self.unembed(self.ln_final(x))
+
+
+def build_model(
+    config: ModelConfig,
+    policy: str = "anira-o",
+    *,
+    registry: Any = None,
+    seed: int | None = None,
+    **policy_options: Any,
+) -> RecurrentTransformer:
+    """Build a model with the named halting policy (found through the plugin registry)."""
+    from anira.registry import default_registry
+
+    if not isinstance(config, ModelConfig):
+        raise AniraError(f"config must be a ModelConfig, got {type(config).__name__}")
+    registry = registry or default_registry()
+    policy_cls = registry.policy(policy)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return RecurrentTransformer(config, build_policy(policy_cls, config, policy_options))
