@@ -94,6 +94,12 @@ class HaltingPolicy(nn.Module):
         """Per-token regulariser (b, p), already weighted; zero by default."""
         return q.new_zeros(q.shape[:-1])
 
+    def loss(self, out: Any, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor) -> Any:
+        """The training objective for one batch (see :mod:`anira.objective`)."""
+        from anira.objective import standard_loss
+
+        return standard_loss(self, out, tokens, loss_mask, token_mask)
+
     @classmethod
     def option_names(cls) -> list[str]:
         params = inspect.signature(cls.__init__).parameters

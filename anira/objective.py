@@ -1,0 +1,56 @@
+"""The training objective: CE on answer tokens + the policy's regulariser.
+
+PAPER.md §2: L = CE(answer tokens only) + gamma · mean over ALL tokens of
+KL(q_i ‖ p). Here "all tokens" means every non-padding position; gamma and p
+belong to the policy (``token_regularizer``), so other policies plug in their
+own terms (ponder cost, balancing losses, ...) by overriding it or ``loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anira.errors import AniraError
+
+
+@dataclass
+class LossTerms:
+    total: Tensor
+    ce: Tensor
+    regularizer: Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {"loss": float(self.total), "ce": float(self.ce), "reg": float(self.regularizer)}
+
+
+def masked_next_token_ce(logits: Tensor, tokens: Tensor, loss_mask: Tensor) -> Tensor:
+    """Mean cross-entropy of predicting token i+1 at positions i where loss_mask[i]."""
+    pred = logits[:, :-1].float()  # (b, p-1, V)
+    target = tokens[:, 1:]
+    mask = loss_mask[:, :-1]
+    if not bool(mask.any()):
+        raise AniraError("the batch has no position to train on (loss_mask is empty)")
+    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")
+    mask_f = mask.reshape(-1).float()
+    return (ce * mask_f).sum() / mask_f.sum()
+
+
+def standard_loss(policy, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor) -> LossTerms:
+    """CE over ``loss_mask`` positions + mean over ``token_mask`` of the policy's
+    per-token regulariser."""
+    ce = masked_next_token_ce(out.logits, tokens, loss_mask)
+    reg_tok = policy.token_regularizer(out.q)  # (b, p)
+    mask_f = token_mask.float()
+    reg = (reg_tok * mask_f).sum() / mask_f.sum().clamp_min(1.0)
+    return LossTerms(total=ce + reg, ce=ce, regularizer=reg)
+
+
+def compute_loss(model, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor | None = None) -> LossTerms:
+    """The model's objective on one batch; ``token_mask`` defaults to tokens != 0 (pad)."""
+    if token_mask is None:
+        token_mask = tokens != 0
+    return model.policy.loss(out, tokens, loss_mask, token_mask)
