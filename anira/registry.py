@@ -31,6 +31,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "anira.plugins.policies.fixed",
     "anira.plugins.policies.anira_e",
     "anira.plugins.policies.anira_o",
+    "anira.plugins.tasks.mano",
+    "anira.plugins.tasks.brevo",
+    "anira.plugins.tasks.depo",
+    "anira.plugins.tasks.lano",
 )
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
