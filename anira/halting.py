@@ -137,20 +137,21 @@ class Decider(nn.Module):
         return self.fc_out(F.silu(self.fc_in(self.norm(x))))
 
 
-def geometric_log_prior(max_iters: int, base: float, device=None) -> Tensor:
+def geometric_log_prior(max_iters: int, base: float, device=None, dtype=torch.float32) -> Tensor:
     """log p(d) for the truncated geometric prior p(d) ∝ base^(-d) on d = 1..D."""
     if base <= 0:
         raise AniraError(f"prior base b must be > 0, got {base}")
-    d = torch.arange(1, max_iters + 1, dtype=torch.float32, device=device)
+    d = torch.arange(1, max_iters + 1, dtype=dtype, device=device)
     logits = -d * math.log(base)
     return logits - torch.logsumexp(logits, dim=0)
 
 
 def kl_to_prior(q: Tensor, log_prior: Tensor) -> Tensor:
     """KL(q || p) per token, q (..., D) a distribution, log_prior (D,). 0·log 0 = 0."""
-    qf = q.float()
+    qf = q if q.dtype == torch.float64 else q.float()  # never below float32
     log_q = torch.log(qf.clamp_min(1e-30))
-    return torch.where(qf > 0, qf * (log_q - log_prior), torch.zeros_like(qf)).sum(-1)
+    terms = qf * (log_q - log_prior.to(qf))
+    return torch.where(qf > 0, terms, torch.zeros_like(qf)).sum(-1)
 
 
 def online_distribution(alphas: Tensor) -> Tensor:

@@ -225,6 +225,7 @@ class RecurrentTransformer(HookedRootModule):
             running_masks.append(running)
             iterations_run += 1
             state, cont = self.policy.step(state, h, t, ctx, self._emitter(self.loop[t].halt))
+            cont = cont * running.to(cont.dtype)  # a stopped token never restarts
         while len(running_masks) < D:
             running_masks.append(torch.zeros_like(running_masks[0]))
         running_all = torch.stack(running_masks)  # (D, b, p)
