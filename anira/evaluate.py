@@ -477,7 +477,9 @@ def evaluate(
 
     return EvalResult(
         task=task.name,
-        policy=str(getattr(model.policy, "name", type(model.policy).__name__)),
+        # the class attribute: TransformerLens' setup() sets every submodule's
+        # instance ``name`` to its module path ("policy")
+        policy=str(getattr(type(model.policy), "name", type(model.policy).__name__)),
         max_iters=D,
         knob=task.knob,
         language_modelling=bool(task.language_modelling),
