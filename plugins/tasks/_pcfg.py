@@ -14,6 +14,7 @@ multiplication (see :class:`ColumnStats`).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,6 +93,7 @@ class LengthSampler:
     def __init__(self, grammar: Grammar, max_len: int) -> None:
         self.g = grammar
         self.max_len = max_len
+        self._cdf_cache: dict[tuple, list[float]] = {}
         self.inside: dict[str, np.ndarray] = {}
         for t in grammar.terminals:
             vec = np.zeros(max_len + 1)
@@ -129,28 +131,44 @@ class LengthSampler:
             out.append(sym)
             return sym
         idxs = self.g.by_lhs[sym]
-        weights = np.array([self.g.rules[i].prob * self.rule_inside[i][n] for i in idxs])
-        rule = self.g.rules[idxs[_choose(weights, rng)]]
-        parts = self._split(rule.rhs, n, rng)
+        rule = self.g.rules[idxs[_choose(self._rule_cdf(sym, n), rng)]]
+        parts = self._split(rule, n, rng)
         inner = " ".join(self._sample(s, m, rng, out) for s, m in zip(rule.rhs, parts))
         return f"({sym} {inner})"
 
-    def _split(self, rhs: tuple[str, ...], n: int, rng: np.random.Generator) -> list[int]:
+    def _split(self, rule: Rule, n: int, rng: np.random.Generator) -> list[int]:
         parts: list[int] = []
-        for j, sym in enumerate(rhs[:-1]):
-            rest = self._rhs_inside(rhs[j + 1:])
-            m = np.arange(1, n)
-            weights = self.inside[sym][m] * rest[n - m]
-            first = int(m[_choose(weights, rng)])
+        for j in range(len(rule.rhs) - 1):
+            first = 1 + _choose(self._split_cdf(rule, j, n), rng)
             parts.append(first)
             n -= first
         parts.append(n)
         return parts
 
+    # The distributions only depend on (symbol or rule, length): cache them as
+    # cumulative lists so that drawing a string needs no numpy per choice.
+    def _rule_cdf(self, sym: str, n: int) -> list[float]:
+        key = (sym, n)
+        cdf = self._cdf_cache.get(key)
+        if cdf is None:
+            weights = [self.g.rules[i].prob * self.rule_inside[i][n] for i in self.g.by_lhs[sym]]
+            cdf = self._cdf_cache[key] = np.cumsum(weights).tolist()
+        return cdf
 
-def _choose(weights: np.ndarray, rng: np.random.Generator) -> int:
-    cum = np.cumsum(weights)
-    return int(np.searchsorted(cum, rng.random() * cum[-1], side="right").clip(0, len(cum) - 1))
+    def _split_cdf(self, rule: Rule, j: int, n: int) -> list[float]:
+        """Weights of the length m = 1..n-1 of rhs[j] given the rest spans n - m."""
+        key = (rule, j, n)
+        cdf = self._cdf_cache.get(key)
+        if cdf is None:
+            rest = self._rhs_inside(rule.rhs[j + 1:])
+            m = np.arange(1, n)
+            cdf = self._cdf_cache[key] = np.cumsum(self.inside[rule.rhs[j]][m] * rest[n - m]).tolist()
+        return cdf
+
+
+def _choose(cdf: list[float], rng: np.random.Generator) -> int:
+    """Index drawn in proportion to the increments of a cumulative list."""
+    return min(bisect.bisect_right(cdf, rng.random() * cdf[-1]), len(cdf) - 1)
 
 
 # --- incremental prefix parser -----------------------------------------------------------
@@ -185,6 +203,8 @@ class PrefixParser:
 
     def __init__(self, grammar: Grammar) -> None:
         self.g = grammar
+        self.rhs_len = [len(rule.rhs) for rule in grammar.rules]
+        self.lhs_rank = [grammar.rank[rule.lhs] for rule in grammar.rules]
         self.columns: list[dict[tuple[int, int, int], list[float]]] = []
         self.waiting: list[dict[str, list[tuple[int, int, int]]]] = []  # symbol -> items expecting it
         self.stats: list[ColumnStats] = []
@@ -257,28 +277,30 @@ class PrefixParser:
             adds += 1
         scanned = len(column)
         # complete, deepest nonterminals first, so a constituent's inner
-        # probability is final before it advances its parents
-        done_rank = {key: g.rank[g.rules[key[0]].lhs] for key in column if key[1] == len(g.rules[key[0]].rhs)}
-        agenda = sorted(done_rank, key=lambda key: -done_rank[key])
-        while agenda:
-            key = agenda.pop(0)
-            r, _, j = key
-            lhs = g.rules[r].lhs
-            gamma_done = column[key][1]
-            for pkey in self.waiting[j].get(lhs, []):
-                pr, pdot, porigin = pkey
-                palpha, pgamma = self.columns[j][pkey]
-                nkey = (pr, pdot + 1, porigin)
-                cell = column.get(nkey)
-                if cell is None:
-                    cell = column[nkey] = [0.0, 0.0]
-                    if pdot + 1 == len(g.rules[pr].rhs):
-                        agenda.append(nkey)
-                        agenda.sort(key=lambda q: -g.rank[g.rules[q[0]].lhs])
-                cell[0] += palpha * gamma_done
-                cell[1] += pgamma * gamma_done
-                adds += 2
-                mults += 2
+        # probability is final before it advances its parents; a parent's rank
+        # is always lower than its child's, so one sweep over the ranks suffices
+        buckets: list[list[tuple[int, int, int]]] = [[] for _ in g.order]
+        for key in column:
+            if key[1] == self.rhs_len[key[0]]:
+                buckets[self.lhs_rank[key[0]]].append(key)
+        for rank in range(len(buckets) - 1, -1, -1):
+            for key in buckets[rank]:
+                r, _, j = key
+                gamma_done = column[key][1]
+                prev_column = self.columns[j]
+                for pkey in self.waiting[j].get(g.rules[r].lhs, ()):
+                    pr, pdot, porigin = pkey
+                    palpha, pgamma = prev_column[pkey]
+                    nkey = (pr, pdot + 1, porigin)
+                    cell = column.get(nkey)
+                    if cell is None:
+                        cell = column[nkey] = [0.0, 0.0]
+                        if pdot + 1 == self.rhs_len[pr]:
+                            buckets[self.lhs_rank[pr]].append(nkey)
+                    cell[0] += palpha * gamma_done
+                    cell[1] += pgamma * gamma_done
+                    adds += 2
+                    mults += 2
         p_adds, p_mults = self._predict(column, k)
         self._finish(
             column, scanned=scanned, candidates=candidates, created=len(column) - scanned,

@@ -167,9 +167,15 @@ class Lano(Task):
                     False, "all"),
     )
 
-    def __init__(self, ranges: DifficultyRanges | None = None, grammar: Grammar | None = None) -> None:
+    def __init__(
+        self, ranges: DifficultyRanges | None = None, grammar: Grammar | None = None, proxies: bool = True
+    ) -> None:
+        """``proxies=False`` skips the parser when sampling: training needs only the
+        tokens, and the parser is ~50x slower than drawing the string; the
+        features (except position and length) and the complexity are then NaN."""
         super().__init__(ranges)
         self.grammar = grammar or lano_grammar()
+        self.proxies = proxies
 
     def max_len(self, difficulty: int) -> int:
         self.check_difficulty(difficulty)
@@ -179,12 +185,12 @@ class Lano(Task):
         if self.grammar is not lano_grammar():
             raise AniraError("lano: sampling needs the built-in grammar; use build() for others")
         words, tree = lano_sampler().sample(difficulty, rng)
-        return self.build(words, tree=tree)
+        return self.build(words, tree=tree, proxies=self.proxies)
 
-    def build(self, words: list[str], tree: str | None = None) -> Example:
-        """The example for a sentence of the task's grammar."""
-        stats = parse_proxies(self.grammar, words)
-        if not stats[-1].complete:
+    def build(self, words: list[str], tree: str | None = None, proxies: bool = True) -> Example:
+        """The example for a sentence of the task's grammar (``proxies=False``: no parse)."""
+        stats = parse_proxies(self.grammar, words) if proxies else []
+        if proxies and not stats[-1].complete:
             raise AniraError(f"lano: {' '.join(words)!r} is not a sentence of the grammar")
         tokens = [BOS, *words, EOS]
         n = len(tokens)
@@ -192,8 +198,6 @@ class Lano(Task):
         complexity = nan_array(n)
         prev_prefix = 1.0
         for i, st in enumerate(stats):  # column i describes position i
-            feats["position"][i] = i
-            feats["length"][i] = len(words)
             feats["expansion"][i] = st.created
             feats["convergence"][i] = 1.0 - st.scanned / st.candidates if st.candidates else 0.0
             feats["additions"][i] = st.additions
@@ -201,12 +205,13 @@ class Lano(Task):
             feats["surprisal"][i] = -np.log2(st.prefix_prob / prev_prefix) if i else 0.0
             prev_prefix = st.prefix_prob
             complexity[i] = st.additions + st.multiplications
-        feats["position"][n - 1] = n - 1
-        feats["length"][n - 1] = len(words)
+        feats["position"][:] = np.arange(n)
+        feats["length"][:] = len(words)
         ids = np.asarray(self.tokenizer.encode(tokens), dtype=np.int64)
         predicting = np.arange(n) < n - 1
-        instance = {"sentence": " ".join(words), "n": len(words),
-                    "log2_prob": float(np.log2(stats[-1].prefix_prob))}
+        instance: dict = {"sentence": " ".join(words), "n": len(words)}
+        if stats:
+            instance["log2_prob"] = float(np.log2(stats[-1].prefix_prob))
         if tree is not None:
             instance["tree"] = tree
         return Example(
