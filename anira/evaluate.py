@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -264,7 +265,8 @@ class EvalResult:
     samples: list[Sample] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"difficulty", "reason"}
     label: str | None = None
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # resolved checkpoint directory, when evaluated from one
+    step: int | None = None  # training step of that checkpoint
     anira_version: str = ""
 
     def difficulty(self, k: int) -> DifficultyResult:
@@ -495,3 +497,33 @@ def evaluate(
         checkpoint=checkpoint,
         anira_version=__version__,
     )
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    label: str | None = None,
+    device: str | torch.device | None = None,
+    **options: Any,
+) -> EvalResult:
+    """Load a checkpoint (or a run directory's latest checkpoint) and :func:`evaluate` it.
+
+    ``options`` are :func:`evaluate`'s keyword arguments. The result records the
+    resolved checkpoint directory and step, and is labelled with the directory
+    name unless ``label`` is given.
+    """
+    from anira.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise AniraError(f"{path}: no such checkpoint or run directory")
+    ck = load_checkpoint(path, device=device or "cpu")
+    result = evaluate(ck.model, ck.task, checkpoint=str(ck.path), label=label or default_label(path, ck.path), **options)
+    result.step = ck.step
+    return result
+
+
+def default_label(given: Path, resolved: Path) -> str:
+    """The name a user would recognise: the directory they named (a run directory
+    resolves to ``<run>/checkpoints/step-N``, whose own name says little)."""
+    return given.resolve().name or str(given)

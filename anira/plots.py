@@ -37,7 +37,9 @@ DPI = 100
 
 def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    # no "Software" tag: it holds matplotlib's web address, and reports must
+    # reference nothing outside themselves (even inside an embedded image)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     return buf.getvalue()
 
 
