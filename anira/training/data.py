@@ -1,0 +1,118 @@
+"""Seeded, on-the-fly training data and fixed evaluation sets.
+
+Example ``j`` of the global batch at step ``s`` is drawn from its own numpy
+Generator seeded by ``(seed, s, j)``. So a batch depends only on the seed and the
+step (resume is exact without saving any data-RNG state), and DDP rank ``r`` of
+``W`` builds examples ``j`` in its contiguous slice of the global batch: the
+union over ranks is the single-process batch, whatever ``W`` is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from anira.errors import AniraError
+from anira.task import Batch, Example, Task, collate
+
+# stream tags keep the training and evaluation streams of one seed independent
+_TRAIN_STREAM = 0
+_EVAL_STREAM = 1
+
+
+def rank_slice(global_batch: int, rank: int, world: int) -> range:
+    """The indices of the global batch that ``rank`` of ``world`` builds."""
+    if global_batch % world:
+        raise AniraError(f"train.batch_size {global_batch} is not divisible by the {world} DDP processes")
+    per = global_batch // world
+    return range(rank * per, (rank + 1) * per)
+
+
+def example_rng(seed: int, step: int, index: int, stream: int = _TRAIN_STREAM) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, step, index])
+
+
+def train_example(task: Task, seed: int, step: int, index: int) -> Example:
+    """Example ``index`` of the global batch at ``step``: difficulty uniform over the train range."""
+    rng = example_rng(seed, step, index)
+    lo, hi = task.ranges.train
+    difficulty = int(rng.integers(lo, hi + 1))
+    return task.sample(difficulty, rng, split="train")
+
+
+def train_batch(task: Task, seed: int, step: int, indices: range, length: int | None = None) -> Batch:
+    return collate([train_example(task, seed, step, j) for j in indices], length=length)
+
+
+@dataclass
+class TorchBatch:
+    tokens: torch.Tensor  # (b, n) long
+    loss_mask: torch.Tensor  # (b, n) bool
+    answer_mask: torch.Tensor  # (b, n) bool
+    token_mask: torch.Tensor  # (b, n) bool: real (non-padding) tokens
+    difficulty: torch.Tensor  # (b,) long
+
+    def to(self, device: torch.device) -> TorchBatch:
+        nb = device.type == "cuda"
+        return TorchBatch(*(t.to(device, non_blocking=nb) for t in (
+            self.tokens, self.loss_mask, self.answer_mask, self.token_mask, self.difficulty)))
+
+
+def to_torch(batch: Batch) -> TorchBatch:
+    lengths = torch.from_numpy(batch.lengths)
+    n = batch.tokens.shape[1]
+    token_mask = torch.arange(n)[None, :] < lengths[:, None]
+    return TorchBatch(
+        tokens=torch.from_numpy(batch.tokens),
+        loss_mask=torch.from_numpy(batch.loss_mask),
+        answer_mask=torch.from_numpy(batch.answer_mask),
+        token_mask=token_mask,
+        difficulty=torch.from_numpy(batch.difficulty),
+    )
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose item ``s`` is this rank's batch for step ``s``.
+
+    Handing it to a DataLoader with ``num_workers > 0`` generates batches ahead
+    in worker processes; the content still depends only on ``(seed, step)``.
+    """
+
+    def __init__(self, task: Task, seed: int, global_batch: int, rank: int, world: int,
+                 start: int, stop: int, pad_to_max: bool) -> None:
+        self.task = task
+        self.seed = seed
+        self.indices = rank_slice(global_batch, rank, world)
+        self.start, self.stop = start, stop
+        self.length = task.max_len(task.ranges.train[1]) if pad_to_max else None
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, i: int) -> TorchBatch:
+        step = self.start + i
+        return to_torch(train_batch(self.task, self.seed, step, self.indices, self.length))
+
+
+def _identity(x):
+    return x
+
+
+def step_loader(dataset: StepBatches, num_workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,  # items are already batches
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_identity,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def eval_examples(task: Task, difficulty: int, n: int, seed: int) -> list[Example]:
+    """A fixed test set: the same ``n`` held-out examples at every evaluation of a run."""
+    rng = np.random.default_rng([seed, _EVAL_STREAM, difficulty])
+    return [task.sample(difficulty, rng, split="test") for _ in range(n)]

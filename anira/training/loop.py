@@ -1,0 +1,328 @@
+"""The training loop.
+
+AdamW, linear warm-up then constant LR, gradient clipping, seeded on-the-fly
+data (see :mod:`anira.training.data`), periodic evaluation, metrics.jsonl,
+atomic checkpoints, exact resume and DDP. The library never prints: progress
+goes to :class:`Callback` objects (the CLI's progress bar is one).
+
+Exactness of resume: a batch depends only on (seed, step); the torch RNG that
+samples exits is re-seeded from (seed, step, rank) before every step; the LR is
+a function of the step; AdamW state is restored from the checkpoint. So N steps
++ resume + N steps equals 2N steps bitwise on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from anira import checkpoint as ckpt
+from anira import distributed
+from anira.errors import AniraError
+from anira.model import build_model
+from anira.objective import compute_loss
+from anira.training.config import RunSpec
+from anira.training.data import StepBatches, TorchBatch, step_loader
+from anira.training.periodic_eval import EvalSets, autocast_for, evaluate_range
+from anira.training.rundir import check_run_dir, write_run_file
+
+
+class Callback:
+    """Receives progress; every method is optional."""
+
+    def on_start(self, trainer: Trainer, start_step: int, total_steps: int) -> None: ...
+
+    def on_step(self, step: int, record: dict[str, Any] | None) -> None:
+        """After every step; ``record`` is the train record on logging steps, else None."""
+
+    def on_eval(self, step: int, records: list[dict[str, Any]]) -> None: ...
+
+    def on_checkpoint(self, step: int, path: Path) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int  # last completed step
+    status: str  # "completed" | "interrupted"
+    checkpoint: Path | None
+    last_eval: list[dict[str, Any]] = field(default_factory=list)
+    last_train: dict[str, Any] | None = None
+    wall_s: float = 0.0  # this invocation
+    total_wall_s: float = 0.0  # all invocations of the run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out), "step": self.step, "status": self.status,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "last_eval": self.last_eval, "last_train": self.last_train,
+            "wall_s": self.wall_s, "total_wall_s": self.total_wall_s,
+        }
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    # a 63-bit seed derived from (seed, step, rank), independent of the data streams
+    return int(np.random.SeedSequence([seed, 2, step, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def make_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (norm gains and biases are not decayed)."""
+    cfg = spec.train
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+class Trainer:
+    """Train the model a :class:`RunSpec` describes into the run directory ``out``."""
+
+    def __init__(self, spec: RunSpec, out: str | Path, *, resume: bool = False, registry: Any = None,
+                 callbacks: tuple[Callback, ...] | list[Callback] = ()) -> None:
+        from anira.registry import default_registry
+
+        self.spec = spec
+        self.out = Path(out)
+        self.resume = resume
+        self.registry = registry or default_registry()
+        self.callbacks = list(callbacks)
+        self._stop_reason: str | None = None
+
+    # -- control ---------------------------------------------------------------------------
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to save a checkpoint and return at the next step boundary
+        (safe to call from a signal handler)."""
+        self._stop_reason = reason
+
+    def _emit(self, method: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, method)(*args)
+
+    # -- setup -----------------------------------------------------------------------------
+    def _setup(self) -> None:
+        spec = self.spec
+        self.info, self.device = distributed.init(spec.train.device)
+        self.task = spec.build_task(self.registry)
+        self.model_config = spec.model_config(self.task)
+        self.policy_options = spec.effective_policy_options(self.registry)
+        # every rank validates the directory (read-only); only rank 0 writes
+        self.resume_from = check_run_dir(self.out, spec, self.resume)
+        model = build_model(self.model_config, spec.policy, registry=self.registry, seed=spec.train.seed,
+                            **self.policy_options)
+        self.model = model.to(self.device)
+        self.model.train()
+        self.optimizer = make_optimizer(self.model, spec)
+        self.start_step = 0
+        self.prior_wall = 0.0
+        if self.resume_from is not None:
+            files = ckpt.read_config(self.resume_from).get("files", {})
+            tensors, _ = ckpt._load_tensors(self.resume_from / ckpt.MODEL_FILE, files.get(ckpt.MODEL_FILE))
+            ckpt.load_model_tensors(self.model, tensors, self.resume_from / ckpt.MODEL_FILE)
+            state_path = self.resume_from / ckpt.STATE_FILE
+            if not state_path.is_file():
+                raise AniraError(f"{state_path}: file is missing; this checkpoint cannot be resumed")
+            self.start_step, meta = ckpt.restore_train_state(self.optimizer, state_path, files.get(ckpt.STATE_FILE))
+            self.prior_wall = float(json.loads(meta.get("wall_s", "0")))
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_run_file(self.out, spec)
+            metrics = self.out / ckpt.METRICS_FILE
+            # the run's log restarts from the checkpoint's copy: records written after
+            # the checkpoint (by a run that then died) would otherwise be duplicated
+            text = ""
+            if self.resume_from is not None and (self.resume_from / ckpt.METRICS_FILE).is_file():
+                text = (self.resume_from / ckpt.METRICS_FILE).read_text(encoding="utf-8")
+            ckpt.write_text_atomic(metrics, text)
+        distributed.barrier()
+        self.ddp = None
+        forward_module: nn.Module = self.model
+        if self.info.enabled:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=spec.train.find_unused_parameters,
+            )
+            forward_module = self.ddp
+        if spec.train.compile and self.device.type == "cuda":
+            forward_module = torch.compile(forward_module)
+        self.forward_module = forward_module
+        self.eval_sets = EvalSets(self.task, spec.train.eval_examples, spec.train.seed)
+
+    # -- records -----------------------------------------------------------------------------
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.info.is_main:
+            with open(self.out / ckpt.METRICS_FILE, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def _evaluate(self, step: int, elapsed: float) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        if self.info.is_main:
+            cfg = self.spec.train
+            splits = ["test_id"] + (["test_ood"] if cfg.eval_ood else [])
+            for which in splits:
+                rec = evaluate_range(self.model, self.task, which, self.eval_sets, cfg.eval_batch_size,
+                                     amp=cfg.amp)
+                rec = {"kind": "eval", "step": step, "elapsed_s": elapsed, **rec}
+                self._write(rec)
+                records.append(rec)
+            self._emit("on_eval", step, records)
+        distributed.barrier()
+        return records
+
+    def _checkpoint(self, step: int, elapsed: float) -> Path | None:
+        path = None
+        if self.info.is_main:
+            dest = self.out / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(step)
+            if dest.exists():  # already saved at this step (e.g. resumed, then stopped at once)
+                path = dest
+            else:
+                cfg = self.spec
+                config = ckpt.checkpoint_config(
+                    step=step, model_config=self.model_config, policy=cfg.policy,
+                    policy_options=self.policy_options, task=cfg.task, task_options=cfg.task_options,
+                    train=cfg.train.to_dict(), run=cfg.to_dict(),
+                )
+                state = ckpt.train_state_tensors(self.optimizer, step,
+                                                 {"wall_s": elapsed, "world_size": self.info.world_size})
+                path = ckpt.write_checkpoint(dest, config, self.model, self.out / ckpt.METRICS_FILE, state)
+            ckpt.commit_checkpoint(self.out, path, self.spec.train.keep_checkpoints)
+            self._emit("on_checkpoint", step, path)
+        distributed.barrier()
+        return path
+
+    # -- one step ----------------------------------------------------------------------------
+    def _train_step(self, batch: TorchBatch, step: int) -> dict[str, float]:
+        cfg = self.spec.train
+        lr = cfg.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(_step_seed(cfg.seed, step, self.info.rank))
+        with autocast_for(self.device, cfg.amp):
+            out = self.forward_module(batch.tokens)
+            terms = compute_loss(self.model, out, batch.tokens, batch.loss_mask, batch.token_mask)
+        n_loss = batch.loss_mask[:, :-1].sum()
+        n_tok = batch.token_mask.sum()
+        loss = terms.total
+        if self.info.enabled:
+            # DDP averages gradients over ranks; weight each rank's means by its share of
+            # the global token counts so the result is the global batch's mean (exactly
+            # what one process with the whole batch computes)
+            counts = torch.stack([n_loss, n_tok]).to(torch.float64 if self.device.type == "cpu" else torch.float32)
+            torch.distributed.all_reduce(counts)
+            world = self.info.world_size
+            w_ce = n_loss.to(counts.dtype) * world / counts[0]
+            w_reg = n_tok.to(counts.dtype) * world / counts[1].clamp_min(1)
+            w_ce, w_reg = w_ce.to(loss.dtype), w_reg.to(loss.dtype)
+            loss = w_ce * terms.ce + w_reg * terms.regularizer + w_ce * (terms.total - terms.ce - terms.regularizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = None
+        if cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self._last = (out, terms, batch, grad_norm, lr, n_loss, n_tok)
+        return {}
+
+    def _train_record(self, step: int, interval_tokens: float, interval_examples: float, interval_s: float,
+                      elapsed: float) -> dict[str, Any]:
+        out, terms, batch, grad_norm, lr, n_loss, n_tok = self._last
+        with torch.no_grad():
+            mask = batch.loss_mask[:, :-1]
+            pred = out.logits[:, :-1].argmax(-1)
+            correct = ((pred == batch.tokens[:, 1:]) & mask).sum()
+            ans = batch.answer_mask
+            sums = [
+                float(terms.ce) * float(n_loss), float(terms.regularizer) * float(n_tok),
+                float(terms.total - terms.ce - terms.regularizer) * float(n_loss),
+                float(correct), float(n_loss),
+                float(out.exit_depth[ans].float().sum()), float(out.expected_depth[ans].float().sum()),
+                float(ans.sum()), float(n_tok), interval_tokens, interval_examples,
+            ]
+        (ce, reg, extra, correct, n_l, depth, exp_depth, n_ans, n_t, tokens, examples) = distributed.all_reduce_sum(
+            sums, self.device)
+        ce, reg, extra = ce / max(n_l, 1), reg / max(n_t, 1), extra / max(n_l, 1)
+        return {
+            "kind": "train", "split": "train", "step": step,
+            "loss": ce + reg + extra, "ce": ce, "reg": reg,
+            "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+            "token_acc": correct / max(n_l, 1),
+            "mean_depth": depth / max(n_ans, 1), "mean_expected_depth": exp_depth / max(n_ans, 1),
+            "tokens_per_s": tokens / max(interval_s, 1e-9), "examples_per_s": examples / max(interval_s, 1e-9),
+            "elapsed_s": elapsed, "world_size": self.info.world_size,
+        }
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        t0 = time.perf_counter()
+        try:
+            self._setup()
+            return self._loop(t0)
+        finally:
+            distributed.shutdown()
+
+    def _loop(self, t0: float) -> TrainResult:
+        cfg = self.spec.train
+        total = cfg.steps
+        step = self.start_step
+        self._emit("on_start", self, step, total)
+        last_eval: list[dict[str, Any]] = []
+        last_train: dict[str, Any] | None = None
+        last_ckpt: Path | None = self.resume_from
+        status = "completed"
+        if step < total:
+            data = StepBatches(self.task, cfg.seed, cfg.batch_size, self.info.rank, self.info.world_size,
+                               step, total, cfg.pad_to_max)
+            loader = iter(step_loader(data, cfg.num_workers))
+            mark_t, mark_tokens, mark_examples = time.perf_counter(), 0.0, 0.0
+            while step < total:
+                check = not self.info.enabled or (step % cfg.log_every == 0)
+                if check and distributed.any_rank(self._stop_reason is not None, self.device):
+                    status = "interrupted"
+                    break
+                batch = next(loader).to(self.device)
+                self._train_step(batch, step)
+                step += 1
+                mark_tokens += batch.tokens.numel()
+                mark_examples += batch.tokens.shape[0]
+                elapsed = self.prior_wall + time.perf_counter() - t0
+                record = None
+                if step % cfg.log_every == 0 or step == total:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    now = time.perf_counter()
+                    record = self._train_record(step, mark_tokens, mark_examples, now - mark_t, elapsed)
+                    if not all(math.isfinite(record[k]) for k in ("loss", "ce", "reg")):
+                        self._write(record)
+                        raise AniraError(f"training diverged at step {step} (loss {record['loss']}); lower train.lr")
+                    self._write(record)
+                    last_train = record
+                    mark_tokens = mark_examples = 0.0
+                    mark_t = time.perf_counter()
+                self._emit("on_step", step, record)
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
+                    last_eval = self._evaluate(step, elapsed)
+                    mark_t = time.perf_counter()  # evaluation time is not training throughput
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
+                    last_ckpt = self._checkpoint(step, elapsed) or last_ckpt
+                    mark_t = time.perf_counter()
+            del loader
+        if status == "interrupted" or last_ckpt is None or (last_ckpt.name != ckpt.checkpoint_name(step)):
+            # save on stop, and make sure the final state is always a checkpoint
+            last_ckpt = self._checkpoint(step, self.prior_wall + time.perf_counter() - t0) or last_ckpt
+        wall = time.perf_counter() - t0
+        return TrainResult(out=self.out, step=step, status=status, checkpoint=last_ckpt, last_eval=last_eval,
+                           last_train=last_train, wall_s=wall, total_wall_s=self.prior_wall + wall)
+
+
+def train(spec: RunSpec, out: str | Path, *, resume: bool = False, registry: Any = None,
+          callbacks: tuple[Callback, ...] | list[Callback] = ()) -> TrainResult:
+    """Train (or resume) a run; see :class:`Trainer`."""
+    return Trainer(spec, out, resume=resume, registry=registry, callbacks=callbacks).run()
