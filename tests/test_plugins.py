@@ -1,0 +1,186 @@
+"""The plugin system: built-ins, entry points, broken plugins, ANIRA_LOAD_PLUGINS."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from anira import AniraError, build_model, build_registry, preset_config
+from anira.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "anira-fixed-k"
+
+
+def _fake_distribution(root: Path, dist: str, entry_name: str, module: str, source: str) -> None:
+    """Install a plugin the way pip would, as far as entry points are concerned:
+    a module plus a .dist-info folder declaring it in the ``anira`` group."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"  # as pip names it
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[anira]\n{entry_name} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("ANIRA_LOAD_PLUGINS", raising=False)
+    yield tmp_path
+    for name in list(sys.modules):
+        if name.startswith(("anira_fixed_k", "broken_", "dup_")):
+            del sys.modules[name]
+
+
+def test_builtins_are_registered():
+    registry = build_registry(load_entry_points=False)
+    assert {"fixed", "anira-e", "anira-o"} <= set(registry.names("policy"))
+    assert registry.entries["policy"]["anira-o"].plugin == "anira.plugins.policies.anira_o"
+    assert registry.problems == []
+
+
+def test_example_plugin_through_entry_point(site):
+    _fake_distribution(site, "anira-fixed-k", "fixed-k", "anira_fixed_k", (EXAMPLE / "anira_fixed_k.py").read_text())
+    registry = build_registry()
+    assert registry.entries["policy"]["fixed-k"].plugin == "fixed-k"
+    cfg = preset_config("test", vocab_size=24)
+    model = build_model(cfg, "fixed-k", registry=registry, k=2).eval()
+    out = model(torch.randint(1, 24, (2, 6)))
+    assert (out.exit_depth == 2).all() and out.iterations_run == 2
+    with pytest.raises(AniraError, match="k must lie in"):
+        build_model(cfg, "fixed-k", registry=registry, k=9)
+
+
+def test_broken_plugins_are_reported_and_do_not_stop_others(site):
+    _fake_distribution(site, "broken-import", "broken-import", "broken_import", "import not_a_module_anywhere\n")
+    _fake_distribution(
+        site,
+        "broken-hook",
+        "broken-hook",
+        "broken_hook",
+        """
+        from anira.hookspecs import hookimpl
+
+        @hookimpl
+        def register_halting_policies(register):
+            register(object())  # no name
+        """,
+    )
+    _fake_distribution(
+        site,
+        "broken-raise",
+        "broken-raise",
+        "broken_raise",
+        """
+        from anira.hookspecs import hookimpl
+
+        @hookimpl
+        def register_tasks(register):
+            raise RuntimeError("boom")
+        """,
+    )
+    _fake_distribution(
+        site,
+        "dup-policy",
+        "dup-policy",
+        "dup_policy",
+        """
+        from anira.hookspecs import hookimpl
+        from anira.plugins.policies.fixed import FixedDepth
+
+        class Impostor(FixedDepth):
+            name = "anira-o"
+
+        @hookimpl
+        def register_halting_policies(register):
+            register(Impostor)
+        """,
+    )
+    _fake_distribution(site, "anira-fixed-k", "fixed-k", "anira_fixed_k", (EXAMPLE / "anira_fixed_k.py").read_text())
+    registry = build_registry()
+    problems = "\n".join(registry.problems)
+    assert "'broken-import' failed to import: ModuleNotFoundError" in problems
+    assert "'broken-hook' failed in register_halting_policies" in problems
+    assert "'broken-raise' failed in register_tasks: RuntimeError: boom" in problems
+    assert "'dup-policy' registers policy 'anira-o' already provided by 'anira.plugins.policies.anira_o'" in problems
+    assert all("\n" not in p for p in registry.problems)  # one line each
+    # the built-in wins the name, and the healthy plugin still loaded
+    assert registry.entries["policy"]["anira-o"].plugin == "anira.plugins.policies.anira_o"
+    assert "fixed-k" in registry.names("policy")
+
+
+def test_load_plugins_env_restricts(site, monkeypatch):
+    _fake_distribution(site, "anira-fixed-k", "fixed-k", "anira_fixed_k", (EXAMPLE / "anira_fixed_k.py").read_text())
+    monkeypatch.setenv("ANIRA_LOAD_PLUGINS", "")
+    assert "fixed-k" not in build_registry().names("policy")
+    monkeypatch.setenv("ANIRA_LOAD_PLUGINS", "fixed-k,not-installed")
+    registry = build_registry()
+    assert "fixed-k" in registry.names("policy")
+    assert any("'not-installed' named in ANIRA_LOAD_PLUGINS is not installed" in p for p in registry.problems)
+    assert {"fixed", "anira-e", "anira-o"} <= set(registry.names("policy"))  # built-ins always load
+
+
+def test_plugins_list_cli(capsys):
+    assert main(["plugins", "list", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    names = {(e["kind"], e["name"]): e["plugin"] for e in doc["entries"]}
+    for policy in ("fixed", "anira-e", "anira-o"):
+        assert ("policy", policy) in names
+    assert set(doc) == {"plugins", "entries", "problems"}
+    assert main(["plugins", "list"]) == 0
+    assert "anira-o" in capsys.readouterr().out
+
+
+def test_hookspecs_are_documented():
+    from anira import hookspecs
+
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    specs = [n for n in dir(hookspecs) if n.startswith("register_")]
+    assert specs
+    for name in specs:
+        assert getattr(hookspecs, name).__doc__, name
+        assert f"{name}(register)" in doc, f"docs/plugins.md does not document {name}"
+
+
+def test_docs_plugin_example_is_the_shipped_example():
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    assert "class FixedK(HaltingPolicy)" in doc
+    assert "class FixedK(HaltingPolicy)" in (EXAMPLE / "anira_fixed_k.py").read_text()
+
+
+@pytest.mark.slow
+def test_non_editable_install_and_example_package(tmp_path):
+    """`pip install .` puts plugins and probes under anira/, never top-level, and a
+    separately installed plugin package is picked up through its entry point."""
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target)]
+    build = tmp_path / "src"
+    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".git", "*.egg-info", "build", "__pycache__", "runs", ".whl"))
+    subprocess.run([*pip, str(build)], check=True)
+    subprocess.run([*pip, str(EXAMPLE)], check=True)
+    top = {p.name for p in target.iterdir()}
+    assert "anira" in top and "plugins" not in top and "probes" not in top
+    assert (target / "anira" / "plugins" / "policies" / "anira_o.py").exists()
+    assert (target / "anira" / "probes").is_dir()
+    script = textwrap.dedent(
+        """
+        import anira, torch
+        assert anira.__file__.startswith(%r), anira.__file__
+        reg = anira.build_registry()
+        assert not reg.problems, reg.problems
+        m = anira.build_model(anira.preset_config("test", vocab_size=9), "fixed-k", registry=reg, k=3).eval()
+        print(sorted(reg.names("policy")), m(torch.tensor([[1, 2, 3]])).exit_depth.tolist())
+        """
+        % str(target)
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ANIRA_LOAD_PLUGINS"}
+    env["PYTHONPATH"] = str(target)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "fixed-k" in result.stdout and "[[3, 3, 3]]" in result.stdout
