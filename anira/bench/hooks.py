@@ -1,0 +1,78 @@
+"""Cost of the hook points: forward time with every hook point present (none
+attached) against the same weights with the hook points bypassed."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from anira.config import ModelConfig
+from anira.model import build_model
+
+
+def _time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_hooks(
+    *,
+    d_model: int = 256,
+    batch: int = 32,
+    seq: int = 64,
+    max_iters: int = 8,
+    repeats: int = 30,
+    warmup: int = 3,
+    policy: str = "fixed",
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median forward time with hook points vs bypassed, measured interleaved
+    (A, B, A, B, ...) so drift on a shared machine hits both alike."""
+    dev = torch.device(device)
+    cfg = ModelConfig(
+        vocab_size=64, d_model=d_model, n_heads=max(1, d_model // 64), d_ff=4 * d_model,
+        max_iters=max_iters, max_len=seq,
+    )
+    model = build_model(cfg, policy, seed=seed).to(dev).eval()
+    tokens = torch.randint(1, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(dev)
+
+    def forward(enabled: bool) -> Callable[[], Any]:
+        def run() -> Any:
+            model.hook_points_enabled = enabled
+            with torch.no_grad():
+                return model(tokens)
+
+        return run
+
+    with_hooks, bypassed = forward(True), forward(False)
+    for _ in range(warmup):
+        with_hooks()
+        bypassed()
+    times_with, times_without = [], []
+    for _ in range(repeats):
+        times_with.append(_time_once(with_hooks, dev))
+        times_without.append(_time_once(bypassed, dev))
+    model.hook_points_enabled = True
+    ratios = [a / b for a, b in zip(times_with, times_without)]
+    return {
+        "benchmark": "hooks",
+        "config": {"d_model": d_model, "batch": batch, "seq": seq, "max_iters": max_iters,
+                   "policy": policy, "repeats": repeats, "device": device},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "median_s_with_hooks": statistics.median(times_with),
+        "median_s_bypassed": statistics.median(times_without),
+        "median_ratio": statistics.median(ratios),
+        "target_ratio": 1.05,
+        "n_hook_points": len(model.hook_dict),
+    }
