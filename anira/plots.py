@@ -12,7 +12,7 @@ import io
 import json
 import math
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,19 +48,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     so a reader never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # open() (not mkstemp) so the file gets the usual umask permissions, not 0600
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 
@@ -214,12 +212,34 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+def _difficulty_rows(per_k: Any) -> list[tuple[int, dict[str, Any]]]:
+    """``per_difficulty`` as (k, row) pairs: the trainer writes a list of rows with a
+    ``difficulty`` key; a mapping ``{"<k>": row}`` is accepted too."""
+    items: list[tuple[Any, Any]]
+    if isinstance(per_k, list):
+        items = [(row.get("difficulty"), row) for row in per_k if isinstance(row, dict)]
+    elif isinstance(per_k, dict):
+        items = list(per_k.items())
+    else:
+        return []
+    out = []
+    for key, row in items:
+        try:
+            k = int(key)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(row, dict):
+            out.append((k, row))
+    return out
+
+
 def read_training_curves(path: str | Path, split: str | None = None) -> dict[str, TrainingCurves]:
     """Per-difficulty curves from a checkpoint's ``metrics.jsonl`` (or its directory).
 
-    Evaluation records are lines holding ``step``, ``split`` and
-    ``per_difficulty: {"<k>": {"accuracy": .., "mean_depth": ..}}``; other
-    lines (e.g. training-loss records) are ignored. Returns split -> curves.
+    Evaluation records (docs/training.md) are lines with ``"kind": "eval"``,
+    ``step``, ``split`` ("test_id" / "test_ood") and ``per_difficulty``: rows
+    ``{"difficulty": k, "acc": .., "mean_depth": ..}``. Training-loss records
+    and torn lines are ignored. Returns split -> curves (empty if no file).
     """
     path = Path(path)
     if path.is_dir():
@@ -228,33 +248,29 @@ def read_training_curves(path: str | Path, split: str | None = None) -> dict[str
         return {}
     curves: dict[str, TrainingCurves] = {}
     with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+        for line in fh:
             line = line.strip()
             if not line:
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                # a run killed mid-write can leave a torn last line; the rest is still good
+                # a run killed mid-append can leave a torn last line; the rest is still good
                 continue
-            if not isinstance(record, dict):
+            if not isinstance(record, dict) or record.get("kind", "eval") != "eval":
                 continue
-            per_k = record.get("per_difficulty")
             step = record.get("step")
-            rec_split = record.get("split", "test")
-            if not isinstance(per_k, dict) or not isinstance(step, int) or (split and rec_split != split):
+            rec_split = str(record.get("split", "test"))
+            if not isinstance(step, int) or isinstance(step, bool) or (split and rec_split != split):
+                continue
+            rows = _difficulty_rows(record.get("per_difficulty"))
+            if not rows:
                 continue
             c = curves.setdefault(rec_split, TrainingCurves(split=rec_split))
-            for key, m in per_k.items():
-                try:
-                    k = int(key)
-                except (TypeError, ValueError):
-                    continue
-                if not isinstance(m, dict):
-                    continue
+            for k, row in rows:
                 c.steps.setdefault(k, []).append(step)
-                c.accuracy.setdefault(k, []).append(_num(m.get("accuracy")))
-                c.mean_depth.setdefault(k, []).append(_num(m.get("mean_depth", m.get("mean_exit_depth"))))
+                c.accuracy.setdefault(k, []).append(_num(row.get("acc", row.get("accuracy"))))
+                c.mean_depth.setdefault(k, []).append(_num(row.get("mean_depth", row.get("mean_exit_depth"))))
     return curves
 
 
