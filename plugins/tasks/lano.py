@@ -129,8 +129,9 @@ class Lano(Task):
       prefix sum 1 addition: additions 3, multiplications 2, expansion 1;
       P(prefix a b) = 0.21 and the prefix is a sentence.
 
-    The built-in task uses :func:`lano_grammar`; its feature table is the same
-    at every non-final position, ``complexity`` = additions + multiplications.
+    The built-in task uses :func:`lano_grammar`; every position but the final
+    ``<eos>`` gets these proxies, and ``complexity`` = additions + multiplications
+    (9, 9, 5 here).
     """
 
     name = "lano"
