@@ -12,6 +12,8 @@ d model width, e head width.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -97,14 +99,35 @@ class Attention(nn.Module):
         self.W_v = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.W_o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
+    def heads(self, W: nn.Linear, x: Tensor) -> Tensor:
+        return rearrange(W(x), "b p (h e) -> b p h e", h=self.n_heads)
+
     def forward(self, x: Tensor, rotary: Rotary, hooks: AttnHooks | None) -> Tensor:
         """Causal self-attention over x (b, p, d)."""
-        q = hook(hooks and hooks.hook_q, rearrange(self.W_q(x), "b p (h e) -> b p h e", h=self.n_heads))
-        k = hook(hooks and hooks.hook_k, rearrange(self.W_k(x), "b k (h e) -> b k h e", h=self.n_heads))
-        v = hook(hooks and hooks.hook_v, rearrange(self.W_v(x), "b k (h e) -> b k h e", h=self.n_heads))
-        q, k = rotary(q), rotary(k)
-        z = attend(q, k, v, hooks)
+        q = hook(hooks and hooks.hook_q, self.heads(self.W_q, x))
+        k = hook(hooks and hooks.hook_k, self.heads(self.W_k, x))
+        v = hook(hooks and hooks.hook_v, self.heads(self.W_v, x))
+        z = attend(rotary(q), rotary(k), v, hooks)
         return self.W_o(rearrange(z, "b p h e -> b p (h e)"))
+
+    def refresh_rows(self, x: Tensor, pos: Tensor, rotary: Rotary, cache: RowCache) -> None:
+        """Write the keys and values of tokens x (b, m, d) at ``pos`` into ``cache``
+        without computing their queries or outputs."""
+        cache.write(pos, rotary(self.heads(self.W_k, x), pos), self.heads(self.W_v, x))
+
+    def forward_rows(self, x: Tensor, pos: Tensor, rotary: Rotary, cache: RowCache) -> Tensor:
+        """Attention for a subset of tokens: x (b, m, d) are the tokens at positions
+        ``pos`` (b, m); their new keys/values are written into ``cache`` (rows where
+        ``cache.valid``), then they attend causally over every cached key."""
+        q = rotary(self.heads(self.W_q, x), pos)
+        k = rotary(self.heads(self.W_k, x), pos)
+        v = self.heads(self.W_v, x)
+        cache.write(pos, k, v)
+        allowed = pos[:, :, None] >= torch.arange(cache.k.shape[1], device=x.device)  # (b, m, n)
+        z = F.scaled_dot_product_attention(
+            q.transpose(1, 2), cache.k.transpose(1, 2), cache.v.transpose(1, 2), attn_mask=allowed[:, None]
+        ).transpose(1, 2)
+        return self.W_o(rearrange(z, "b m h e -> b m (h e)"))
 
 
 def _wants_pattern(hooks: AttnHooks | None) -> bool:
@@ -165,3 +188,28 @@ class Block(nn.Module):
         x = hook(hooks and hooks.hook_resid_mid, x + attn_out)
         mlp_out = hook(hooks and hooks.hook_mlp_out, self.mlp(self.ln_mlp(x)))
         return hook(hooks and hooks.hook_resid_post, x + mlp_out)
+
+    def forward_rows(self, x: Tensor, pos: Tensor, rotary: Rotary, cache: RowCache) -> Tensor:
+        """The layer on a subset of tokens (see :meth:`Attention.forward_rows`)."""
+        x = x + self.attn.forward_rows(self.ln_attn(x), pos, rotary, cache)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+@dataclass
+class RowCache:
+    """Rotated keys and values (b, n, h, e) of every token for one core layer, updated
+    in place for the tokens that run; ``valid`` (b, m) marks real rows of a packed batch."""
+
+    k: Tensor
+    v: Tensor
+    valid: Tensor | None = None
+
+    def write(self, pos: Tensor, k: Tensor, v: Tensor) -> None:
+        index = pos[..., None, None].expand_as(k)
+        if self.valid is not None:  # padding rows rewrite what is already there
+            keep = self.valid[..., None, None]
+            k = torch.where(keep, k, self.k.gather(1, index))
+            v = torch.where(keep, v, self.v.gather(1, index))
+        # out of place, so autograd can differentiate through the fast path too
+        self.k = self.k.scatter(1, index, k)
+        self.v = self.v.scatter(1, index, v)

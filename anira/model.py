@@ -33,7 +33,7 @@ from transformer_lens.hook_points import HookPoint
 from anira.config import ModelConfig
 from anira.errors import AniraError
 from anira.halting import HaltingPolicy, LoopContext, build_policy, expected_depth
-from anira.layers import Block, LayerHooks, RMSNorm, Rotary, hook
+from anira.layers import Block, LayerHooks, RMSNorm, RowCache, Rotary, hook
 
 
 @dataclass
@@ -122,6 +122,8 @@ class RecurrentTransformer(HookedRootModule):
         self.hook_points_enabled = True
         #: inference stops the loop once every token has exited
         self.stop_when_all_exited = True
+        #: inference computes only the running tokens (see :meth:`iterate_rows`)
+        self.fast_inference = True
         self._init_weights()
         self.setup()
 
@@ -194,7 +196,7 @@ class RecurrentTransformer(HookedRootModule):
         return x
 
     def iterate(self, h: Tensor, t: int, active: Tensor) -> Tensor:
-        """Exactly one iteration: the core on every token, then freezing.
+        """Exactly one iteration on every token (the masked path): the core, then freezing.
         ``active`` (b, p) is a_i(t+1) (0/1, possibly with a straight-through gradient)."""
         hooks = self._h(self.loop[t])
         h = hook(hooks and hooks.hook_resid_pre, h)
@@ -205,6 +207,45 @@ class RecurrentTransformer(HookedRootModule):
         h_next = a * candidate + (1 - a) * h  # exact for a in {0, 1}
         return hook(hooks and hooks.hook_resid_post, h_next)
 
+    def iterate_rows(
+        self, h: Tensor, t: int, running: Tensor, refresh: Tensor | None, cache: RowCache
+    ) -> Tensor:
+        """Exactly one iteration computing only the running tokens (the fast path).
+
+        Same function as :meth:`iterate` with hard exits, for a one-layer core: a
+        halted token's key and value are those of its exit state, so they are
+        computed once, at the iteration after it exits (``refresh``), and then
+        served from ``cache``. Running tokens are gathered into rows (b, m, d),
+        m = the most running tokens of any sequence.
+        """
+        hooks = self._h(self.loop[t])
+        h = hook(hooks and hooks.hook_resid_pre, h)
+        block = self.core_blocks[0]
+        if refresh is not None and bool(refresh.any()):
+            pos, valid, index = _rows(refresh, h.shape[-1])
+            cache.valid = valid
+            block.attn.refresh_rows(block.ln_attn(h.gather(1, index)), pos, self.rotary, cache)
+        pos, valid, index = _rows(running, h.shape[-1])
+        cache.valid = valid
+        x = block.forward_rows(h.gather(1, index), pos, self.rotary, cache)  # (b, m, d)
+        x = torch.where(valid[..., None], x, h.gather(1, index))  # padding rows stay as they were
+        return hook(hooks and hooks.hook_resid_post, h.scatter(1, index, x))
+
+    def uses_fast_path(self) -> bool:
+        """Inference skips halted tokens unless someone observes the core's internals
+        (then the masked path runs, so every core hook sees every token)."""
+        if self.training or not self.fast_inference or self.cfg.n_core != 1:
+            # with several core layers a halted token's deeper keys/values still
+            # depend on running tokens, so it cannot be skipped exactly
+            return False
+        if not self.hook_points_enabled:
+            return True
+        for it in self.loop:
+            for point in it.core.modules():
+                if isinstance(point, HookPoint) and (point.fwd_hooks or point.bwd_hooks):
+                    return False
+        return True
+
     def run_loop(self, h0: Tensor, *, forced: Tensor | None = None) -> ModelOutput:
         D = self.cfg.max_iters
         ctx = LoopContext(max_iters=D, stochastic=self.training and forced is None, readout=self.readout)
@@ -213,6 +254,10 @@ class RecurrentTransformer(HookedRootModule):
         h = h0
         running_masks: list[Tensor] = []
         iterations_run = 0
+        fast = self.uses_fast_path()
+        kv_shape = (*h0.shape[:2], self.cfg.n_heads, self.cfg.d_head)
+        cache = RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape)) if fast else None
+        previous: Tensor | None = None
         for t in range(D):
             hooks = self._h(self.loop[t])
             running = (t < forced) if forced is not None else cont > 0.5
@@ -220,8 +265,13 @@ class RecurrentTransformer(HookedRootModule):
             if not self.training and self.stop_when_all_exited and not bool(running.any()):
                 self._fire_skipped(h, t)
                 break
-            active = running.to(h.dtype) if forced is not None else cont * running.to(h.dtype)
-            h = self.iterate(h, t, active)
+            if fast:
+                refresh = None if previous is None else previous & ~running  # exited last iteration
+                h = self.iterate_rows(h, t, running, refresh, cache)
+                previous = running
+            else:
+                active = running.to(h.dtype) if forced is not None else cont * running.to(h.dtype)
+                h = self.iterate(h, t, active)
             running_masks.append(running)
             iterations_run += 1
             state, cont = self.policy.step(state, h, t, ctx, self._emitter(self.loop[t].halt))
@@ -281,6 +331,18 @@ class RecurrentTransformer(HookedRootModule):
         for block in self.coda_blocks:
             x = block(x, self.rotary, None)
         return self.unembed(self.ln_final(x))
+
+
+def _rows(mask: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gather layout for the True entries of ``mask`` (b, n): positions (b, m) with
+    the selected ones first in each row, a validity mask (b, m), and the gather index
+    (b, m, width); m = the most selected entries of any row."""
+    counts = mask.sum(1)
+    m = max(1, int(counts.max()))
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    pos = order[:, :m]
+    valid = torch.arange(m, device=mask.device)[None, :] < counts[:, None]
+    return pos, valid, pos[..., None].expand(-1, -1, width)
 
 
 def build_model(

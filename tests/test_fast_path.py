@@ -1,0 +1,119 @@
+"""The inference fast path (only running tokens compute) equals the masked path."""
+
+import pytest
+import torch
+
+from anira import build_model, preset_config
+from anira.model import RecurrentTransformer
+from conftest import make_model
+
+POLICIES = ["fixed", "anira-e", "anira-o", "pattern"]
+
+
+def _both(model, tokens, **kwargs):
+    model.fast_inference = True
+    fast = model(tokens, **kwargs)
+    model.fast_inference = False
+    masked = model(tokens, **kwargs)
+    model.fast_inference = True
+    return fast, masked
+
+
+def _assert_same(fast, masked):
+    assert torch.equal(fast.exit_depth, masked.exit_depth)
+    assert torch.allclose(fast.logits, masked.logits, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(fast.q, masked.q, atol=1e-6)
+    assert torch.equal(fast.running, masked.running)
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    calls = {"rows": 0}
+    original = RecurrentTransformer.iterate_rows
+
+    def wrapped(self, *args, **kwargs):
+        calls["rows"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecurrentTransformer, "iterate_rows", wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_fast_equals_masked(policy, counting):
+    cfg = preset_config("test", vocab_size=24, max_iters=6)
+    options = {"depths": [1, 6, 3, 2, 5, 4]} if policy == "pattern" else {}
+    model = make_model(cfg, policy, seed=8, **options)
+    tokens = torch.randint(1, 24, (4, 20), generator=torch.Generator().manual_seed(3))
+    fast, masked = _both(model, tokens)
+    _assert_same(fast, masked)
+    assert counting["rows"] > 0  # the fast path really ran
+
+
+def test_batches_with_padding():
+    cfg = preset_config("test", vocab_size=24, max_iters=6)
+    model = make_model(cfg, "anira-e", seed=2)
+    tokens = torch.randint(1, 24, (3, 16), generator=torch.Generator().manual_seed(0))
+    tokens[0, 9:] = 0
+    tokens[2, 4:] = 0
+    _assert_same(*_both(model, tokens))
+
+
+@pytest.mark.parametrize("depth", [1, 6])
+def test_all_tokens_exit_at_one_or_at_D(depth):
+    cfg = preset_config("test", vocab_size=24, max_iters=6)
+    model = make_model(cfg, "pattern", depths=[depth])
+    tokens = torch.randint(1, 24, (2, 10))
+    fast, masked = _both(model, tokens)
+    _assert_same(fast, masked)
+    assert (fast.exit_depth == depth).all() and fast.iterations_run == depth
+
+
+def test_forced_depths_use_the_fast_path_too(counting):
+    cfg = preset_config("test", vocab_size=24, max_iters=5)
+    model = make_model(cfg, "anira-o", seed=1)
+    tokens = torch.randint(1, 24, (2, 9))
+    depths = torch.randint(1, 6, tokens.shape, generator=torch.Generator().manual_seed(5))
+    fast, masked = _both(model, tokens, exit_depths=depths)
+    _assert_same(fast, masked)
+    assert torch.equal(fast.exit_depth, depths)
+    assert counting["rows"] > 0
+
+
+def test_fast_path_is_differentiable():
+    cfg = preset_config("test", vocab_size=24)
+    model = make_model(cfg, "anira-e", seed=1)
+    tokens = torch.randint(1, 24, (2, 9))
+    out = model(tokens)
+    out.logits.sum().backward()
+    assert model.core_blocks[0].mlp.W_up.weight.grad.abs().sum() > 0
+
+
+def test_hooks_stay_truthful_on_the_fast_path(counting):
+    """Iteration-level sites fire with every token on the fast path; observing the
+    core's internals switches that forward to the masked path (same function)."""
+    cfg = preset_config("test", vocab_size=24, max_iters=6)
+    model = make_model(cfg, "pattern", depths=[2, 5, 1, 6])
+    tokens = torch.randint(1, 24, (2, 12))
+    sites = ("hook_resid_pre", "hook_resid_post", "hook_running")
+    wanted = {f"loop.{t}.{site}" for t in range(cfg.max_iters) for site in sites}
+    names = wanted.__contains__
+    out_fast, cache_fast = model.run_with_cache(tokens, names_filter=names)
+    assert counting["rows"] > 0
+    model.fast_inference = False
+    out_masked, cache_masked = model.run_with_cache(tokens, names_filter=names)
+    model.fast_inference = True
+    assert cache_fast.keys() == cache_masked.keys()
+    for key in cache_fast.keys():
+        assert torch.allclose(cache_fast[key].float(), cache_masked[key].float(), atol=1e-5), key
+    before = counting["rows"]
+    _, cache = model.run_with_cache(tokens)  # caches core internals
+    assert counting["rows"] == before  # masked path
+    assert cache["loop.3.core.0.attn.hook_q"].shape[1] == tokens.shape[1]
+
+
+def test_several_core_layers_use_the_masked_path(counting):
+    cfg = preset_config("test", vocab_size=24, n_core=2)
+    model = make_model(cfg, "anira-e")
+    model(torch.randint(1, 24, (1, 5)))
+    assert counting["rows"] == 0
