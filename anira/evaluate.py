@@ -88,6 +88,10 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
     return float(np.clip(np.dot(rx, ry) / denom, -1.0, 1.0))
 
 
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
 
@@ -115,6 +119,8 @@ class Tally:
     complexity: list[np.ndarray] = field(default_factory=list)
     complexity_exit: list[np.ndarray] = field(default_factory=list)
     complexity_expected: list[np.ndarray] = field(default_factory=list)
+    # the same for every task feature: name -> ([values], [exit depths], [expected depths])
+    features: dict[str, tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]] = field(default_factory=dict)
 
     def add(
         self,
@@ -126,9 +132,10 @@ class Tally:
         answer_mask: np.ndarray,
         complexity: np.ndarray,
         running: np.ndarray | None = None,
+        features: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Add one batch. Arrays are (b, p) except ``correct`` (b,) and ``running``
-        (D, b, p); ``complexity`` is NaN where undefined. Without ``running`` the
+        (D, b, p); ``complexity`` and each of ``features`` (b, p) are NaN where undefined. Without ``running`` the
         cost is the sum of exit depths (equal by construction when every token
         runs iterations 1..d_i)."""
         token_mask = np.asarray(token_mask, dtype=bool)
@@ -154,6 +161,14 @@ class Tally:
             self.complexity.append(complexity[defined])
             self.complexity_exit.append(exit_depth[defined])
             self.complexity_expected.append(expected_depth[defined])
+        for name, values in (features or {}).items():
+            values = np.asarray(values, dtype=np.float64)
+            defined = token_mask & ~np.isnan(values)
+            vals, ex, ed = self.features.setdefault(name, ([], [], []))
+            if defined.any():
+                vals.append(values[defined])
+                ex.append(exit_depth[defined])
+                ed.append(expected_depth[defined])
 
     def merge(self, other: Tally) -> Tally:
         if other.max_iters != self.max_iters:
@@ -164,6 +179,11 @@ class Tally:
             setattr(out, name, getattr(self, name) + getattr(other, name))
         for name in ("complexity", "complexity_exit", "complexity_expected"):
             setattr(out, name, getattr(self, name) + getattr(other, name))
+        for src in (self.features, other.features):
+            for name, parts in src.items():
+                mine = out.features.setdefault(name, ([], [], []))
+                for acc, extra in zip(mine, parts):
+                    acc.extend(extra)
         return out
 
     @staticmethod
@@ -191,6 +211,10 @@ class Tally:
             n_tokens=self.n_tokens,
             n_answer_tokens=self.n_answer,
             n_complexity_tokens=int(cx.shape[0]),
+            feature_spearman={
+                name: {"exit_depth": spearman(_cat(ex), _cat(vals)), "expected_depth": spearman(_cat(ed), _cat(vals))}
+                for name, (vals, ex, ed) in sorted(self.features.items())
+            },
         )
 
 
@@ -216,6 +240,9 @@ class Metrics:
     n_tokens: int
     n_answer_tokens: int
     n_complexity_tokens: int
+    # Spearman of exit / expected depth with each task feature (e.g. LANO's parser
+    # proxies, PAPER.md §4), over the positions where the feature is defined
+    feature_spearman: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -264,6 +291,7 @@ class EvalResult:
     ood: Summary | None
     samples: list[Sample] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"difficulty", "reason"}
+    feature_kinds: dict[str, str] = field(default_factory=dict)  # task feature -> "static" | "execution"
     label: str | None = None
     checkpoint: str | None = None  # resolved checkpoint directory, when evaluated from one
     step: int | None = None  # training step of that checkpoint
@@ -291,7 +319,10 @@ class EvalResult:
             raise AniraError(f"evaluation JSON has schema_version {version!r}; this anira reads {SCHEMA_VERSION}")
         try:
             def metrics(d: dict[str, Any]) -> Metrics:
-                return Metrics(**{k: (math.nan if v is None else v) for k, v in d.items()})
+                d = dict(d)
+                feats = {f: {k: math.nan if v is None else v for k, v in rho.items()}
+                         for f, rho in d.pop("feature_spearman", {}).items()}
+                return Metrics(**{k: (math.nan if v is None else v) for k, v in d.items()}, feature_spearman=feats)
 
             def summary(d: dict[str, Any] | None) -> Summary | None:
                 return None if d is None else Summary(list(d["difficulties"]), metrics(d["metrics"]))
@@ -350,6 +381,14 @@ def _padded(examples: list[Example], width: int, attr: str, fill: float) -> np.n
     out = np.full((len(examples), width), fill, dtype=np.float64)
     for j, e in enumerate(examples):
         out[j, : len(e)] = getattr(e, attr)
+    return out
+
+
+def _padded_feature(examples: list[Example], width: int, name: str) -> np.ndarray:
+    out = np.full((len(examples), width), math.nan, dtype=np.float64)
+    for j, e in enumerate(examples):
+        if name in e.features:  # a task may leave a feature out (e.g. LANO without proxies)
+            out[j, : len(e)] = e.features[name]
     return out
 
 
@@ -450,6 +489,7 @@ def evaluate(
                     answer_mask=batch.answer_mask,
                     complexity=_padded(chunk, width, "complexity", math.nan),
                     running=out.running.cpu().numpy(),
+                    features={spec.name: _padded_feature(chunk, width, spec.name) for spec in task.features},
                 )
                 for j in range(max(0, min(n_samples - start, len(chunk)))):
                     samples.append(_sample(task, chunk[j], j, out, predicted[j], bool(correct[j])))
@@ -493,6 +533,7 @@ def evaluate(
         ood=summary(ranges.test_ood),
         samples=samples,
         skipped=skipped,
+        feature_kinds={spec.name: spec.kind for spec in task.features},
         label=label,
         checkpoint=checkpoint,
         anira_version=__version__,

@@ -188,6 +188,29 @@ def difficulty_table(result: EvalResult) -> str:
     return f"<table>{head}{''.join(rows)}</table>{notes}"
 
 
+def feature_table(results: Sequence[EvalResult], labels: Sequence[str]) -> str:
+    """Spearman of expected depth with every task feature, pooled in-distribution,
+    one column per checkpoint (the paper's LANO alignment table, for any task)."""
+    names = list(dict.fromkeys(n for r in results for n in r.feature_kinds))
+    if not names:
+        return ""
+    head = "<tr><th class=l>feature</th><th class=l>kind</th>" + "".join(
+        f"<th>{_e(label)}</th>" for label in labels) + "</tr>"
+    rows = []
+    for name in names:
+        kind = next((r.feature_kinds[name] for r in results if name in r.feature_kinds), "")
+        cells = []
+        for r in results:
+            rho = (r.in_distribution.metrics.feature_spearman.get(name, {}) if r.in_distribution else {})
+            cells.append(f"<td>{fmt(rho.get('expected_depth'))}</td>")
+        rows.append(f"<tr><td class=l>{_e(name)}</td><td class=l>{_e(kind)}</td>{''.join(cells)}</tr>")
+    return (
+        "<h3>Alignment with task features</h3><div class=meta>Spearman ρ of per-token expected depth with each "
+        "feature, in-distribution, over the positions where the feature is defined</div>"
+        f"<table>{head}{''.join(rows)}</table>"
+    )
+
+
 def _column(col: _Column, label: str) -> str:
     res = col.result
     where = f"{_e(res.checkpoint)}" + (f", step {res.step}" if res.step is not None else "") if res.checkpoint else "in memory"
@@ -262,6 +285,7 @@ def render_report(
         body.append(f"<div>{figure_img(depth_vs_difficulty_figure(relabelled), f'{task}: depth vs difficulty')}</div>")
         body.append(f"<div>{figure_img(accuracy_vs_difficulty_figure(relabelled), f'{task}: accuracy vs difficulty')}</div>")
         body.append("</div>")
+        body.append(feature_table(group, [labels[i] for i in idx]))
         body.append(f'<div class=grid style="grid-template-columns: repeat({len(idx)}, minmax(340px, 1fr))">')
         body.extend(_column(cols[i], labels[i]) for i in idx)
         body.append("</div>")

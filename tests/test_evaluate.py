@@ -89,6 +89,21 @@ def test_tally_hand_computed():
     assert m.n_answer_tokens == 4 and m.n_tokens == 7
 
 
+def test_tally_feature_spearman_pools_over_defined_positions():
+    D = 4
+    base = dict(correct=np.array([True]), token_mask=np.array([[1, 1, 1, 1]], dtype=bool),
+                answer_mask=np.array([[0, 0, 1, 1]], dtype=bool), complexity=np.full((1, 4), np.nan))
+    a, b = Tally(max_iters=D), Tally(max_iters=D)
+    a.add(**base, exit_depth=np.array([[1, 2, 3, 4]]), expected_depth=np.array([[4.0, 3.0, 2.0, 1.0]]),
+          features={"f": np.array([[np.nan, 1.0, 2.0, 3.0]])})
+    b.add(**base, exit_depth=np.array([[2, 2, 2, 2]]), expected_depth=np.array([[1.0, 1.0, 1.0, 1.0]]),
+          features={"f": np.array([[0.0, np.nan, np.nan, np.nan]])})
+    assert a.metrics().feature_spearman["f"] == {"exit_depth": pytest.approx(1.0), "expected_depth": pytest.approx(-1.0)}
+    # pooled pairs (exit depth, f): (2,1) (3,2) (4,3) (2,0)
+    pooled = a.merge(b).metrics().feature_spearman["f"]
+    assert pooled["exit_depth"] == pytest.approx(spearman([2, 3, 4, 2], [1, 2, 3, 0]))
+
+
 def test_tally_cost_from_running_mask_and_merge():
     D = 3
     exit_depth = np.array([[1, 3, 2]])
@@ -219,12 +234,12 @@ def test_too_long_difficulties_are_skipped():
 TOP_KEYS = {
     "schema_version", "task", "policy", "max_iters", "knob", "language_modelling", "ranges", "seed",
     "n_per_difficulty", "per_difficulty", "in_distribution", "ood", "samples", "skipped", "label",
-    "checkpoint", "step", "anira_version",
+    "checkpoint", "step", "anira_version", "feature_kinds",
 }
 METRIC_KEYS = {
     "n", "accuracy", "mean_exit_depth", "mean_expected_depth", "mean_exit_depth_all",
     "mean_expected_depth_all", "execution_cost", "cost_ratio", "spearman_exit_depth",
-    "spearman_expected_depth", "n_tokens", "n_answer_tokens", "n_complexity_tokens",
+    "spearman_expected_depth", "n_tokens", "n_answer_tokens", "n_complexity_tokens", "feature_spearman",
 }
 
 
@@ -243,6 +258,8 @@ def test_json_schema_is_stable_and_round_trips():
         "difficulty", "tokens", "exit_depth", "expected_depth", "answer_mask", "complexity", "predicted", "correct"
     }
     assert data["ranges"] == {"train": [3, 4], "test_id": [3, 4], "test_ood": [5, 6]}
+    assert data["feature_kinds"]["d"] == "execution" and data["feature_kinds"]["L"] == "static"
+    assert set(data["in_distribution"]["metrics"]["feature_spearman"]["d"]) == {"exit_depth", "expected_depth"}
     assert EvalResult.from_json(res.to_json()).to_json() == res.to_json()
     with pytest.raises(AniraError):
         EvalResult.from_dict({**data, "schema_version": 99})

@@ -58,6 +58,7 @@ def test_report_is_self_contained(tmp_path, results):
         assert forbidden not in text
     # summary table names every checkpoint; the extra section comes with an escaped title
     assert "fixed" in text and "anira-o" in text
+    assert "Alignment with task features" in text and "<td class=l>execution</td>" in text
     assert "<h2>Probes &lt;b&gt;</h2><p id=probe>probe table</p>" in text
     saved = json.loads((tmp_path / "rep" / RESULTS_FILE).read_text())
     assert [r["label"] for r in saved["results"]] == ["fixed", "anira-o"]
