@@ -179,3 +179,5 @@ def test_bench_tasks_reports_rates(registry):
     assert mano["keeps_up"] is True
     assert depo["keeps_up"] is None and depo["steps_per_s"] is None
     json.dumps(result)
+    lano = bench_tasks(repeats=1, seconds=0.02, tasks=["lano"], registry=registry)["tasks"]["lano"]
+    assert lano["options"] == {"proxies": False}  # the training configuration by default
