@@ -23,6 +23,7 @@ matplotlib.use("Agg")  # headless: the figures are only ever rendered to PNG
 
 from matplotlib import cm, colors, patches  # noqa: E402  (after choosing the backend)
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from anira.errors import AniraError  # noqa: E402
 from anira.evaluate import EvalResult, Sample  # noqa: E402
@@ -107,6 +108,7 @@ def depth_vs_difficulty_figure(results: Sequence[EvalResult]) -> Figure:
     D = max(res.max_iters for res in results)
     ax.set_ylim(0, D + 0.5)
     ax.set_xlabel(results[0].knob)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # difficulties are integers
     ax.set_ylabel("mean depth (answer tokens)" if not results[0].language_modelling else "mean depth")
     ax.set_title(f"{results[0].task}: depth vs difficulty (D = {D})")
     ax.grid(alpha=0.3)
@@ -126,6 +128,7 @@ def accuracy_vs_difficulty_figure(results: Sequence[EvalResult]) -> Figure:
                 label=result_label(res))
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(results[0].knob)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # difficulties are integers
     ax.set_ylabel("exact-match accuracy")
     ax.set_title(f"{results[0].task}: accuracy vs difficulty")
     ax.grid(alpha=0.3)
