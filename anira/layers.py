@@ -206,7 +206,7 @@ class RowCache:
 
     def write(self, pos: Tensor, k: Tensor, v: Tensor) -> None:
         index = pos[..., None, None].expand_as(k)
-        if self.valid is not None:  # padding rows rewrite what is already there
+        if self.valid is not None and not bool(self.valid.all()):  # padding rows rewrite what is there
             keep = self.valid[..., None, None]
             k = torch.where(keep, k, self.k.gather(1, index))
             v = torch.where(keep, v, self.v.gather(1, index))

@@ -228,7 +228,8 @@ class RecurrentTransformer(HookedRootModule):
         pos, valid, index = _rows(running, h.shape[-1])
         cache.valid = valid
         x = block.forward_rows(h.gather(1, index), pos, self.rotary, cache)  # (b, m, d)
-        x = torch.where(valid[..., None], x, h.gather(1, index))  # padding rows stay as they were
+        if not bool(valid.all()):
+            x = torch.where(valid[..., None], x, h.gather(1, index))  # padding rows stay as they were
         return hook(hooks and hooks.hook_resid_post, h.scatter(1, index, x))
 
     def uses_fast_path(self) -> bool:

@@ -1,0 +1,150 @@
+"""Wall-clock savings of adaptive depth at inference.
+
+A ``pattern`` policy fixes every token's exit depth, so the mean depth d̄ is
+known; the same weights then run (a) with the fast path, where only running
+tokens compute, and (b) at fixed depth D on the dense path. Ratios
+time(adaptive) / time(fixed) are reported for the whole forward and for the
+core loop alone, next to the ideal d̄ / D. Timings alternate A, B, A, B, ... and
+the median is taken, so drift on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from anira.config import ModelConfig
+from anira.model import RecurrentTransformer, build_model
+from anira.layers import RowCache
+
+
+def balanced_depths(seq: int, max_iters: int, mean_fraction: float, seed: int) -> list[int]:
+    """Per-position depths in 1..D, shuffled, whose mean is as close as possible
+    to mean_fraction·D (and which include D, so the loop runs to the end)."""
+    rng = np.random.default_rng(seed)
+    target = mean_fraction * max_iters
+    depths = rng.integers(1, max_iters + 1, size=seq)
+    depths[0] = max_iters
+    # nudge single entries until the mean hits the target (keeps the spread)
+    for _ in range(100 * seq):
+        gap = target * seq - depths.sum()
+        if abs(gap) < 1:
+            break
+        i = rng.integers(1, seq)
+        depths[i] = np.clip(depths[i] + np.sign(gap), 1, max_iters)
+    return depths.tolist()
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    def run(fn: Callable[[], Any]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return run
+
+
+def _core_dense(model: RecurrentTransformer, h0: torch.Tensor) -> torch.Tensor:
+    ones = torch.ones(h0.shape[:2], dtype=h0.dtype, device=h0.device)
+    h = h0
+    for t in range(model.cfg.max_iters):
+        h = model.iterate(h, t, ones)
+    return h
+
+
+def _core_fast(model: RecurrentTransformer, h0: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+    kv = (*h0.shape[:2], model.cfg.n_heads, model.cfg.d_head)
+    cache = RowCache(h0.new_zeros(kv), h0.new_zeros(kv))
+    h, previous = h0, None
+    for t in range(model.cfg.max_iters):
+        running = t < depths
+        if not bool(running.any()):
+            break
+        refresh = None if previous is None else previous & ~running
+        h = model.iterate_rows(h, t, running, refresh, cache)
+        previous = running
+    return h
+
+
+def bench_inference(
+    *,
+    batches: tuple[int, ...] = (1, 64),
+    seq: int = 256,
+    d_model: int = 512,
+    max_iters: int = 8,
+    mean_fraction: float = 0.5,
+    repeats: int = 10,
+    warmup: int = 2,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    dev = torch.device(device)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    depths_list = balanced_depths(seq, max_iters, mean_fraction, seed)
+    cfg = ModelConfig(vocab_size=256, d_model=d_model, n_heads=max(1, d_model // 64), d_ff=4 * d_model,
+                      max_iters=max_iters, max_len=seq)
+    model = build_model(cfg, "pattern", seed=seed, depths=depths_list).to(dev, torch_dtype).eval()
+    timer = _timer(dev)
+    results = []
+    for batch in batches:
+        if progress:
+            progress(f"batch {batch}")
+        tokens = torch.randint(1, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(dev)
+        depths = torch.tensor(depths_list, device=dev).expand(batch, seq)
+        full = torch.full((batch, seq), max_iters, device=dev)
+
+        def whole_adaptive() -> Any:
+            model.fast_inference = True
+            return model(tokens)
+
+        def whole_fixed() -> Any:
+            model.fast_inference = False
+            return model(tokens, exit_depths=full)
+
+        with torch.no_grad():
+            h0 = model.run_prelude(tokens)
+            pairs = {
+                "whole": (whole_adaptive, whole_fixed),
+                "core": (lambda: _core_fast(model, h0, depths), lambda: _core_dense(model, h0)),
+            }
+            check = whole_adaptive()
+            mean_depth = float(check.exit_depth.float().mean())
+            row: dict[str, Any] = {"batch": batch, "mean_depth": mean_depth, "ideal_ratio": mean_depth / max_iters}
+            for name, (adaptive, fixed) in pairs.items():
+                for _ in range(warmup):
+                    adaptive(), fixed()
+                a_times, f_times = [], []
+                for _ in range(repeats):
+                    a_times.append(timer(adaptive))
+                    f_times.append(timer(fixed))
+                ratios = [a / f for a, f in zip(a_times, f_times)]
+                row[name] = {
+                    "median_s_adaptive": statistics.median(a_times),
+                    "median_s_fixed": statistics.median(f_times),
+                    "median_ratio": statistics.median(ratios),
+                }
+            row["core_ratio_over_ideal"] = row["core"]["median_ratio"] / row["ideal_ratio"]
+        results.append(row)
+    model.fast_inference = True
+    machine = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if dev.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(dev)
+    return {
+        "benchmark": "inference",
+        "config": {"seq": seq, "d_model": d_model, "max_iters": max_iters, "mean_fraction": mean_fraction,
+                   "repeats": repeats, "device": device, "dtype": dtype},
+        "machine": machine,
+        "target": "core ratio <= 1.25 x ideal at d̄/D ~ 0.5",
+        "results": results,
+    }

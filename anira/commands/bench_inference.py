@@ -1,0 +1,42 @@
+"""``anira bench inference``: wall-clock ratio adaptive / fixed depth."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from anira.errors import AniraError
+
+
+def add_parser(inner: argparse._SubParsersAction) -> None:
+    p = inner.add_parser("inference", help="time(adaptive)/time(fixed D) for the forward and the core, vs d̄/D")
+    p.add_argument("--batches", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--iters", type=int, default=8, help="D")
+    p.add_argument("--mean-fraction", type=float, default=0.5, help="target d̄/D of the depth pattern")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from anira.bench.inference import bench_inference
+    from anira.commands.bench import emit
+
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        raise AniraError(f"--batches must be comma-separated integers, got {args.batches!r}") from None
+    if not 0 < args.mean_fraction <= 1 or args.repeats < 1 or min(batches) < 1:
+        raise AniraError("--mean-fraction must be in (0, 1], --repeats and batches >= 1")
+    r = bench_inference(batches=batches, seq=args.seq, d_model=args.d_model, max_iters=args.iters,
+                        mean_fraction=args.mean_fraction, repeats=args.repeats, device=args.device,
+                        dtype=args.dtype, progress=lambda m: print(f"... {m}", file=sys.stderr))
+    lines = [f"{'batch':>5} {'d̄/D':>6} {'whole ratio':>12} {'core ratio':>11} {'core/ideal':>11}"]
+    for row in r["results"]:
+        lines.append(f"{row['batch']:>5} {row['ideal_ratio']:>6.3f} {row['whole']['median_ratio']:>12.3f} "
+                     f"{row['core']['median_ratio']:>11.3f} {row['core_ratio_over_ideal']:>11.3f}")
+    return emit(r, args.json, lines)
