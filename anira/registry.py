@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "anira.plugins.tasks.brevo",
     "anira.plugins.tasks.depo",
     "anira.plugins.tasks.lano",
+    "anira.probes.builtin_suites",
 )
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
