@@ -1,6 +1,7 @@
 """anira: probe per-token adaptive computation in recurrent (looped) Transformers."""
 
 from anira.cache import stack_iterations
+from anira.checkpoint import load
 from anira.config import MODEL_PRESETS, ModelConfig, preset_config
 from anira.errors import AniraError, PluginError
 from anira.halting import HaltingPolicy, LoopContext
@@ -21,6 +22,7 @@ __all__ = [
     "build_model",
     "build_registry",
     "default_registry",
+    "load",
     "preset_config",
     "stack_iterations",
 ]

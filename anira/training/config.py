@@ -149,10 +149,11 @@ class RunSpec:
         fields = dict(MODEL_PRESETS[self.model_preset])
         fields["vocab_size"] = task.vocab_size
         fields["max_iters"] = task.default_max_iters  # the paper's D for the task, unless overridden
-        # long enough for every difficulty the run trains or evaluates on
+        fields.update(self.model)
+        # never shorter than the longest sequence the run trains or evaluates on (a
+        # preset's max_len, e.g. the paper's 256 for BREVO, is a floor: OOD sizes need more)
         hi = max(task.ranges.train[1], task.ranges.test_id[1], task.ranges.test_ood[1])
         fields["max_len"] = max(fields.get("max_len", 0), task.max_len(hi))
-        fields.update(self.model)
         return ModelConfig.from_dict(fields)
 
     def effective_policy_options(self, registry: Any) -> dict[str, Any]:

@@ -276,6 +276,8 @@ class Trainer:
         last_eval: list[dict[str, Any]] = []
         last_train: dict[str, Any] | None = None
         last_ckpt: Path | None = self.resume_from
+        # the step of the newest checkpoint; identical on every rank (paths exist on rank 0 only)
+        saved_step: int | None = self.start_step if self.resume_from is not None else None
         status = "completed"
         if step < total:
             data = StepBatches(self.task, cfg.seed, cfg.batch_size, self.info.rank, self.info.world_size,
@@ -312,9 +314,10 @@ class Trainer:
                     mark_t = time.perf_counter()  # evaluation time is not training throughput
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
                     last_ckpt = self._checkpoint(step, elapsed) or last_ckpt
+                    saved_step = step
                     mark_t = time.perf_counter()
             del loader
-        if status == "interrupted" or last_ckpt is None or (last_ckpt.name != ckpt.checkpoint_name(step)):
+        if saved_step != step:
             # save on stop, and make sure the final state is always a checkpoint
             last_ckpt = self._checkpoint(step, self.prior_wall + time.perf_counter() - t0) or last_ckpt
         wall = time.perf_counter() - t0
