@@ -47,6 +47,7 @@ class LoopContext:
     max_iters: int  # D
     stochastic: bool  # training: sample exits; inference: deterministic rule
     readout: Callable[[Tensor], Tensor]  # state (b, p, d) -> logits (b, p, V), hooks bypassed
+    positions: Tensor | None = None  # (b, p) positions of the tokens; None: 0 .. p-1
 
 
 class HaltingPolicy(nn.Module):

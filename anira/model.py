@@ -126,6 +126,8 @@ class RecurrentTransformer(HookedRootModule):
         self.fast_inference = True
         self._init_weights()
         self.setup()
+        # the core-internal hook points of every iteration, checked before each forward
+        self._core_points = [p for it in self.loop for p in it.core.modules() if isinstance(p, HookPoint)]
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -241,11 +243,7 @@ class RecurrentTransformer(HookedRootModule):
             return False
         if not self.hook_points_enabled:
             return True
-        for it in self.loop:
-            for point in it.core.modules():
-                if isinstance(point, HookPoint) and (point.fwd_hooks or point.bwd_hooks):
-                    return False
-        return True
+        return not any(point.fwd_hooks or point.bwd_hooks for point in self._core_points)
 
     def run_loop(self, h0: Tensor, *, forced: Tensor | None = None) -> ModelOutput:
         D = self.cfg.max_iters

@@ -21,6 +21,7 @@ import torch
 from anira.config import ModelConfig
 from anira.model import RecurrentTransformer, build_model
 from anira.layers import RowCache
+from anira import decode
 
 
 def balanced_depths(seq: int, max_iters: int, mean_fraction: float, seed: int) -> list[int]:
@@ -87,6 +88,8 @@ def bench_inference(
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
+    decode_len: int = 64,
+    decode_batch: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     dev = torch.device(device)
@@ -137,6 +140,8 @@ def bench_inference(
             row["core_ratio_over_ideal"] = row["core"]["median_ratio"] / row["ideal_ratio"]
         results.append(row)
     model.fast_inference = True
+    decoding = bench_decode(model, seq=decode_len, batch=decode_batch, device=dev, repeats=max(1, repeats // 3),
+                            seed=seed) if decode_len else None
     machine = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if dev.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(dev)
@@ -147,4 +152,29 @@ def bench_inference(
         "machine": machine,
         "target": "core ratio <= 1.25 x ideal at d̄/D ~ 0.5",
         "results": results,
+        "decode": decoding,
     }
+
+
+def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: torch.device, repeats: int,
+                 seed: int) -> dict[str, Any]:
+    """Tokens/s of teacher-forced decoding and core KV-cache bytes, allocation-aware
+    cache against a full (D entries per token) cache, same model and tokens."""
+    tokens = torch.randint(1, model.cfg.vocab_size, (batch, seq),
+                           generator=torch.Generator().manual_seed(seed)).to(device)
+    timer = _timer(device)
+    out: dict[str, Any] = {"batch": batch, "tokens": seq}
+    times: dict[str, list[float]] = {"aware": [], "full": []}
+    states: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, full in (("aware", False), ("full", True)):
+            holder: dict[str, Any] = {}
+            times[name].append(timer(lambda: holder.update(r=decode.teacher_forced(model, tokens, full_cache=full))))
+            states[name] = holder["r"][2]
+    for name in times:
+        t = statistics.median(times[name])
+        out[name] = {"tokens_per_s": batch * seq / t, "core_kv_bytes": states[name].core.nbytes(),
+                     "core_kv_entries": states[name].core.entries()}
+    out["bytes_ratio"] = out["aware"]["core_kv_bytes"] / out["full"]["core_kv_bytes"]
+    out["speed_ratio"] = out["aware"]["tokens_per_s"] / out["full"]["tokens_per_s"]
+    return out

@@ -18,6 +18,8 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--decode-len", type=int, default=64, help="tokens to decode for the KV-cache comparison (0: skip)")
+    p.add_argument("--decode-batch", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -34,9 +36,16 @@ def run(args: argparse.Namespace) -> int:
         raise AniraError("--mean-fraction must be in (0, 1], --repeats and batches >= 1")
     r = bench_inference(batches=batches, seq=args.seq, d_model=args.d_model, max_iters=args.iters,
                         mean_fraction=args.mean_fraction, repeats=args.repeats, device=args.device,
-                        dtype=args.dtype, progress=lambda m: print(f"... {m}", file=sys.stderr))
+                        dtype=args.dtype, decode_len=args.decode_len, decode_batch=args.decode_batch,
+                        progress=lambda m: print(f"... {m}", file=sys.stderr))
     lines = [f"{'batch':>5} {'d̄/D':>6} {'whole ratio':>12} {'core ratio':>11} {'core/ideal':>11}"]
     for row in r["results"]:
         lines.append(f"{row['batch']:>5} {row['ideal_ratio']:>6.3f} {row['whole']['median_ratio']:>12.3f} "
                      f"{row['core']['median_ratio']:>11.3f} {row['core_ratio_over_ideal']:>11.3f}")
+    if r["decode"]:
+        dec = r["decode"]
+        lines.append(f"decode {dec['tokens']} tokens x batch {dec['batch']}: allocation-aware "
+                     f"{dec['aware']['tokens_per_s']:.1f} tok/s, {dec['aware']['core_kv_bytes'] / 1e6:.2f} MB core KV; "
+                     f"full {dec['full']['tokens_per_s']:.1f} tok/s, {dec['full']['core_kv_bytes'] / 1e6:.2f} MB "
+                     f"(bytes ratio {dec['bytes_ratio']:.3f})")
     return emit(r, args.json, lines)

@@ -30,16 +30,17 @@ class DepthPattern(HaltingPolicy):
         self.depths = depths
         self.register_buffer("_pattern", torch.tensor(depths), persistent=False)
 
-    def _depth(self, like: Tensor) -> Tensor:
-        n = like.shape[1]
-        reps = -(-n // len(self.depths))
-        return self._pattern.repeat(reps)[:n].to(like.device).expand(like.shape[0], n)
+    def _depth(self, like: Tensor, positions: Tensor | None) -> Tensor:
+        if positions is None:
+            positions = torch.arange(like.shape[1], device=like.device).expand(like.shape[0], -1)
+        pattern = self._pattern.to(like.device)
+        return pattern[positions % len(self.depths)]
 
     def step(self, state: State, h: Tensor, t: int, ctx: LoopContext, emit) -> tuple[State, Tensor]:
-        return state, (self._depth(h) > t + 1).to(h.dtype)
+        return state, (self._depth(h, ctx.positions) > t + 1).to(h.dtype)
 
     def finish(self, state: State, ctx: LoopContext, like: Tensor) -> Tensor:
-        return torch.nn.functional.one_hot(self._depth(like) - 1, self.max_iters).float()
+        return torch.nn.functional.one_hot(self._depth(like, ctx.positions) - 1, self.max_iters).float()
 
 
 @hookimpl
