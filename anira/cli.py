@@ -13,7 +13,7 @@ import sys
 
 from anira.errors import AniraError
 
-COMMAND_MODULES = ("run", "plugins", "tasks", "train", "eval", "report", "bench")
+COMMAND_MODULES = ("run", "plugins", "tasks", "train", "eval", "report", "probe", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,7 +41,7 @@ import numpy as np
 from sklearn.linear_model import LinearRegression
 
 from anira.errors import AniraError
-from anira.probes.featureset import select_features
+from anira.probes.featureset import parse_names, select_features
 from anira.probes.suites import Requirements, SuiteContext, SuiteResult
 from anira.probes.table import TokenTable
 
@@ -260,12 +260,13 @@ def reading(r2_ci: list[float], diff_ci: list[float], min_r2: float = 0.01) -> s
 
 def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool = True,
               target: str = "expected_depth", corr_threshold: float = 0.8, vif_threshold: float = 5.0,
-              min_delta_r2: float = 0.005, min_coverage: float = 0.5, n_boot: int = 200,
+              min_delta_r2: float = 0.005, min_coverage: float = 0.5, features: list[str] | None = None, n_boot: int = 200,
               seed: int = 0) -> tuple[dict[str, Any], list[str]]:
     """Run the attribution on ``table``; returns (JSON-able result, notes)."""
     if target not in ("expected_depth", "exit_depth"):
         raise AniraError(f"target must be expected_depth or exit_depth, got {target!r}")
-    sel = select_features(table, token_set=token_set, correct_only=correct_only, min_coverage=min_coverage)
+    sel = select_features(table, token_set=token_set, correct_only=correct_only, min_coverage=min_coverage,
+                          names=features)
     notes = list(sel.notes)
     rows = sel.rows
     y = table[target][rows].astype(np.float64)
@@ -368,6 +369,7 @@ class AttributionSuite:
             vif_threshold=context.option("vif_threshold", 5.0),
             min_delta_r2=context.option("min_delta_r2", 0.005),
             min_coverage=context.option("min_coverage", 0.5),
+            features=parse_names(context.option("features", None)),
             n_boot=context.option("n_boot", 200),
             seed=context.seed,
         )

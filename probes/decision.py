@@ -39,7 +39,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from anira.errors import AniraError
-from anira.probes.featureset import select_features
+from anira.probes.featureset import parse_names, select_features
 from anira.probes.suites import Requirements, SuiteContext, SuiteResult
 from anira.probes.table import TokenTable
 from anira.probes.verdict import decide
@@ -113,7 +113,7 @@ def _cap_instances(groups: np.ndarray, weight: np.ndarray, max_rows: int, seed: 
 
 
 def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unknown", token_set: str = "auto",
-                    correct_only: bool = True, n_splits: int = 5, min_coverage: float = 0.5,
+                    correct_only: bool = True, n_splits: int = 5, min_coverage: float = 0.5, features: list[str] | None = None,
                     max_rows: int = 200_000, min_effect: float = 0.02, seed: int = 0) -> tuple[dict[str, Any], list[str]]:
     """Fit and score the decision probes; returns (JSON-able result, notes)."""
     if mode == "auto":
@@ -122,7 +122,8 @@ def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unk
         raise AniraError(f"mode must be auto, early or online; got {mode!r}")
     if n_splits < 2:
         raise AniraError(f"n_splits must be >= 2, got {n_splits}")
-    sel = select_features(table, token_set=token_set, correct_only=correct_only, min_coverage=min_coverage)
+    sel = select_features(table, token_set=token_set, correct_only=correct_only, min_coverage=min_coverage,
+                          names=features)
     notes = list(sel.notes)
     rows = sel.rows
     D = table.max_iters
@@ -227,6 +228,7 @@ class DecisionSuite:
             correct_only=context.option("correct_only", True),
             n_splits=context.option("n_splits", 5),
             min_coverage=context.option("min_coverage", 0.5),
+            features=parse_names(context.option("features", None)),
             max_rows=context.option("max_rows", 200_000),
             min_effect=context.option("min_effect", 0.02),
             seed=context.seed,

@@ -93,3 +93,11 @@ def select_features(
     if not final:
         raise AniraError(f"no usable feature on the {where} tokens{solved} (" + "; ".join(notes or ["none declared"]) + ")")
     return FeatureSelection(where, rows, final, {n: table.specs[n].kind for n in final}, notes)
+
+
+def parse_names(value: str | list[str] | None) -> list[str] | None:
+    """A feature list option: ``"a,b"`` or a list (None: every feature)."""
+    if value is None:
+        return None
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    return names or None

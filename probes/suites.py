@@ -186,17 +186,30 @@ def resolve_suites(names: Sequence[str] | None, registry: Any) -> list[Any]:
     return out
 
 
-def collect_requirements(suites: Sequence[Any], context: SuiteContext) -> Requirements:
-    """The union of what ``suites`` need (hidden sites in first-requested order)."""
+def collect_requirements(
+    suites: Sequence[Any], context: SuiteContext, options: dict[str, dict[str, Any]] | None = None
+) -> Requirements:
+    """The union of what ``suites`` need (hidden sites in first-requested order);
+    ``options[name]`` are each suite's options, which may change its needs."""
     sites: list[str] = []
     needs_model = False
     min_instances = 0
     for suite in suites:
-        req = suite.requires(context)
+        try:
+            req = suite.requires(with_options(context, (options or {}).get(suite.name, {})))
+        except Exception:  # noqa: BLE001 - run_suite calls it again and reports the failure
+            continue
         sites.extend(s for s in req.hidden_sites if s not in sites)
         needs_model = needs_model or req.needs_model
         min_instances = max(min_instances, req.min_instances)
     return Requirements(hidden_sites=tuple(sites), needs_model=needs_model, min_instances=min_instances)
+
+
+def with_options(context: SuiteContext, options: dict[str, Any]) -> SuiteContext:
+    """A copy of ``context`` carrying one suite's options."""
+    return SuiteContext(max_iters=context.max_iters, timing=context.timing, seed=context.seed,
+                        model=context.model, task=context.task, options=dict(options),
+                        progress=context.progress)
 
 
 def run_suite(suite: Any, table: "TokenTable", context: SuiteContext) -> SuiteResult:
@@ -239,14 +252,6 @@ def run_suites(
     for suite in suites:
         if on_suite is not None:
             on_suite(suite.name)
-        ctx = SuiteContext(
-            max_iters=context.max_iters,
-            timing=context.timing,
-            seed=context.seed,
-            model=context.model,
-            task=context.task,
-            options=dict(options.get(suite.name, {})),
-            progress=context.progress,
-        )
+        ctx = with_options(context, options.get(suite.name, {}))
         results.append(run_suite(suite, table, ctx))
     return results
