@@ -50,6 +50,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
     num_workers: int = 0  # DataLoader worker processes generating batches ahead
     find_unused_parameters: bool = False  # DDP option, for policies with parameters unused by the loss
+    stop_at_acc: float = 0.0  # stop early once in-distribution exact match reaches this at an eval (0: off)
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "eval_examples", "eval_batch_size", "log_every")
@@ -68,6 +69,8 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise AniraError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.stop_at_acc <= 1:
+            raise AniraError(f"train.stop_at_acc must be in [0, 1], got {self.stop_at_acc}")
         if self.difficulty_sampling != "uniform":
             raise AniraError(f"train.difficulty_sampling must be 'uniform', got {self.difficulty_sampling!r}")
 
@@ -93,7 +96,7 @@ class TrainConfig:
 #: change them (e.g. more steps, another device, more data workers).
 RESUMABLE_FIELDS = frozenset(
     {"steps", "log_every", "eval_every", "eval_examples", "eval_batch_size", "eval_ood",
-     "checkpoint_every", "keep_checkpoints", "device", "num_workers", "compile"}
+     "checkpoint_every", "keep_checkpoints", "device", "num_workers", "compile", "stop_at_acc"}
 )
 
 

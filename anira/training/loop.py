@@ -52,7 +52,7 @@ class Callback:
 class TrainResult:
     out: Path
     step: int  # last completed step
-    status: str  # "completed" | "interrupted"
+    status: str  # "completed" | "interrupted" | "target reached" (train.stop_at_acc)
     checkpoint: Path | None
     last_eval: list[dict[str, Any]] = field(default_factory=list)
     last_train: dict[str, Any] | None = None
@@ -309,13 +309,21 @@ class Trainer:
                     mark_tokens = mark_examples = 0.0
                     mark_t = time.perf_counter()
                 self._emit("on_step", step, record)
+                reached = False
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
                     last_eval = self._evaluate(step, elapsed)
                     mark_t = time.perf_counter()  # evaluation time is not training throughput
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total:
+                    if cfg.stop_at_acc > 0:  # rank 0 evaluated; every rank must agree to stop
+                        hit = bool(last_eval) and last_eval[0]["acc"] >= cfg.stop_at_acc
+                        reached = distributed.any_rank(hit, self.device)
+                if reached:
+                    status = "target reached"
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total or reached:
                     last_ckpt = self._checkpoint(step, elapsed) or last_ckpt
                     saved_step = step
                     mark_t = time.perf_counter()
+                if reached:
+                    break
             del loader
         if saved_step != step:
             # save on stop, and make sure the final state is always a checkpoint
