@@ -47,6 +47,14 @@ BUILTIN_SUITES: tuple[tuple[str, str, str], ...] = (
     ("decision",
      "logistic probes of the halting decision (GroupKFold by instance) and the static/execution verdict",
      "anira.probes.decision:DecisionSuite"),
+    ("representation",
+     "linear probes from hidden states at each iteration to each feature (running tokens), "
+     "Hewitt–Liang control tasks and selectivity",
+     "anira.probes.representation:RepresentationSuite"),
+    ("causal",
+     "project a feature's probe direction out of running tokens' states at iteration t; "
+     "change in exit depth and accuracy vs random directions",
+     "anira.probes.causal:CausalSuite"),
 )
 
 

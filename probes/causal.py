@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from anira.probes.estimators import ProbeDirectionAblation, RandomDirectionAblation
@@ -39,29 +40,30 @@ H0 = -1
 class CausalBatch:
     """Inputs of one forward pass of the intervention.
 
-    tokens: (b, p) token ids; ``where`` (b, p) bool: positions the ablation
-    targets (the feature is defined there); ``answer`` (b, p) bool: positions
-    whose prediction of token i+1 is scored; ``lengths`` (b,): real lengths;
-    ``examples``: the task's examples, when instance accuracy should use
-    ``task.score`` instead of exact match on ``answer``.
+    tokens: (b, p) token ids; ``answer`` (b, p) bool: positions whose
+    prediction of token i+1 is scored; ``examples``: the task's examples, when
+    instance accuracy should use ``task.score`` instead of exact match on
+    ``answer``. Which positions are ablated is given separately (``where``),
+    so one set of batches serves every feature.
     """
 
     tokens: Tensor
-    where: np.ndarray
     answer: np.ndarray
-    lengths: np.ndarray
     examples: Sequence[Any] | None = None
 
 
 @dataclass
 class Outcome:
-    """What one (ablated or clean) pass over all batches produced, on the target tokens."""
+    """One (clean or ablated) pass over all batches; per-position arrays are the
+    batches' (b, p) grids flattened and concatenated."""
 
-    exit_depth: np.ndarray  # (n_target,) exit depth of each ablated token
-    expected_depth: np.ndarray  # (n_target,)
+    exit_depth: np.ndarray  # (n_pos,) int
+    expected_depth: np.ndarray  # (n_pos,)
+    running: np.ndarray  # (n_pos,) bool: computed at iteration t (all True for h0)
+    answer: np.ndarray  # (n_pos,) bool: scored positions
+    token_correct: np.ndarray  # (n_pos,) bool: prediction at i == token i+1
+    removed_sq: np.ndarray  # (n_pos,) squared norm of the removed component (0 if not ablated)
     correct: np.ndarray  # (n_instances,) bool
-    token_correct: np.ndarray  # (n_answer,) bool
-    removed_sq: np.ndarray  # (n_target,) squared norm of the removed component (0 for the clean pass)
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,39 +114,49 @@ def ablation_hooks(
 
 @torch.no_grad()
 def run_outcome(
-    model: Any, batches: Sequence[CausalBatch], t: int, components: np.ndarray | None, task: Any = None
+    model: Any,
+    batches: Sequence[CausalBatch],
+    t: int,
+    components: np.ndarray | None = None,
+    where: Sequence[np.ndarray] | None = None,
+    task: Any = None,
 ) -> Outcome:
-    """Run every batch clean (``components=None``) or ablated; gather the outcome.
-
-    The target tokens are ``where`` & running at t in *this* pass: ablating at t
-    cannot change who runs at t, so clean and ablated passes share them.
-    """
-    depths, expected, correct, tok_ok, removed = [], [], [], [], []
-    for batch in batches:
-        where = torch.as_tensor(batch.where, dtype=torch.bool, device=model.device)
+    """Run every batch clean (``components=None``) or with ``components`` (k, d)
+    projected out of the running tokens at positions ``where`` (one (b, p)
+    bool array per batch) at iteration t."""
+    if components is not None and (where is None or len(where) != len(batches)):
+        raise ValueError("an ablated pass needs one `where` mask per batch")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("depth", "exp", "run", "ans", "tok", "rem", "ok")}
+    for i, batch in enumerate(batches):
         record: dict[str, Tensor] = {}
         if components is None:
             hooks = [(f"loop.{t}.hook_running", _recorder(record))] if t != H0 else []
         else:
+            mask = torch.as_tensor(np.asarray(where[i], dtype=bool), device=model.device)
             U = torch.as_tensor(components, dtype=torch.float32, device=model.device)
-            hooks = ablation_hooks(model, t, U, where, record)
+            hooks = ablation_hooks(model, t, U, mask, record)
         out = model.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks)
-        running = record.get("running", torch.ones_like(where)).bool()
-        target = (running & where).cpu().numpy()
-        depths.append(out.exit_depth.cpu().numpy()[target])
-        expected.append(out.expected_depth.float().cpu().numpy()[target])
+        shape = tuple(out.exit_depth.shape)
+        running = record.get("running")
+        parts["run"].append(np.ones(shape, bool).ravel() if running is None else running.bool().cpu().numpy().ravel())
+        parts["depth"].append(out.exit_depth.cpu().numpy().ravel())
+        parts["exp"].append(out.expected_depth.float().cpu().numpy().ravel())
         sq = record.get("removed_sq")
-        removed.append(np.zeros(int(target.sum())) if sq is None else sq.float().cpu().numpy()[target])
+        parts["rem"].append(np.zeros(int(np.prod(shape))) if sq is None else sq.float().cpu().numpy().ravel())
         predicted = out.logits.argmax(-1).cpu().numpy()
-        ok, tok = _accuracy(batch, predicted, task)
-        correct.append(ok)
-        tok_ok.append(tok)
+        ok, answer, tok = _accuracy(batch, predicted, task)
+        parts["ok"].append(ok)
+        parts["ans"].append(answer.ravel())
+        parts["tok"].append(tok.ravel())
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
     return Outcome(
-        exit_depth=np.concatenate(depths).astype(np.int64),
-        expected_depth=np.concatenate(expected).astype(np.float64),
-        correct=np.concatenate(correct),
-        token_correct=np.concatenate(tok_ok),
-        removed_sq=np.concatenate(removed),
+        exit_depth=cat["depth"].astype(np.int64),
+        expected_depth=cat["exp"].astype(np.float64),
+        running=cat["run"].astype(bool),
+        answer=cat["ans"].astype(bool),
+        token_correct=cat["tok"].astype(bool),
+        removed_sq=cat["rem"].astype(np.float64),
+        correct=cat["ok"].astype(bool),
     )
 
 
@@ -156,9 +168,9 @@ def _recorder(record: dict[str, Tensor]) -> Callable:
     return keep
 
 
-def _accuracy(batch: CausalBatch, predicted: np.ndarray, task: Any) -> tuple[np.ndarray, np.ndarray]:
+def _accuracy(batch: CausalBatch, predicted: np.ndarray, task: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Instance correctness (task.score when examples are given, else exact match on
-    ``answer``) and per-answer-token correctness."""
+    ``answer``), the scored-position mask and per-position correctness."""
     tokens = batch.tokens.cpu().numpy()
     nxt = np.zeros_like(tokens)
     nxt[:, :-1] = tokens[:, 1:]
@@ -169,7 +181,7 @@ def _accuracy(batch: CausalBatch, predicted: np.ndarray, task: Any) -> tuple[np.
         correct = np.array([task.score(e, predicted[i, : len(e)]) for i, e in enumerate(batch.examples)])
     else:
         correct = np.array([bool(np.all(hit[i][answer[i]])) for i in range(tokens.shape[0])])
-    return correct.astype(bool), hit[answer]
+    return correct.astype(bool), answer, hit
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,21 +204,25 @@ def compare_to_control(effect: float, controls: Sequence[float]) -> dict[str, An
     return {"effect": float(effect), "control_mean": mean, "control_std": std, "z": z, "p": p, "n_control": int(c.size)}
 
 
-def outcome_metrics(clean: Outcome, ablated: Outcome) -> dict[str, float]:
-    """How far an ablated pass moved from the clean one (larger = bigger effect)."""
-    dd = ablated.exit_depth - clean.exit_depth
-    de = ablated.expected_depth - clean.expected_depth
+def outcome_metrics(clean: Outcome, ablated: Outcome, target: np.ndarray) -> dict[str, float]:
+    """How far an ablated pass moved from the clean one (larger = bigger effect);
+    depth metrics over the ``target`` positions (the ablated tokens)."""
+    dd = (ablated.exit_depth - clean.exit_depth)[target]
+    de = (ablated.expected_depth - clean.expected_depth)[target]
+    ans = clean.answer
+
+    def mean(x: np.ndarray) -> float:
+        return float(x.mean()) if x.size else 0.0
+
     return {
-        "exit_depth_abs_change": float(np.abs(dd).mean()) if dd.size else 0.0,
-        "exit_depth_change": float(dd.mean()) if dd.size else 0.0,
-        "exit_depth_changed_share": float(np.mean(dd != 0)) if dd.size else 0.0,
-        "expected_depth_abs_change": float(np.abs(de).mean()) if de.size else 0.0,
-        "expected_depth_change": float(de.mean()) if de.size else 0.0,
-        "accuracy_drop": float(clean.correct.mean() - ablated.correct.mean()) if clean.correct.size else 0.0,
-        "token_accuracy_drop": (
-            float(clean.token_correct.mean() - ablated.token_correct.mean()) if clean.token_correct.size else 0.0
-        ),
-        "removed_norm_sq": float(ablated.removed_sq.mean()) if ablated.removed_sq.size else 0.0,
+        "exit_depth_abs_change": mean(np.abs(dd)),
+        "exit_depth_change": mean(dd),
+        "exit_depth_changed_share": mean(dd != 0),
+        "expected_depth_abs_change": mean(np.abs(de)),
+        "expected_depth_change": mean(de),
+        "accuracy_drop": mean(clean.correct.astype(float)) - mean(ablated.correct.astype(float)),
+        "token_accuracy_drop": mean(clean.token_correct[ans].astype(float)) - mean(ablated.token_correct[ans].astype(float)),
+        "removed_norm_sq": mean(ablated.removed_sq[target]),
     }
 
 
@@ -214,11 +230,10 @@ def outcome_metrics(clean: Outcome, ablated: Outcome) -> dict[str, float]:
 TESTED = ("exit_depth_abs_change", "expected_depth_abs_change", "accuracy_drop", "token_accuracy_drop")
 
 
-def depth_change_histogram(clean: Outcome, ablated: Outcome, max_iters: int) -> dict[str, int]:
-    """Counts of per-token exit-depth changes, -(D-1)..D-1 (only non-empty bins)."""
-    dd = ablated.exit_depth - clean.exit_depth
-    values, counts = np.unique(dd, return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(values, counts) if abs(v) < max_iters}
+def depth_change_histogram(clean: Outcome, ablated: Outcome, target: np.ndarray) -> dict[str, int]:
+    """Counts of per-token exit-depth changes on the ablated tokens (non-empty bins)."""
+    values, counts = np.unique((ablated.exit_depth - clean.exit_depth)[target], return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,6 +253,7 @@ class CausalConfig:
 def causal_check(
     model: Any,
     batches: Sequence[CausalBatch],
+    where: Sequence[np.ndarray],
     t: int,
     X_fit: np.ndarray,
     y_fit: np.ndarray,
@@ -250,45 +266,288 @@ def causal_check(
     """Learn the probe direction(s) from ``X_fit`` (n, d) -> ``y_fit`` (n,) and
     compare ablating them at iteration ``t`` with ablating random directions.
 
+    ``where``: one (b, p) bool array per batch, the positions to ablate (where
+    the feature is defined); only those still running at t are touched.
     ``estimator``: the probe (default: standardised logistic regression; pass a
     standardised RidgeCV pipeline for a continuous or ordinal feature).
-    ``clean``: a precomputed clean outcome for these batches (saves a pass when
-    several features are checked at the same t).
-    Returns a JSON-able dict.
+    ``clean``: the clean outcome of these batches at this t (saves a pass when
+    several features are checked). Returns a JSON-able dict.
     """
     config = config or CausalConfig()
     model_dim = int(model.cfg.d_model)
     if X_fit.ndim != 2 or X_fit.shape[1] != model_dim:
         raise ValueError(f"X_fit must be (n, {model_dim}), got {X_fit.shape}")
-    probe = ProbeDirectionAblation(estimator=estimator, max_rank=config.max_rank).fit(X_fit, y_fit)
+    with threadpool_limits(limits=1, user_api="blas"):  # one small fit: BLAS threads only spin
+        probe = ProbeDirectionAblation(estimator=estimator, max_rank=config.max_rank).fit(X_fit, y_fit)
     k = probe.n_components_
     if k == 0:
         raise ValueError("the probe learned no direction (all weights zero)")
     fit_scores = probe.estimator_.score(X_fit, y_fit), probe.estimator_.score(probe.transform(X_fit), y_fit)
-    clean = clean if clean is not None else run_outcome(model, batches, t, None, task)
-    probe_out = run_outcome(model, batches, t, probe.components_, task)
-    probe_metrics = outcome_metrics(clean, probe_out)
+    clean = clean if clean is not None else run_outcome(model, batches, t, task=task)
+    target = np.concatenate([np.asarray(w, dtype=bool).ravel() for w in where]) & clean.running
+
+    def ablate(components: np.ndarray) -> Outcome:
+        return run_outcome(model, batches, t, components, where, task)
+
+    probe_out = ablate(probe.components_)
+    probe_metrics = outcome_metrics(clean, probe_out, target)
     controls: list[dict[str, float]] = []
     for i in range(config.n_random):
         rand = RandomDirectionAblation(n_components=k, random_state=config.seed * 1000 + i).fit(X_fit[:1])
-        controls.append(outcome_metrics(clean, run_outcome(model, batches, t, rand.components_, task)))
+        controls.append(outcome_metrics(clean, ablate(rand.components_), target))
     tests = {m: compare_to_control(probe_metrics[m], [c[m] for c in controls]) for m in TESTED}
     return {
         "t": t,
         "site": ablation_site(model, t),
         "rank": k,
-        "n_target_tokens": int(clean.exit_depth.size),
+        "n_target_tokens": int(target.sum()),
         "n_instances": int(clean.correct.size),
         # the probe on its own fit data, before and after removing its direction
         "probe_fit_score": float(fit_scores[0]),
         "probe_fit_score_ablated": float(fit_scores[1]),
         "clean": {
-            "mean_exit_depth": float(clean.exit_depth.mean()) if clean.exit_depth.size else None,
-            "mean_expected_depth": float(clean.expected_depth.mean()) if clean.expected_depth.size else None,
+            "mean_exit_depth": float(clean.exit_depth[target].mean()) if target.any() else None,
+            "mean_expected_depth": float(clean.expected_depth[target].mean()) if target.any() else None,
             "accuracy": float(clean.correct.mean()) if clean.correct.size else None,
         },
         "probe": probe_metrics,
-        "probe_depth_change_histogram": depth_change_histogram(clean, probe_out, int(model.cfg.max_iters)),
+        "probe_depth_change_histogram": depth_change_histogram(clean, probe_out, target),
         "control": {m: [c[m] for c in controls] for m in probe_metrics},
         "tests": tests,
     }
+
+
+# ---------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------
+
+
+def intervention_batches(
+    task: Any, model: Any, n: int, seed: int, batch_size: int
+) -> tuple[list[CausalBatch], list[Any], list[dict[str, Any]]]:
+    """``n`` fresh test-split instances spread over the task's in-distribution
+    difficulties (a seed stream apart from collection's, so the intervention is
+    measured on instances the probe direction was not fitted on).
+    Returns the batches, their examples (batch-major) and skipped difficulties."""
+    from anira.probes.collect import spread
+    from anira.task import collate
+
+    ks = list(task.ranges.values("test_id"))
+    max_len = int(model.cfg.max_len)
+    examples: list[Any] = []
+    skipped: list[dict[str, Any]] = []
+    for k, n_k in spread(int(n), ks).items():
+        rng = np.random.default_rng([int(seed), 0xCA05A1, int(k)])
+        drawn = [task.sample(k, rng, split="test") for _ in range(n_k)]
+        too_long = [e for e in drawn if len(e) > max_len]
+        if too_long:
+            skipped.append({"difficulty": k, "reason": f"instances exceed max_len {max_len}"})
+            continue
+        examples.extend(drawn)
+    batches = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        batch = collate(chunk)
+        batches.append(CausalBatch(tokens=torch.as_tensor(batch.tokens), answer=batch.answer_mask, examples=chunk))
+    return batches, examples, skipped
+
+
+def feature_where(batches: Sequence[CausalBatch], name: str, keep: str) -> list[np.ndarray]:
+    """Per batch, the positions where feature ``name`` is defined and that the
+    table keeps as rows (the probe was fitted on those rows only)."""
+    out = []
+    for batch in batches:
+        b, p = tuple(batch.tokens.shape)
+        mask = np.zeros((b, p), dtype=bool)
+        for i, e in enumerate(batch.examples or []):
+            values = e.features.get(name)
+            if values is None:
+                continue
+            row = np.isfinite(np.asarray(values, dtype=float))
+            if keep == "answer":
+                row &= e.answer_mask
+            elif keep == "question":
+                row &= e.question_mask
+            elif keep == "answer|question":
+                row &= e.answer_mask | e.question_mask
+            mask[i, : len(e)] = row
+        out.append(mask)
+    return out
+
+
+class CausalSuite:
+    """Remove a feature's probe direction at iteration t (and, as control, as many
+    random directions) and measure exit depth and accuracy.
+
+    Options: ``iterations`` ("0"; comma-separated, -1 or h0 for the Prelude
+    output), ``features`` ("all" or comma-separated names), ``n_random`` (8),
+    ``n_instances`` (128 fresh test instances), ``batch_size`` (64), ``probe``
+    ("auto": logistic for binary features, ridge for the rest, read as
+    ordinal; or "logistic" / "ridge"), ``max_fit_tokens`` (20000), ``max_rank`` (1).
+    """
+
+    name = "causal"
+    description = (
+        "project a feature's probe direction out of running tokens' states at iteration t; "
+        "change in exit depth and accuracy vs random directions"
+    )
+
+    def _sites(self, context: Any) -> dict[int, str]:
+        from anira.probes.representation import h0_site, parse_iterations
+
+        model = context.model
+        h0 = h0_site(int(model.cfg.n_prelude)) if model is not None else h0_site(1)
+        its = parse_iterations(str(context.option("iterations", "0")), int(context.max_iters))
+        return {t: (h0 if t == H0 else f"loop.{t}.hook_resid_post") for t in its}
+
+    def requires(self, context: Any) -> Any:
+        from anira.probes.suites import Requirements
+
+        return Requirements(hidden_sites=tuple(self._sites(context).values()), needs_model=True, min_instances=2)
+
+    def run(self, table: Any, context: Any) -> Any:
+        from anira.errors import AniraError
+        from anira.probes.suites import SuiteResult
+
+        model, task = context.model, context.task
+        if task is None:
+            raise AniraError("needs the task to draw fresh instances")
+        if not model.hook_points_enabled:
+            raise AniraError("the model's hook points are disabled (model.hook_points_enabled = False)")
+        sites = self._sites(context)
+        names = _feature_names(table, str(context.option("features", "all")))
+        config = CausalConfig(
+            n_random=int(context.option("n_random", 8)),
+            max_rank=int(context.option("max_rank", 1)),
+            seed=int(context.seed),
+        )
+        family = str(context.option("probe", "auto"))
+        if family not in ("auto", "logistic", "ridge"):
+            raise AniraError(f"probe must be auto, logistic or ridge; got {family!r}")
+        max_fit = int(context.option("max_fit_tokens", 20_000))
+        batches, examples, skipped = intervention_batches(
+            task, model, int(context.option("n_instances", 128)), int(context.seed),
+            int(context.option("batch_size", 64)),
+        )
+        if not batches:
+            raise AniraError("no intervention instance fits the model's max_len")
+        keep = str(table.meta.get("keep", "answer|question"))
+        notes = [f"difficulty {s['difficulty']}: {s['reason']}" for s in skipped]
+        notes += _policy_notes(model, sites)
+        was_training = model.training
+        model.eval()
+        checks: list[dict[str, Any]] = []
+        total, done = len(sites) * len(names), 0
+        try:
+            for t, site in sites.items():
+                clean = run_outcome(model, batches, t, task=task)
+                for name in names:
+                    check, note = self._check_one(table, model, task, batches, keep, t, site, name, family,
+                                                  max_fit, config, clean)
+                    if note:
+                        notes.append(note)
+                    if check is not None:
+                        checks.append(check)
+                    done += 1
+                    if context.progress is not None:
+                        context.progress(done, total)
+        finally:
+            model.train(was_training)
+        if not checks:
+            raise AniraError("no feature could be checked: " + "; ".join(notes[-3:]))
+        data = {"checks": checks, "n_instances": len(examples), "n_random": config.n_random, "probe": family}
+        return SuiteResult(
+            name=self.name, data=data, headline=_headline(checks), notes=notes,
+            figures={"effects": plot_causal(checks)},
+        )
+
+    def _check_one(self, table, model, task, batches, keep, t, site, name, family, max_fit, config, clean):
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        values = table.feature(name)
+        rows = np.isfinite(values)
+        if t != H0:
+            rows &= table.running[:, t]
+        rows = np.flatnonzero(rows)
+        if rows.size > max_fit:
+            rows = np.sort(np.random.default_rng([config.seed, t + 1]).choice(rows, max_fit, replace=False))
+        y = values[rows]
+        label = "h0" if t == H0 else f"t{t}"
+        if rows.size < 20 or np.unique(y).size < 2:
+            return None, f"{name} @ {label}: too few running tokens or a constant feature; not checked"
+        binary = np.unique(y).size == 2
+        use_logistic = family == "logistic" or (family == "auto" and binary)
+        estimator = None if use_logistic else make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+        where = feature_where(batches, name, keep)
+        check = causal_check(model, batches, where, t, table.hidden(site, rows=rows), y,
+                             estimator=estimator, task=task, config=config, clean=clean)
+        spec = table.specs[name]
+        check.update(feature=name, kind=spec.kind, probe_family="logistic" if use_logistic else "ridge", label=label)
+        return check, None
+
+
+def _feature_names(table: Any, spec: str) -> list[str]:
+    from anira.errors import AniraError
+
+    if spec.strip() == "all":
+        return list(table.specs)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in table.specs]
+    if unknown:
+        raise AniraError(f"unknown feature {unknown[0]!r}; features: {', '.join(table.specs)}")
+    return names
+
+
+def _policy_notes(model: Any, sites: dict[int, str]) -> list[str]:
+    policy = getattr(model, "policy", None)
+    notes = []
+    if policy is not None and policy.needs_full_distribution():
+        notes.append("the policy picks depths from a scouting pass with hooks off: exit depths cannot move; "
+                     "read the expected-depth change")
+    if getattr(policy, "timing", None) in ("early", "fixed") and any(t != H0 for t in sites):
+        notes.append(f"{getattr(policy, 'timing')} policy: depths are fixed before the loop, so ablating at t >= 0 "
+                     "cannot change exit depth (use iterations=h0 for the decision's input)")
+    return notes
+
+
+def _headline(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per kind, the feature whose removal moved exit depth most, with its control."""
+    out: dict[str, Any] = {}
+    for kind in ("execution", "static"):
+        rows = [c for c in checks if c["kind"] == kind]
+        if not rows:
+            continue
+        best = max(rows, key=lambda c: c["tests"]["exit_depth_abs_change"]["effect"])
+        test = best["tests"]["exit_depth_abs_change"]
+        out[f"{kind}: feature"] = f"{best['feature']} @ {best['label']}"
+        out[f"{kind}: |Δdepth|"] = test["effect"]
+        out[f"{kind}: random |Δdepth|"] = f"{test['control_mean']:.3f} ± {test['control_std']:.3f}"
+        out[f"{kind}: p"] = test["p"]
+    return out
+
+
+def plot_causal(checks: list[dict[str, Any]]):
+    """Effect of removing each feature's probe direction (coloured by kind) next to
+    random directions (grey: each draw; bar: mean ± std), for |Δ exit depth| and accuracy drop."""
+    from matplotlib.figure import Figure
+
+    colors = {"static": "#4c72b0", "execution": "#dd8452"}
+    panels = (("exit_depth_abs_change", "mean |Δ exit depth| (ablated tokens)"),
+              ("accuracy_drop", "instance accuracy drop"))
+    fig = Figure(figsize=(max(6.0, 0.7 * len(checks) + 3), 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    x = np.arange(len(checks))
+    for ax, (metric, title) in zip(axes, panels):
+        for i, c in enumerate(checks):
+            ctrl = np.asarray(c["control"][metric], dtype=float)
+            ax.scatter(np.full(ctrl.size, i + 0.15), ctrl, s=8, color="grey", alpha=0.6)
+            if ctrl.size:
+                ax.errorbar(i + 0.15, ctrl.mean(), yerr=ctrl.std(ddof=1) if ctrl.size > 1 else 0, fmt="_",
+                            color="black", capsize=3)
+            ax.bar(i - 0.15, c["probe"][metric], width=0.3, color=colors.get(c["kind"], "grey"))
+        ax.set_xticks(x, [f"{c['feature']}\n{c['label']}" for c in checks], fontsize=7, rotation=30, ha="right")
+        ax.set_title(title, fontsize=9)
+        ax.axhline(0, color="black", lw=0.6)
+    return fig

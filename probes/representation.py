@@ -13,8 +13,8 @@ drawn from the feature's own distribution; the same probe family learns it as
 well as it can memorise types. Selectivity = score(feature) - score(control),
 paired by fold, is what the state encodes beyond the identity of the token.
 
-Everything here is a pure function over numpy arrays; the suite object in
-:mod:`anira.probes.representation_suite` feeds it from the per-token table.
+The core is pure functions over numpy arrays; :class:`RepresentationSuite`
+at the end feeds it from the per-token table.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 H0 = -1  # the iteration index of the Prelude output
 
@@ -57,6 +58,9 @@ class RepresentationConfig:
     min_tokens: int = 20  # fewer running, labelled tokens: the iteration is skipped
     max_classes: int = 32  # discrete features with more values are probed as ordinal (ridge)
     C: float = 1.0  # inverse L2 strength of the logistic probe
+    # BLAS threads during the fits: many small L-BFGS solves only make BLAS threads
+    # spin against each other (20x slower on a busy 2-core box); None leaves BLAS alone
+    blas_threads: int | None = 1
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-3, 3, 13))  # RidgeCV grid
     seed: int = 0
 
@@ -183,8 +187,10 @@ def probe_at_iteration(
     groups: np.ndarray,
     config: RepresentationConfig,
     t: int,
+    classify: bool,
 ) -> dict[str, Any]:
-    """One point of a probe curve: the feature vs its control at iteration ``t``.
+    """One point of a probe curve: the feature vs its control at iteration ``t``
+    (``classify``: logistic probe and accuracy, else ridge and R²).
 
     Returns a JSON-able dict; when the point cannot be estimated it holds
     ``skipped`` with the reason instead of scores.
@@ -206,7 +212,6 @@ def probe_at_iteration(
     if np.ptp(y) == 0:
         point["skipped"] = f"feature is constant ({y[0]:g}) on the running tokens"
         return point
-    classify = probe_family(target, y, config) == "logistic"
     # the control is drawn from this iteration's marginal, keyed by type (see control_labels)
     y_control = control_labels(token_type[idx], y, seed=config.seed)
     folds = cross_validated_scores(X[idx], y, y_control, groups[idx], classify, config)
@@ -230,7 +235,7 @@ def probe_at_iteration(
 
 def probe_family(target: ProbeTarget, y: np.ndarray, config: RepresentationConfig) -> str:
     """"logistic" for discrete features with few values, else "ridge" (ordinal or continuous)."""
-    if target.discrete and np.unique(y).size <= config.max_classes:
+    if target.discrete and 0 < np.unique(y).size <= config.max_classes:
         return "logistic"
     return "ridge"
 
@@ -263,19 +268,28 @@ def representation_curves(
     token_type = np.asarray(token_type)
     groups = np.asarray(groups)
     iterations = sorted(states)
-    features: list[dict[str, Any]] = []
+    checked = []
     for target in targets:
         values = np.asarray(target.values, dtype=float)
         if values.shape != groups.shape:
             raise ValueError(f"feature {target.name!r} has {values.shape[0]} values for {groups.shape[0]} tokens")
-        target = ProbeTarget(target.name, target.kind, target.discrete, values)
-        defined = values[np.isfinite(values)]
-        family = probe_family(target, defined, config) if defined.size else "none"
-        curve = [
-            probe_at_iteration(np.asarray(states[t]), target, running_mask(running, t, groups.shape[0]),
-                               token_type, groups, config, t)
-            for t in iterations
-        ]
+        checked.append(ProbeTarget(target.name, target.kind, target.discrete, values))
+    # one probe family per feature (decided on all its values, not per iteration)
+    families = [
+        probe_family(tg, tg.values[np.isfinite(tg.values)], config) if np.isfinite(tg.values).any() else "none"
+        for tg in checked
+    ]
+    curves: list[list[dict[str, Any]]] = [[] for _ in checked]
+    # iterations outer: each iteration's states are read once (they may be memory-mapped)
+    with threadpool_limits(limits=config.blas_threads, user_api="blas"):
+        for t in iterations:
+            X = np.asarray(states[t])
+            mask = running_mask(running, t, groups.shape[0])
+            for curve, target, family in zip(curves, checked, families):
+                classify = family == "logistic"
+                curve.append(probe_at_iteration(X, target, mask, token_type, groups, config, t, classify))
+    features: list[dict[str, Any]] = []
+    for curve, target, family in zip(curves, checked, families):
         features.append(
             {
                 "name": target.name,
@@ -382,3 +396,139 @@ def plot_representation(result: dict[str, Any], title: str = ""):
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ---------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------
+
+SITE = "hook_resid_post"
+
+
+def h0_site(n_prelude: int) -> str:
+    """The hook holding the Prelude output h0 (the embedding when there is no Prelude)."""
+    return f"prelude.{n_prelude - 1}.hook_resid_post" if n_prelude > 0 else "hook_embed"
+
+
+def parse_iterations(spec: str, max_iters: int) -> list[int]:
+    """``"all"`` -> [-1, 0, .., D-1]; otherwise comma-separated ints, -1 or ``h0`` for h0."""
+    from anira.errors import AniraError
+
+    if spec.strip() == "all":
+        return [H0, *range(max_iters)]
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            t = H0 if part == "h0" else int(part)
+        except ValueError:
+            raise AniraError(f"iterations: cannot read {part!r} (use 'all', h0 or integers)") from None
+        if not H0 <= t < max_iters:
+            raise AniraError(f"iterations: {t} is outside -1..{max_iters - 1}")
+        out.append(t)
+    if not out:
+        raise AniraError("iterations: no iteration given")
+    return sorted(set(out))
+
+
+class _LazyStates(Mapping):
+    """t -> the table's hidden states at iteration t, read only when asked for."""
+
+    def __init__(self, table: Any, sites: dict[int, str]) -> None:
+        self.table, self.sites = table, sites
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return self.table.hidden(self.sites[t])
+
+    def __iter__(self):
+        return iter(self.sites)
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+
+class RepresentationSuite:
+    """Linear probes from hidden states at each iteration to each task feature,
+    with Hewitt–Liang control tasks and selectivity.
+
+    Options: ``iterations`` ("all", or e.g. "h0,0,2"), ``n_splits`` (5),
+    ``max_tokens`` (5000 per probe), ``max_classes`` (32), ``C`` (1.0),
+    ``correct_only`` (False), ``h0_site`` (the Prelude output's hook; default
+    from the model, else ``prelude.0.hook_resid_post``).
+    """
+
+    name = "representation"
+    description = (
+        "linear probes from hidden states at each iteration to each feature (running tokens), "
+        "Hewitt–Liang control tasks and selectivity"
+    )
+
+    def _sites(self, context: Any) -> dict[int, str]:
+        model = context.model
+        default_h0 = h0_site(int(model.cfg.n_prelude)) if model is not None else h0_site(1)
+        h0 = context.option("h0_site", default_h0)
+        its = parse_iterations(str(context.option("iterations", "all")), int(context.max_iters))
+        return {t: (h0 if t == H0 else f"loop.{t}.{SITE}") for t in its}
+
+    def requires(self, context: Any) -> Any:
+        from anira.probes.suites import Requirements
+
+        n_splits = int(context.option("n_splits", 5))
+        return Requirements(hidden_sites=tuple(self._sites(context).values()), min_instances=n_splits)
+
+    def run(self, table: Any, context: Any) -> Any:
+        from anira.errors import AniraError
+        from anira.probes.suites import SuiteResult
+
+        sites = self._sites(context)
+        config = RepresentationConfig(
+            n_splits=int(context.option("n_splits", 5)),
+            max_tokens=int(context.option("max_tokens", 5000)),
+            max_classes=int(context.option("max_classes", 32)),
+            C=float(context.option("C", 1.0)),
+            seed=int(context.seed),
+        )
+        if bool(context.option("correct_only", False)):
+            table = table.select(table.rows("all", correct_only=True))
+        names = list(table.specs)
+        if not names:
+            raise AniraError("the task declares no features to probe")
+        if table.n_rows == 0:
+            raise AniraError("no rows to probe (no correctly solved instance?)")
+        targets = [
+            ProbeTarget(n, table.specs[n].kind, bool(table.specs[n].discrete), table.feature(n)) for n in names
+        ]
+        running = {t: table.running[:, t] for t in sites if t != H0}
+        result = representation_curves(
+            _LazyStates(table, sites), running, targets, table["token"], table.groups(), config
+        )
+        result["sites"] = {iteration_label(t): s for t, s in sites.items()}
+        notes = _notes(result)
+        headline: dict[str, Any] = {}
+        for kind in ("static", "execution"):
+            peaks = [f["peak"] for f in result["features"] if f["kind"] == kind and f["peak"]]
+            best = max(peaks, key=lambda p: p["selectivity"], default=None)
+            best_feature = next((f["name"] for f in result["features"] if f["peak"] is best), None)
+            headline[f"max selectivity {kind}"] = best["selectivity"] if best else None
+            headline[f"at ({kind})"] = f"{best_feature} @ {best['label']}" if best else None
+        figures = {"curves": plot_representation(result, title=str(table.meta.get("checkpoint", "")))}
+        return SuiteResult(name=self.name, data=result, headline=headline, notes=notes, figures=figures)
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    notes = []
+    for f in result["features"]:
+        skipped = [p for p in f["curve"] if "skipped" in p]
+        if len(skipped) == len(f["curve"]):
+            notes.append(f"{f['name']}: not probed ({skipped[0]['skipped']})" if skipped else f"{f['name']}: no iterations")
+        elif skipped:
+            where = ", ".join(p["label"] for p in skipped)
+            notes.append(f"{f['name']}: skipped at {where} ({skipped[0]['skipped']})")
+        n_warn = sum(p.get("convergence_warnings", 0) for p in f["curve"])
+        if n_warn:
+            notes.append(f"{f['name']}: {n_warn} probe fits did not fully converge (max_iter reached)")
+        if f["probe"] == "ridge" and f["discrete"]:
+            notes.append(f"{f['name']}: more than {result['config']['max_classes']} values, probed as ordinal (ridge, R²)")
+    return notes

@@ -6,18 +6,12 @@ import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from anira import build_model, preset_config
 from anira.probes.causal import CausalBatch, causal_check, compare_to_control, run_outcome
 
 VOCAB = 128  # more token types than d_model: token identity cannot fake a linear code
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    with threadpool_limits(1):
-        yield
 
 
 def _unit_zero_mean(rng, d, against=()):
@@ -70,12 +64,15 @@ def batches_and_states(model, n_batches=2, b=8, p=10, t=0, seed=1):
     batches, states, toks = [], [], []
     for _ in range(n_batches):
         tokens = torch.randint(1, VOCAB, (b, p), generator=g)
-        ones = np.ones((b, p), dtype=bool)
-        batches.append(CausalBatch(tokens=tokens, where=ones, answer=ones, lengths=np.full(b, p)))
+        batches.append(CausalBatch(tokens=tokens, answer=np.ones((b, p), dtype=bool)))
         _, cache = model.run_with_cache(tokens, names_filter=[f"loop.{t}.hook_resid_post"])
         states.append(cache[f"loop.{t}.hook_resid_post"].reshape(-1, model.cfg.d_model).numpy())
         toks.append(tokens.reshape(-1).numpy())
     return batches, np.concatenate(states), np.concatenate(toks)
+
+
+def everywhere(batches):
+    return [np.ones(tuple(b.tokens.shape), dtype=bool) for b in batches]
 
 
 def test_planted_model_halts_on_u():
@@ -89,7 +86,7 @@ def test_ablating_the_read_direction_moves_depth_far_more_than_random():
     model, u, v, c_u, c_v = planted_model()
     batches, X, tok = batches_and_states(model)
     y = (c_u[tok] > 3).astype(int)  # the feature the decider's direction encodes
-    result = causal_check(model, batches, 0, X, y)
+    result = causal_check(model, batches, everywhere(batches), 0, X, y)
     assert result["rank"] == 1 and result["n_target_tokens"] == 160
     assert result["probe_fit_score"] > 0.99
     test = result["tests"]["exit_depth_abs_change"]
@@ -105,7 +102,7 @@ def test_a_direction_the_decider_ignores_acts_like_random():
     batches, X, tok = batches_and_states(model)
     y = c_v[tok]  # encoded along v, which the decider never reads (ridge: a continuous target)
     ridge = make_pipeline(StandardScaler(), RidgeCV())
-    result = causal_check(model, batches, 0, X, y, estimator=ridge)
+    result = causal_check(model, batches, everywhere(batches), 0, X, y, estimator=ridge)
     assert result["probe_fit_score"] > 0.9
     assert result["probe"]["exit_depth_abs_change"] < 0.2
     assert result["tests"]["exit_depth_abs_change"]["p"] > 0.1
@@ -117,7 +114,7 @@ def test_h0_ablation_targets_the_prelude_output():
     _, cache = model.run_with_cache(batches[0].tokens, names_filter=["prelude.0.hook_resid_post"])
     X0 = cache["prelude.0.hook_resid_post"].reshape(-1, model.cfg.d_model).numpy()
     y0 = (c_u[batches[0].tokens.reshape(-1).numpy()] > 3).astype(int)
-    result = causal_check(model, batches, -1, X0, y0)
+    result = causal_check(model, batches, everywhere(batches), -1, X0, y0)
     assert result["site"] == "prelude.0.hook_resid_post"
     assert result["tests"]["exit_depth_abs_change"]["effect"] > result["tests"]["exit_depth_abs_change"]["control_mean"]
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from anira.probes.representation import (
     H0,
@@ -14,12 +13,6 @@ from anira.probes.representation import (
 )
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    # tiny solves: BLAS threads only fight each other (and the other tests) on a 2-core box
-    with threadpool_limits(1):
-        yield
 
 
 N_INST, PER_INST, D, N_TYPES = 60, 10, 16, 12
