@@ -137,3 +137,16 @@ def test_metrics_schema(tmp_path, registry):
     evals = [r for r in records if r["kind"] == "eval"]
     assert [set(r) for r in evals] == [eval_keys, eval_keys]
     assert set(evals[0]["per_difficulty"][0]) == {"difficulty", "n", "acc", "mean_depth", "mean_expected_depth"}
+
+
+def test_stop_at_acc_ends_the_run_at_the_first_good_eval(tmp_path, registry, monkeypatch):
+    from anira.training import loop
+
+    def perfect(model, task, which, sets, batch_size, amp=False):
+        return {"split": which, "acc": 1.0, "mean_depth": 1.0, "mean_expected_depth": 1.0, "per_difficulty": []}
+
+    monkeypatch.setattr(loop, "evaluate_range", perfect)
+    spec = support.spec("fixed", steps=10, eval_every=2, checkpoint_every=0, stop_at_acc=0.95)
+    result = train(spec, tmp_path / "run", registry=registry)
+    assert result.status == "target reached" and result.step == 2
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-00000002"
