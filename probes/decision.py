@@ -12,7 +12,7 @@ Two probes, picked by the policy's timing (option ``mode``: auto | early | onlin
   sets are judged on what they add beyond "how far the loop has got".
 
 Every probe is the stock ``make_pipeline(StandardScaler(),
-LogisticRegression(class_weight="balanced"))`` (balanced so a rare exit is
+LogisticRegression(class_weight="balanced", solver="newton-cholesky"))`` (balanced so a rare exit is
 not ignored), scored by GroupKFold by instance (never by token): balanced
 accuracy and AUROC (binary, or macro one-vs-rest over the classes present in
 the test fold), mean ± std over folds. Baselines on the same folds: the
@@ -48,8 +48,10 @@ ONLINE_TIMINGS = ("online", "training-free")
 
 
 def make_probe(seed: int = 0) -> Any:
-    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000,
-                                                              random_state=seed))
+    # newton-cholesky: many rows, few features -> a handful of exact Newton steps
+    # (several times faster than lbfgs here, same optimum)
+    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", solver="newton-cholesky",
+                                                              max_iter=500, random_state=seed))
 
 
 def macro_auroc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
