@@ -126,3 +126,13 @@ def test_builtin_handles_match_their_classes():
         handle = LazySuite(name, description, target)
         impl = handle.load()
         assert (impl.name, impl.description) == (name, description)
+
+
+def test_docs_probes_examples_run():
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "probes.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/probes.md", "exec"), {"__name__": "docs_example"})
