@@ -380,8 +380,10 @@ class CausalSuite:
     random directions) and measure exit depth and accuracy.
 
     Options: ``iterations`` ("0"; comma-separated, -1 or h0 for the Prelude
-    output), ``features`` ("all" or comma-separated names), ``n_random`` (8),
-    ``n_instances`` (128 fresh test instances), ``batch_size`` (64), ``probe``
+    output), ``features`` ("auto": the ``per_kind`` (1) most linearly decodable
+    execution and static features at t, by ridge R²; "all"; or comma-separated
+    names), ``n_random`` (8), ``n_instances`` (64 fresh test instances),
+    ``batch_size`` (64), ``probe``
     ("auto": logistic for binary features, ridge for the rest, read as
     ordinal; or "logistic" / "ridge"), ``max_fit_tokens`` (20000), ``max_rank`` (1).
     """
@@ -415,7 +417,11 @@ class CausalSuite:
         if not model.hook_points_enabled:
             raise AniraError("the model's hook points are disabled (model.hook_points_enabled = False)")
         sites = self._sites(context)
-        names = _feature_names(table, str(context.option("features", "all")))
+        spec = str(context.option("features", "auto"))
+        names = _feature_names(table, spec)
+        auto = spec.strip() == "auto"
+        per_kind = int(context.option("per_kind", 1))
+        selection: dict[str, Any] = {}
         config = CausalConfig(
             n_random=int(context.option("n_random", 8)),
             max_rank=int(context.option("max_rank", 1)),
@@ -426,7 +432,7 @@ class CausalSuite:
             raise AniraError(f"probe must be auto, logistic or ridge; got {family!r}")
         max_fit = int(context.option("max_fit_tokens", 20_000))
         batches, examples, skipped = intervention_batches(
-            task, model, int(context.option("n_instances", 128)), int(context.seed),
+            task, model, int(context.option("n_instances", 64)), int(context.seed),
             int(context.option("batch_size", 64)),
         )
         if not batches:
@@ -437,11 +443,15 @@ class CausalSuite:
         was_training = model.training
         model.eval()
         checks: list[dict[str, Any]] = []
-        total, done = len(sites) * len(names), 0
+        total, done = len(sites) * (2 * per_kind if auto else len(names)), 0
         try:
             for t, site in sites.items():
                 clean = run_outcome(model, batches, t, task=task)
-                for name in names:
+                chosen = names
+                if auto:
+                    chosen, scores = pick_features(table, names, site, t, per_kind, max_fit, config.seed)
+                    selection[site] = {"picked": chosen, "ridge_r2": scores}
+                for name in chosen:
                     check, note = self._check_one(table, model, task, batches, keep, t, site, name, family,
                                                   max_fit, config, clean)
                     if note:
@@ -455,7 +465,8 @@ class CausalSuite:
             model.train(was_training)
         if not checks:
             raise AniraError("no feature could be checked: " + "; ".join(notes[-3:]))
-        data = {"checks": checks, "n_instances": len(examples), "n_random": config.n_random, "probe": family}
+        data = {"checks": checks, "n_instances": len(examples), "n_random": config.n_random, "probe": family,
+                "selection": selection}
         return SuiteResult(
             name=self.name, data=data, headline=_headline(checks), notes=notes,
             figures={"effects": plot_causal(checks)},
@@ -466,14 +477,8 @@ class CausalSuite:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        values = table.feature(name)
-        rows = np.isfinite(values)
-        if t != H0:
-            rows &= table.running[:, t]
-        rows = np.flatnonzero(rows)
-        if rows.size > max_fit:
-            rows = np.sort(np.random.default_rng([config.seed, t + 1]).choice(rows, max_fit, replace=False))
-        y = values[rows]
+        rows = _fit_rows(table, name, t, max_fit, config.seed)
+        y = table.feature(name, rows)
         label = "h0" if t == H0 else f"t{t}"
         if rows.size < 20 or np.unique(y).size < 2:
             return None, f"{name} @ {label}: too few running tokens or a constant feature; not checked"
@@ -491,13 +496,54 @@ class CausalSuite:
 def _feature_names(table: Any, spec: str) -> list[str]:
     from anira.errors import AniraError
 
-    if spec.strip() == "all":
+    if spec.strip() in ("all", "auto"):
         return list(table.specs)
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in table.specs]
     if unknown:
         raise AniraError(f"unknown feature {unknown[0]!r}; features: {', '.join(table.specs)}")
     return names
+
+
+def decodability(table: Any, name: str, site: str, t: int, max_rows: int, seed: int) -> float | None:
+    """In-sample R² of a standardised ridge probe from the states at ``site`` to the
+    feature (running tokens): one number comparable across discrete and continuous
+    features, to pick which features get the (costly) intervention."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rows = _fit_rows(table, name, t, max_rows, seed)
+    y = table.feature(name, rows)
+    if rows.size < 20 or np.ptp(y) == 0:
+        return None
+    with threadpool_limits(limits=1, user_api="blas"):
+        probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+        X = table.hidden(site, rows=rows)
+        return float(probe.fit(X, y).score(X, y))
+
+
+def _fit_rows(table: Any, name: str, t: int, max_rows: int, seed: int) -> np.ndarray:
+    """Rows where the feature is defined and the token runs at t (subsampled, seeded)."""
+    rows = np.isfinite(table.feature(name))
+    if t != H0:
+        rows &= table.running[:, t]
+    rows = np.flatnonzero(rows)
+    if rows.size > max_rows:
+        rows = np.sort(np.random.default_rng([seed, t + 1]).choice(rows, max_rows, replace=False))
+    return rows
+
+
+def pick_features(table: Any, names: list[str], site: str, t: int, per_kind: int, max_rows: int,
+                  seed: int) -> tuple[list[str], dict[str, float | None]]:
+    """The ``per_kind`` most decodable features of each kind at t (see :func:`decodability`)."""
+    scores = {n: decodability(table, n, site, t, max_rows, seed) for n in names}
+    picked: list[str] = []
+    for kind in ("execution", "static"):
+        ranked = sorted((n for n in names if table.specs[n].kind == kind and scores[n] is not None),
+                        key=lambda n: -scores[n])
+        picked.extend(ranked[:per_kind])
+    return picked, scores
 
 
 def _policy_notes(model: Any, sites: dict[int, str]) -> list[str]:

@@ -54,9 +54,9 @@ class RepresentationConfig:
     """Knobs of the representation probes."""
 
     n_splits: int = 5  # GroupKFold folds (fewer when there are fewer instances)
-    max_tokens: int = 20_000  # tokens per probe; more are subsampled (seeded) for speed
+    max_tokens: int = 4000  # tokens per probe; more are subsampled (seeded) for speed
     min_tokens: int = 20  # fewer running, labelled tokens: the iteration is skipped
-    max_classes: int = 32  # discrete features with more values are probed as ordinal (ridge)
+    max_classes: int = 16  # discrete features with more values are probed as ordinal (ridge)
     C: float = 1.0  # inverse L2 strength of the logistic probe
     # BLAS threads during the fits: many small L-BFGS solves only make BLAS threads
     # spin against each other (20x slower on a busy 2-core box); None leaves BLAS alone
@@ -454,7 +454,7 @@ class RepresentationSuite:
     with Hewitt–Liang control tasks and selectivity.
 
     Options: ``iterations`` ("all", or e.g. "h0,0,2"), ``n_splits`` (5),
-    ``max_tokens`` (5000 per probe), ``max_classes`` (32), ``C`` (1.0),
+    ``max_tokens`` (4000 per probe), ``max_classes`` (16), ``C`` (1.0),
     ``correct_only`` (False), ``h0_site`` (the Prelude output's hook; default
     from the model, else ``prelude.0.hook_resid_post``).
     """
@@ -485,8 +485,8 @@ class RepresentationSuite:
         sites = self._sites(context)
         config = RepresentationConfig(
             n_splits=int(context.option("n_splits", 5)),
-            max_tokens=int(context.option("max_tokens", 5000)),
-            max_classes=int(context.option("max_classes", 32)),
+            max_tokens=int(context.option("max_tokens", RepresentationConfig.max_tokens)),
+            max_classes=int(context.option("max_classes", RepresentationConfig.max_classes)),
             C=float(context.option("C", 1.0)),
             seed=int(context.seed),
         )

@@ -85,3 +85,19 @@ def test_causal_suite_unknown_feature_is_a_clear_skip(setup):
     ctx = SuiteContext(max_iters=D, model=model, task=task, options={"features": "nope"})
     result = run_suite(registry.suite("causal"), table, ctx)
     assert result.status == "skipped" and "nope" in result.reason
+
+
+def test_causal_suite_auto_picks_one_feature_per_kind(setup):
+    registry, task, model, table = setup
+    ctx = SuiteContext(max_iters=D, model=model, task=task, options={"n_random": "2", "n_instances": "8"})
+    result = run_suite(registry.suite("causal"), table, ctx)
+    assert result.status == "ok", result.reason
+    kinds = [c["kind"] for c in result.data["checks"]]
+    assert sorted(kinds) == ["execution", "static"]
+    picked = result.data["selection"]["loop.0.hook_resid_post"]
+    assert [c["feature"] for c in result.data["checks"]] == picked["picked"]
+    # the pick is the most decodable feature of its kind
+    r2 = picked["ridge_r2"]
+    for c in result.data["checks"]:
+        same = [v for n, v in r2.items() if v is not None and task.feature_spec(n).kind == c["kind"]]
+        assert r2[c["feature"]] == max(same)
