@@ -8,7 +8,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from anira import build_model, preset_config
-from anira.probes.causal import CausalBatch, causal_check, compare_to_control, run_outcome
+from anira.probes.causal import (
+    CausalBatch,
+    CausalConfig,
+    ablation_hooks,
+    causal_check,
+    compare_to_control,
+    run_outcome,
+)
 
 VOCAB = 128  # more token types than d_model: token identity cannot fake a linear code
 
@@ -125,3 +132,38 @@ def test_compare_to_control():
     assert out["z"] == pytest.approx((5.0 - 1.0) / np.std([0, 1, 2, 1], ddof=1))
     assert compare_to_control(0.0, [0.0, 0.0])["z"] is None
     assert compare_to_control(0.0, [0.0, 0.0])["p"] == 1.0
+
+
+def test_only_running_tokens_at_targeted_positions_are_ablated():
+    model, u, *_ = planted_model()
+    batches, _, _ = batches_and_states(model, n_batches=1)
+    tokens = batches[0].tokens
+    where = np.zeros(tuple(tokens.shape), dtype=bool)
+    where[:, :4] = True
+    seen = {}
+
+    def grab(value, hook):
+        seen[hook.name] = value.detach().clone()
+        return value
+
+    _, clean = model.run_with_cache(tokens, names_filter=["loop.0.hook_resid_post"])
+    record = {}
+    U = torch.tensor(u[None], dtype=torch.float32)
+    hooks = ablation_hooks(model, 0, U, torch.as_tensor(where), record)
+    model.run_with_hooks(tokens, fwd_hooks=[*hooks, ("loop.0.hook_resid_post", grab)])
+    after = seen["loop.0.hook_resid_post"].numpy()
+    before = clean["loop.0.hook_resid_post"].numpy()
+    assert np.allclose(after[:, 4:], before[:, 4:])  # untargeted positions untouched
+    assert np.allclose(after[:, :4] @ u, 0.0, atol=1e-5)  # u removed where targeted
+    assert np.allclose(record["removed_sq"].numpy()[:, :4], (before[:, :4] @ u) ** 2, rtol=1e-4)
+
+
+def test_ablating_after_every_token_halted_changes_nothing():
+    # every token of the planted model exits after iteration 0: nobody runs at t = 1
+    model, u, v, c_u, c_v = planted_model()
+    batches, X, tok = batches_and_states(model, t=1)
+    y = (c_u[tok] > 3).astype(int)
+    result = causal_check(model, batches, everywhere(batches), 1, X, y, config=CausalConfig(n_random=2))
+    assert result["n_target_tokens"] == 0
+    assert result["probe"]["exit_depth_abs_change"] == 0.0
+    assert result["probe"]["accuracy_drop"] == 0.0 and result["probe"]["removed_norm_sq"] == 0.0

@@ -133,3 +133,32 @@ def test_figure_has_score_and_selectivity_panels(result):
     fig = plot_representation(result, title="planted")
     assert len(fig.axes) == 2
     assert len(fig.axes[0].lines) >= 3
+
+
+def test_suite_on_a_planted_table_reads_states_running_masks_and_token_types():
+    from anira.probes.representation import RepresentationSuite
+    from anira.probes.suites import SuiteContext, run_suite
+    from anira.probes.table import TokenTable
+    from anira.task import FeatureSpec
+
+    states, _, targets, token_type, groups = planted_states()
+    n = groups.size
+    # depth 2 for even instances, 3 for odd: iteration 2 sees only the odd ones
+    depth = np.where(groups % 2 == 0, 2, 3)
+    base = TokenTable.from_arrays(instance=groups, exit_depth=depth, max_iters=3,
+                                  features={t.name: t.values for t in targets}, kinds={t.name: t.kind for t in targets})
+    columns = dict(base.columns, token=token_type.astype(np.int32))
+    specs = {t.name: FeatureSpec(t.name, t.kind, "planted", t.discrete, "answer") for t in targets}
+    hidden = {"prelude.0.hook_resid_post": states[H0].astype(np.float32)}
+    hidden.update({f"loop.{t}.hook_resid_post": states[t].astype(np.float32) for t in (0, 1, 2)})
+    table = TokenTable(columns, base.q, base.running, {t.name: t.values for t in targets}, specs,
+                       hidden=hidden, meta=base.meta)
+    result = run_suite(RepresentationSuite(), table, SuiteContext(max_iters=3, options={"n_splits": 4}))
+    assert result.status == "ok", result.reason
+    flag = next(f for f in result.data["features"] if f["name"] == "flag")
+    pts = {p["label"]: p for p in flag["curve"]}
+    assert pts["t2"]["n_tokens"] == n // 2 and pts["t1"]["n_tokens"] == n
+    assert pts["t0"]["selectivity"] > 0.3 and pts["h0"]["selectivity"] < 0.15
+    arity = next(f for f in result.data["features"] if f["name"] == "arity")
+    assert abs(arity["curve"][0]["selectivity"]) < 0.1  # token identity: not selective
+    assert result.headline["at (execution)"].split(" @ ")[1] in ("t0", "t1")
