@@ -25,7 +25,9 @@ An instance-level (cluster) bootstrap gives its uncertainty, and the
 *reading* — static / execution / mixed / none — follows from the bootstrap
 interval of share(execution) − share(static): none when the selected model's
 R² interval reaches below 1%; execution / static when the interval excludes 0
-on that side; mixed otherwise.
+on that side *and* the point difference is at least 0.2 (a 60/40 split or
+more: with many tokens a trivially small imbalance is "significant", and two
+kinds contributing comparably is what "mixed" means); mixed otherwise.
 
 Every regression here is solved from one weighted Gram matrix of
 ``[1, X, y]``, so ΔR², VIF and each bootstrap replicate cost a small linear
@@ -242,13 +244,14 @@ def _ci(values: np.ndarray, level: float = 0.95) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def reading(r2_ci: list[float], diff_ci: list[float], min_r2: float = 0.01) -> str:
+def reading(r2_ci: list[float], diff: float, diff_ci: list[float], min_r2: float = 0.01,
+            min_gap: float = 0.2) -> str:
     """static / execution / mixed / none from the bootstrap intervals (module doc)."""
     if not np.isfinite(r2_ci[0]) or r2_ci[0] < min_r2:
         return "none"
-    if diff_ci[0] > 0:
+    if diff_ci[0] > 0 and diff >= min_gap:
         return "execution"
-    if diff_ci[1] < 0:
+    if diff_ci[1] < 0 and diff <= -min_gap:
         return "static"
     return "mixed"
 
@@ -260,7 +263,8 @@ def reading(r2_ci: list[float], diff_ci: list[float], min_r2: float = 0.01) -> s
 
 def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool = True,
               target: str = "expected_depth", corr_threshold: float = 0.8, vif_threshold: float = 5.0,
-              min_delta_r2: float = 0.005, min_coverage: float = 0.5, features: list[str] | None = None, n_boot: int = 200,
+              min_delta_r2: float = 0.005, min_share_gap: float = 0.2,
+              min_coverage: float = 0.5, features: list[str] | None = None, n_boot: int = 200,
               seed: int = 0) -> tuple[dict[str, Any], list[str]]:
     """Run the attribution on ``table``; returns (JSON-able result, notes)."""
     if target not in ("expected_depth", "exit_depth"):
@@ -316,7 +320,9 @@ def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool 
         draws = bootstrap_shares(Z, groups, table.groups(rows), n_boot, seed)
         boot = {"n_boot": n_boot, "r2_ci": _ci(draws["r2"]), "share_static_ci": _ci(draws["static"]),
                 "share_execution_ci": _ci(draws["execution"]), "diff_ci": _ci(draws["diff"])}
-        label = reading(boot["r2_ci"], boot["diff_ci"])
+        share = selected_fit["share"]
+        diff = share.get("execution", 0.0) - share.get("static", 0.0)
+        label = reading(boot["r2_ci"], diff, boot["diff_ci"], min_gap=min_share_gap)
     share = selected_fit["share"]
     result = {
         "token_set": sel.token_set,
@@ -336,7 +342,8 @@ def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool 
         "share_execution": share.get("execution", 0.0 if selected else float("nan")),
         "bootstrap": boot,
         "reading": label,
-        "thresholds": {"corr": corr_threshold, "vif": vif_threshold, "min_delta_r2": min_delta_r2},
+        "thresholds": {"corr": corr_threshold, "vif": vif_threshold, "min_delta_r2": min_delta_r2,
+                       "min_share_gap": min_share_gap},
     }
     return result, notes
 
@@ -368,6 +375,7 @@ class AttributionSuite:
             corr_threshold=context.option("corr_threshold", 0.8),
             vif_threshold=context.option("vif_threshold", 5.0),
             min_delta_r2=context.option("min_delta_r2", 0.005),
+            min_share_gap=context.option("min_share_gap", 0.2),
             min_coverage=context.option("min_coverage", 0.5),
             features=parse_names(context.option("features", None)),
             n_boot=context.option("n_boot", 200),

@@ -87,6 +87,13 @@ def test_attribution_reading_and_shares(rule):
     assert result["selected"]["features"][0]["coef"] > 0.7  # standardized: close to the correlation
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_attribution_reads_mixed_when_both_kinds_contribute_equally(seed):
+    result, _ = attribute(planted("both", seed=seed), n_boot=60, seed=seed)
+    assert result["reading"] == "mixed"
+    assert set(result["selected_features"]) == {"s1", "e1"}
+
+
 def test_attribution_prunes_collinear_and_controls_for_size():
     rng = np.random.default_rng(1)
     n_inst, per = 120, 10
