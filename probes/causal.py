@@ -596,4 +596,10 @@ def plot_causal(checks: list[dict[str, Any]]):
         ax.set_xticks(x, [f"{c['feature']}\n{c['label']}" for c in checks], fontsize=7, rotation=30, ha="right")
         ax.set_title(title, fontsize=9)
         ax.axhline(0, color="black", lw=0.6)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colors[k], label=f"probe direction ({k})") for k in ("execution", "static")]
+    handles.append(Line2D([], [], marker="o", ls="", color="grey", label="random directions (mean ± std)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=7, frameon=False)
     return fig

@@ -390,7 +390,7 @@ def plot_representation(result: dict[str, Any], title: str = ""):
     ax_score.set_ylabel("probe score (dotted: control task)")
     ax_sel.set_ylabel("selectivity = score - control")
     ax_score.set_title("probe accuracy / R² (running tokens)")
-    ax_sel.set_title("selectivity (± std over folds)")
+    ax_sel.set_title("selectivity ± std over folds (solid: execution, dashed: static)", fontsize=9)
     if colors:
         fig.legend(loc="outside right center", fontsize=7)
     if title:
