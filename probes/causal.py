@@ -472,7 +472,11 @@ class CausalSuite:
             figures={"effects": plot_causal(checks)},
         )
 
-    def _check_one(self, table, model, task, batches, keep, t, site, name, family, max_fit, config, clean):
+    def _check_one(
+        self, table: Any, model: Any, task: Any, batches: list[CausalBatch], keep: str, t: int, site: str,
+        name: str, family: str, max_fit: int, config: CausalConfig, clean: Outcome,
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """One feature at one iteration: (the check, None) or (None, why it was not checked)."""
         from sklearn.linear_model import RidgeCV
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
