@@ -125,7 +125,8 @@ class Attention(nn.Module):
         cache.write(pos, k, v)
         allowed = pos[:, :, None] >= torch.arange(cache.k.shape[1], device=x.device)  # (b, m, n)
         z = F.scaled_dot_product_attention(
-            q.transpose(1, 2), cache.k.transpose(1, 2), cache.v.transpose(1, 2), attn_mask=allowed[:, None]
+            q.to(cache.k.dtype).transpose(1, 2), cache.k.transpose(1, 2), cache.v.transpose(1, 2),
+            attn_mask=allowed[:, None],
         ).transpose(1, 2)
         return self.W_o(rearrange(z, "b m h e -> b m (h e)"))
 
@@ -205,6 +206,7 @@ class RowCache:
     valid: Tensor | None = None
 
     def write(self, pos: Tensor, k: Tensor, v: Tensor) -> None:
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)  # under autocast projections may be bf16
         index = pos[..., None, None].expand_as(k)
         if self.valid is not None and not bool(self.valid.all()):  # padding rows rewrite what is there
             keep = self.valid[..., None, None]

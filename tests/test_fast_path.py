@@ -117,3 +117,13 @@ def test_several_core_layers_use_the_masked_path(counting):
     model = make_model(cfg, "anira-e")
     model(torch.randint(1, 24, (1, 5)))
     assert counting["rows"] == 0
+
+
+def test_fast_path_under_bf16_autocast():
+    cfg = preset_config("test", vocab_size=24, max_iters=6)
+    model = make_model(cfg, "pattern", depths=[1, 6, 3])
+    tokens = torch.randint(1, 24, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, masked = _both(model, tokens)
+    assert torch.equal(fast.exit_depth, masked.exit_depth)
+    assert torch.allclose(fast.logits.float(), masked.logits.float(), atol=0.1)

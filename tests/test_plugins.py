@@ -168,10 +168,16 @@ def test_non_editable_install_and_example_package(tmp_path):
     assert "anira" in top and "plugins" not in top and "probes" not in top
     assert (target / "anira" / "plugins" / "policies" / "anira_o.py").exists()
     assert (target / "anira" / "probes").is_dir()
+    # every package of the source tree was installed
+    for init in list((ROOT / "anira").rglob("__init__.py")) + list((ROOT / "plugins").rglob("__init__.py")):
+        rel = init.parent.relative_to(ROOT)
+        rel = Path("anira", *rel.parts[1:]) if rel.parts[0] == "anira" else Path("anira", *rel.parts)
+        assert (target / rel / "__init__.py").exists(), f"{rel} was not installed"
     script = textwrap.dedent(
         """
-        import anira, torch
+        import anira, torch, anira.cli
         assert anira.__file__.startswith(%r), anira.__file__
+        anira.cli.build_parser()
         reg = anira.build_registry()
         assert not reg.problems, reg.problems
         m = anira.build_model(anira.preset_config("test", vocab_size=9), "fixed-k", registry=reg, k=3).eval()
