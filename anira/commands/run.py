@@ -1,30 +1,50 @@
 """``anira run``: the main job.
 
-Without trained checkpoints it builds a small model, runs it with a cache and
-shows, iteration by iteration, which tokens were still computing and where each
-token exited. (Once reference checkpoints are bundled, this command evaluates
-them and writes the report.)
+With no arguments it takes the bundled reference checkpoints (``checkpoints/``),
+evaluates each, runs the probe suites on each, writes one offline HTML report
+(evaluation and probes side by side) and prints a summary. ``--trace`` instead
+builds a small untrained model and shows, iteration by iteration, which tokens
+were still computing and where each exited.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from anira.cache import names_filter_for, stack_iterations
 from anira.config import preset_config
+from anira.errors import AniraError
 from anira.model import build_model
 from anira.registry import default_registry
 
+DEFAULT_SUITES = "attribution,decision"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("run", help="the main job: run the bundled default and show what it did")
-    parser.add_argument("--task", default="mano", help="task to draw an example from (default: mano)")
-    parser.add_argument("--policy", default="anira-o", help="halting policy (default: anira-o)")
-    parser.add_argument("--difficulty", type=int, default=3, help="task difficulty (default: 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and data (default: 0)")
+    parser = sub.add_parser(
+        "run",
+        help="the main job: evaluate and probe the bundled checkpoints, write the report",
+        description="Evaluate and probe checkpoints (default: the bundled ones) and write one HTML report.",
+    )
+    parser.add_argument("checkpoints", nargs="*", help="checkpoint directories (default: checkpoints/*)")
+    parser.add_argument("--out", default="anira-report", help="report directory (default: anira-report)")
+    parser.add_argument("--n", type=int, default=128, help="evaluation instances per difficulty (default: 128)")
+    parser.add_argument("--probe-n", type=int, default=1000, help="instances for the probe suites (default: 1000)")
+    parser.add_argument("--suites", default=DEFAULT_SUITES,
+                        help=f"probe suites, comma-separated, or 'none' (default: {DEFAULT_SUITES})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trace", action="store_true",
+                        help="instead: trace one example through a small untrained model, iteration by iteration")
+    parser.add_argument("--task", default="mano", help="--trace: task (default: mano)")
+    parser.add_argument("--policy", default="anira-o", help="--trace: halting policy (default: anira-o)")
+    parser.add_argument("--difficulty", type=int, default=3, help="--trace: task difficulty (default: 3)")
     parser.set_defaults(func=run)
 
 
@@ -35,7 +55,8 @@ def trace_lines(task_name: str, policy: str, difficulty: int, seed: int) -> list
     model = build_model(cfg, policy, seed=seed).eval()
     D = cfg.max_iters
     out, cache = model.run_with_cache(
-        torch.as_tensor(example.tokens)[None], names_filter=names_filter_for("hook_resid_pre", "hook_resid_post", max_iters=D)
+        torch.as_tensor(example.tokens)[None],
+        names_filter=names_filter_for("hook_resid_pre", "hook_resid_post", max_iters=D),
     )
     before, _ = stack_iterations(cache, "hook_resid_pre")
     after, running = stack_iterations(cache, "hook_resid_post")
@@ -50,7 +71,8 @@ def trace_lines(task_name: str, policy: str, difficulty: int, seed: int) -> list
     ]
     for t in range(D):
         cells = ["run".rjust(width) if r else ".".rjust(width) for r in running[t, 0].tolist()]
-        lines.append(f"{t:>9} " + " ".join(cells) + f"   ({int(running[t, 0].sum())} running, largest state change {float(moved[t].max()):.3f})")
+        lines.append(f"{t:>9} " + " ".join(cells)
+                     + f"   ({int(running[t, 0].sum())} running, largest state change {float(moved[t].max()):.3f})")
     lines.append("exit depth " + " ".join(str(d).rjust(width) for d in out.exit_depth[0].tolist()))
     lines.append("E[depth]   " + " ".join(f"{d:.2f}".rjust(width) for d in out.expected_depth[0].tolist()))
     cost = int(out.execution_cost[0])
@@ -62,7 +84,83 @@ def trace_lines(task_name: str, policy: str, difficulty: int, seed: int) -> list
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    for line in trace_lines(args.task, args.policy, args.difficulty, args.seed):
-        print(line)
+def _bar(desc: str):
+    bar = tqdm(desc=desc, unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def main_job(args: argparse.Namespace) -> int:
+    from anira.evaluate import evaluate_checkpoint
+    from anira.probes.report import probe_sections
+    from anira.probes.run import discover_checkpoints, probe_checkpoint
+    from anira.report import write_report
+
+    paths = [Path(p) for p in args.checkpoints] or discover_checkpoints()
+    if not paths:
+        raise AniraError("no checkpoints given and none bundled under checkpoints/; try `anira run --trace`")
+    if args.n < 1 or args.probe_n < 1:
+        raise AniraError("--n and --probe-n must be >= 1")
+    suites = [] if args.suites.strip() == "none" else [s.strip() for s in args.suites.split(",") if s.strip()]
+    if suites:
+        from anira.probes.run import parse_suite_names
+        from anira.probes.suites import resolve_suites
+
+        resolve_suites(parse_suite_names(suites), default_registry())  # unknown names fail before any work
+    start = time.perf_counter()
+    evals, probes = [], []
+    for path in paths:
+        bar, update = _bar(f"eval {path.name}")
+        try:
+            evals.append(evaluate_checkpoint(path, n_per_difficulty=args.n, seed=args.seed, progress=update))
+        finally:
+            bar.close()
+        if suites:
+            bar, update = _bar(f"probe {path.name}")
+            try:
+                probes.append(probe_checkpoint(path, suites=suites, n=args.probe_n, seed=args.seed, progress=update))
+            finally:
+                bar.close()
+    report = write_report(evals, args.out, title="anira: reference checkpoints",
+                          extra_sections=probe_sections(probes) if probes else ())
+    print(f"{'checkpoint':<16} {'acc ID':>7} {'acc OOD':>8} {'depth ID':>9} {'cost/D':>7} {'ρ(depth,cx)':>12}  probe verdict")
+    verdicts = {p.label: _verdict(p) for p in probes}
+    for r in evals:
+        m_id = r.in_distribution.metrics if r.in_distribution else None
+        m_ood = r.ood.metrics if r.ood else None
+        print(f"{r.label:<16} {_f(m_id, 'accuracy'):>7} {_f(m_ood, 'accuracy'):>8} {_f(m_id, 'mean_exit_depth', 2):>9} "
+              f"{_f(m_id, 'cost_ratio'):>7} {_f(m_id, 'spearman_exit_depth'):>12}  {verdicts.get(r.label, '-')}")
+    print(f"\nreport: {report}  ({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def _f(metrics, key: str, digits: int = 3) -> str:
+    value = None if metrics is None else getattr(metrics, key, None)
+    if value is None or value != value:  # None or NaN (e.g. Spearman of a constant depth)
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _verdict(result) -> str:
+    """The decision-probe verdict, or why there is none."""
+    suites = result.suites if isinstance(result.suites, dict) else {s.name: s for s in result.suites}
+    decision = suites.get("decision")
+    if decision is None:
+        return "-"
+    verdict = (decision.data or {}).get("verdict") if decision.status == "ok" else None
+    if isinstance(verdict, dict):
+        return str(verdict.get("label", "-"))
+    return f"{decision.status}: {decision.reason}"[:60]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.trace:
+        for line in trace_lines(args.task, args.policy, args.difficulty, args.seed):
+            print(line)
+        return 0
+    return main_job(args)

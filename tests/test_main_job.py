@@ -1,0 +1,34 @@
+"""The README's main job (`anira run`) on a bundled checkpoint, and its trace mode."""
+
+from pathlib import Path
+
+import pytest
+
+from anira.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_trace_shows_every_iteration(capsys):
+    assert main(["run", "--trace", "--task", "brevo", "--difficulty", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "exit depth" in out and "execution cost" in out
+    assert sum(line.strip().split(" ")[0].isdigit() for line in out.splitlines()) >= 6  # one row per iteration
+
+
+@pytest.mark.slow
+def test_main_job_on_a_bundled_checkpoint(tmp_path, capsys):
+    ckpt = ROOT / "checkpoints" / "brevo-anira-o"
+    assert main(["run", str(ckpt), "--n", "4", "--probe-n", "80", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "brevo-anira-o" in out and "report:" in out
+    page = (tmp_path / "report.html").read_text()
+    assert "<img" in page and "http://" not in page and "https://" not in page
+
+
+def test_main_job_errors_are_one_line(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anira: error:")
+    assert main(["run", str(ROOT / "checkpoints" / "brevo-fixed"), "--suites", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
