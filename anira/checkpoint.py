@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from anira.config import ModelConfig
 from anira.errors import AniraError
+from anira.fileio import atomic_write_bytes
 
 FORMAT = "anira-checkpoint"
 FORMAT_VERSION = 1
@@ -65,17 +66,7 @@ def _fsync_dir(path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a file so readers see either the old or the new content, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, text.encode("utf-8"))
     _fsync_dir(path.parent)
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from anira.errors import AniraError  # noqa: E402
+from anira.fileio import atomic_write_bytes  # noqa: E402,F401  (re-exported for callers)
 from anira.evaluate import EvalResult, Sample  # noqa: E402
 
 DPI = 100
@@ -44,23 +43,6 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory,
-    so a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open() (not mkstemp) so the file gets the usual umask permissions, not 0600
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:

@@ -14,7 +14,8 @@ from anira.config import ModelConfig
 from anira.model import build_model
 
 
-def _time_once(fn: Callable[[], Any], device: torch.device) -> float:
+def time_call(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall-clock seconds of one call of ``fn``, synchronising CUDA around it."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -60,8 +61,8 @@ def bench_hooks(
         bypassed()
     times_with, times_without = [], []
     for _ in range(repeats):
-        times_with.append(_time_once(with_hooks, dev))
-        times_without.append(_time_once(bypassed, dev))
+        times_with.append(time_call(with_hooks, dev))
+        times_without.append(time_call(bypassed, dev))
     model.hook_points_enabled = True
     ratios = [a / b for a, b in zip(times_with, times_without)]
     return {

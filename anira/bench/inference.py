@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import platform
 import statistics
-import time
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from anira.bench.hooks import time_call
 from anira.config import ModelConfig
 from anira.model import RecurrentTransformer, build_model
 from anira.layers import RowCache
@@ -39,19 +40,6 @@ def balanced_depths(seq: int, max_iters: int, mean_fraction: float, seed: int) -
         i = rng.integers(1, seq)
         depths[i] = np.clip(depths[i] + np.sign(gap), 1, max_iters)
     return depths.tolist()
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
-    def run(fn: Callable[[], Any]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    return run
 
 
 def _core_dense(model: RecurrentTransformer, h0: torch.Tensor) -> torch.Tensor:
@@ -98,7 +86,7 @@ def bench_inference(
     cfg = ModelConfig(vocab_size=256, d_model=d_model, n_heads=max(1, d_model // 64), d_ff=4 * d_model,
                       max_iters=max_iters, max_len=seq)
     model = build_model(cfg, "pattern", seed=seed, depths=depths_list).to(dev, torch_dtype).eval()
-    timer = _timer(dev)
+    timer = partial(time_call, device=dev)
     results = []
     for batch in batches:
         if progress:
@@ -162,7 +150,7 @@ def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: t
     cache against a full (D entries per token) cache, same model and tokens."""
     tokens = torch.randint(1, model.cfg.vocab_size, (batch, seq),
                            generator=torch.Generator().manual_seed(seed)).to(device)
-    timer = _timer(device)
+    timer = partial(time_call, device=device)
     out: dict[str, Any] = {"batch": batch, "tokens": seq}
     times: dict[str, list[float]] = {"aware": [], "full": []}
     states: dict[str, Any] = {}
