@@ -106,6 +106,10 @@ def main_job(args: argparse.Namespace) -> int:
         raise AniraError("no checkpoints given and none bundled under checkpoints/; try `anira run --trace`")
     if args.n < 1 or args.probe_n < 1:
         raise AniraError("--n and --probe-n must be >= 1")
+    from anira.checkpoint import read_config
+
+    for path in paths:  # a missing or corrupt checkpoint fails before any work
+        read_config(path)
     suites = [] if args.suites.strip() == "none" else [s.strip() for s in args.suites.split(",") if s.strip()]
     if suites:
         from anira.probes.run import parse_suite_names
