@@ -20,13 +20,21 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--decode-len", type=int, default=64, help="tokens to decode for the KV-cache comparison (0: skip)")
     p.add_argument("--decode-batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from anira.bench.inference import bench_inference
     from anira.commands.bench import emit
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise AniraError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
 
     try:
         batches = tuple(int(b) for b in args.batches.split(","))
