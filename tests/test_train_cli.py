@@ -100,3 +100,27 @@ def test_help_mentions_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("--task", "--policy", "--preset", "--set", "--out", "--resume", "--steps", "--device", "--json"):
         assert option in text
+
+
+@pytest.mark.slow
+def test_group_sigterm_with_data_workers_still_saves(tmp_path):
+    """`timeout` and Ctrl-C signal the whole process group, data workers included;
+    the run must still stop cleanly with a checkpoint at the step it reached."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "anira.cli", "train", *SMALL, "--steps", "100000", "--out", str(out),
+           "--set", "train.num_workers=1", "--set", "train.checkpoint_every=100000", "--set", "train.eval_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and '"kind": "train"' in metrics.read_text()):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, as `timeout` does
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    step = int(stdout.split("interrupted at step ")[1].split()[0].rstrip(".;,"))
+    assert step > 0
+    assert ckpt.latest_checkpoint(out).name == f"step-{step:08d}"

@@ -9,6 +9,8 @@ union over ranks is the single-process batch, whatever ``W`` is.
 
 from __future__ import annotations
 
+import signal
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +102,14 @@ def _identity(x):
     return x
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data workers ignore SIGINT/SIGTERM. Ctrl-C and `timeout` signal the whole
+    process group; a worker that died of it would make the trainer raise before it
+    could save, so only the trainer reacts (it saves, then shuts the workers down)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def step_loader(dataset: StepBatches, num_workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         dataset,
@@ -109,6 +119,7 @@ def step_loader(dataset: StepBatches, num_workers: int) -> torch.utils.data.Data
         collate_fn=_identity,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
+        worker_init_fn=_ignore_stop_signals if num_workers else None,
     )
 
 
