@@ -150,3 +150,45 @@ def test_stop_at_acc_ends_the_run_at_the_first_good_eval(tmp_path, registry, mon
     result = train(spec, tmp_path / "run", registry=registry)
     assert result.status == "target reached" and result.step == 2
     assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-00000002"
+
+
+def _slow_rank1_worker(rank: int, world: int, port: int, out: str) -> None:
+    # what torchrun would set; rank 1 reaches the run-directory check late (a slow
+    # import or device set-up), after rank 0 could already have written run.json
+    import os
+    import time
+
+    from anira.training import loop
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if rank == 1:
+        original = loop.check_run_dir
+
+        def late(*args, **kwargs):
+            time.sleep(2.0)
+            return original(*args, **kwargs)
+
+        loop.check_run_dir = late
+    spec = support.spec("fixed", steps=1, batch_size=4, checkpoint_every=0, eval_every=0, log_every=1,
+                        device="cpu")
+    train(spec, out, registry=support.registry())
+
+
+def test_ddp_new_run_does_not_race_on_the_run_directory(tmp_path):
+    """Every rank checks that --out is free before rank 0 writes into it."""
+    import os
+    import socket
+    import sys
+
+    import torch.multiprocessing as mp
+
+    if not torch.distributed.is_gloo_available():
+        pytest.skip("gloo backend not available")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sys.path.insert(0, os.path.dirname(__file__))
+    mp.spawn(_slow_rank1_worker, args=(2, port, str(tmp_path / "ddp")), nprocs=2, join=True)
+    assert ckpt.latest_checkpoint(tmp_path / "ddp").name == "step-00000001"

@@ -115,6 +115,9 @@ class Trainer:
         self.policy_options = spec.effective_policy_options(self.registry)
         # every rank validates the directory (read-only); only rank 0 writes
         self.resume_from = check_run_dir(self.out, spec, self.resume)
+        # rank 0 writes run.json below: a slower rank checking after it would take the
+        # new run for an existing one, so every rank finishes its check first
+        distributed.barrier()
         model = build_model(self.model_config, spec.policy, registry=self.registry, seed=spec.train.seed,
                             **self.policy_options)
         self.model = model.to(self.device)
