@@ -134,3 +134,15 @@ def test_cycle_and_bad_input():
     for bad in (2, 51, 4.0, None):
         with pytest.raises(AniraError):
             Brevo().sample(bad, np.random.default_rng(0))
+
+
+def test_duplicate_edges_and_special_names_are_rejected():
+    # a repeated edge would count the same dependent twice in hub / in_degree and the DFS work
+    with pytest.raises(AniraError, match="duplicate"):
+        Brevo().build([("aa", "bb"), ("aa", "bb")], "bb")
+    # special tokens are in the vocabulary but are not node names (the sequence would be ambiguous)
+    for bad in ("?", "=", "<bos>", "<eos>"):
+        with pytest.raises(AniraError):
+            Brevo().build([(bad, "bb")], "bb")
+        with pytest.raises(AniraError):
+            Brevo().build([("aa", "bb")], bad)

@@ -169,12 +169,16 @@ class Brevo(Task):
         preds: dict[str, list[str]] = {}
         succs: dict[str, list[str]] = {}
         nodes = {query}
+        if len({tuple(e) for e in edges}) != len(edges):
+            raise AniraError("brevo: duplicate edges")
         for u, v in edges:
             if u == v:
                 raise AniraError(f"brevo: self-loop on {u!r}")
             preds.setdefault(v, []).append(u)
             succs.setdefault(u, []).append(v)
             nodes.update((u, v))
+        if not nodes <= set(NAMES):
+            raise AniraError(f"brevo: {sorted(nodes - set(NAMES), key=str)[0]!r} is not a node name")
         for v in preds:
             preds[v].sort()
         n_nodes = len(nodes)
