@@ -65,3 +65,13 @@ def test_bad_input():
         Depo().build(WORKED, "zz", 1)
     with pytest.raises(AniraError):
         Depo().sample(24, np.random.default_rng(0))
+
+
+def test_non_integer_hops_and_special_names_are_rejected():
+    for k in (1.5, 2.0, "2"):
+        with pytest.raises(AniraError):
+            Depo().build(WORKED, "dj", k)
+    for bad in ("?", "=", "h2", "<eos>"):
+        pairs = [(bad if u == "gi" else u, bad if v == "gi" else v) for u, v in WORKED]
+        with pytest.raises(AniraError):
+            Depo().build(pairs, "dj", 2)

@@ -91,9 +91,11 @@ class Depo(Task):
         nxt = dict(pairs)
         if len(nxt) != len(pairs) or sorted(nxt) != sorted(nxt.values()):
             raise AniraError("depo: the pairs do not form a permutation")
+        if not set(nxt) <= set(NAMES):
+            raise AniraError(f"depo: {sorted(set(nxt) - set(NAMES), key=str)[0]!r} is not a node name")
         if start not in nxt:
             raise AniraError(f"depo: start node {start!r} is not in the mapping")
-        if not 1 <= k <= MAX_HOPS:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_HOPS:
             raise AniraError(f"depo: k must be in 1..{MAX_HOPS}, got {k}")
         where = {u: idx for idx, (u, _) in enumerate(pairs)}
         node, backtracks, prev_at = start, 0, None
