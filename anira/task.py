@@ -71,7 +71,7 @@ class Tokenizer:
         """Readable text: tokens separated by spaces, padding dropped."""
         out = []
         for i in np.asarray(ids).reshape(-1).tolist():
-            if not 0 <= i < len(self.vocab):
+            if not isinstance(i, int) or not 0 <= i < len(self.vocab):
                 raise AniraError(f"token id {i} is outside the vocabulary of {len(self.vocab)}")
             if i != self.pad_id:
                 out.append(self.vocab[i])
@@ -205,7 +205,13 @@ class Task:
         """
         target = example.tokens[1:]
         mask = example.answer_mask[:-1]
-        return bool(np.all(np.asarray(predicted)[: len(target)][mask] == target[mask]))
+        pred = np.asarray(predicted)
+        if pred.ndim != 1 or len(pred) < len(target):
+            raise AniraError(
+                f"{self.name}: expected one prediction per position (at least {len(target)}), "
+                f"got shape {pred.shape}"
+            )
+        return bool(np.all(pred[: len(target)][mask] == target[mask]))
 
     def decode(self, ids: Any) -> str:
         return self.tokenizer.decode(ids)

@@ -169,6 +169,17 @@ def test_api_errors():
         task.sample(3, np.random.default_rng(0), split="validation")
 
 
+def test_score_and_decode_reject_malformed_input(registry):
+    task = registry.task("mano")()
+    e = task.build("+ 3 4".split())
+    with pytest.raises(AniraError):
+        task.score(e, e.tokens[1:3])  # fewer predictions than the example's positions
+    with pytest.raises(AniraError):
+        task.score(e, np.stack([e.tokens[1:], e.tokens[1:]]))  # a batch, not one example
+    with pytest.raises(AniraError):
+        task.decode(np.array([1.5]))
+
+
 # --- benchmark ----------------------------------------------------------------------------------
 def test_bench_tasks_reports_rates(registry):
     result = bench_tasks(repeats=2, seconds=0.02, tasks=["mano", "depo"], steps_per_second={"mano": 1.0},
