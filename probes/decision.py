@@ -61,7 +61,7 @@ def macro_auroc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     if present.size < 2:
         return float("nan")
     cols = {c: i for i, c in enumerate(classes)}
-    if present.size == 2 and len(classes) == 2:
+    if present.size == 2 and len(classes) == 2 and np.array_equal(present, np.sort(classes)):
         return float(roc_auc_score(y == classes[1], proba[:, 1]))
     aucs = []
     for c in present:

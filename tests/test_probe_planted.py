@@ -167,3 +167,14 @@ def test_corrected_interval_is_wider_than_naive_and_decide_rules():
 def test_too_few_instances_for_the_folds_is_a_clear_error():
     with pytest.raises(AniraError, match="fewer than the 5 folds"):
         decision_probes(planted("static", n_inst=4), mode="early")
+
+
+def test_macro_auroc_when_the_test_fold_holds_a_class_the_binary_model_never_saw():
+    from anira.probes.decision import macro_auroc
+
+    # trained on depths {1, 2}; the test fold holds {1, 3}: macro one-vs-rest over the
+    # present classes, depth 3 (never seen) scored 0 -> AUROC 0.5, depth 1 ranked perfectly
+    y = np.array([1, 3, 1, 3])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    assert macro_auroc(y, proba, np.array([1, 2])) == pytest.approx(0.75)
+    assert macro_auroc(np.array([1, 2, 1, 2]), proba, np.array([1, 2])) == pytest.approx(1.0)
