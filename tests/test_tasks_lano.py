@@ -67,6 +67,15 @@ def test_worked_instance():
     assert e.instance["log2_prob"] == pytest.approx(np.log2(0.21))
 
 
+def test_instance_log2_prob_is_the_sentence_probability():
+    # "b" is a sentence (P = 0.28) and also a prefix of "b b b" and "b b a a": the
+    # sentence's probability is not its prefix probability (0.427)
+    task = Lano(grammar=hand_grammar())
+    for sentence, p in sentence_probs(hand_grammar()).items():
+        e = task.build(list(sentence))
+        assert e.instance["log2_prob"] == pytest.approx(np.log2(p)), sentence
+
+
 def test_single_rule_grammar_by_hand():
     # S -> a: column 0 predicts one item (1 multiplication); reading "a" scans it
     # (prefix sum: 1 addition), completes S with no parent and predicts nothing.

@@ -191,6 +191,7 @@ class ColumnStats:
     prefix_prob: float
     complete: bool  # the prefix is itself a sentence
     expected: frozenset[str]  # terminals that can come next
+    sentence_prob: float = 0.0  # P(the prefix is the whole sentence): inner prob of the complete start items
 
 
 class PrefixParser:
@@ -245,6 +246,7 @@ class PrefixParser:
         g = self.g
         waiting: dict[str, list[tuple[int, int, int]]] = {}
         complete = False
+        sentence = 0.0
         for key in column:
             r, dot, origin = key
             rhs = g.rules[r].rhs
@@ -252,12 +254,13 @@ class PrefixParser:
                 waiting.setdefault(rhs[dot], []).append(key)
             elif origin == 0 and g.rules[r].lhs == g.start:
                 complete = True
+                sentence += column[key][1]
         self.columns.append(column)
         self.waiting.append(waiting)
         self.stats.append(ColumnStats(
             scanned=scanned, candidates=candidates, created=created, additions=adds,
             multiplications=mults, prefix_prob=prefix, complete=complete,
-            expected=frozenset(s for s in waiting if g.is_terminal(s)),
+            expected=frozenset(s for s in waiting if g.is_terminal(s)), sentence_prob=sentence,
         ))
 
     def feed(self, token: str) -> ColumnStats:

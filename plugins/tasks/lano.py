@@ -212,7 +212,7 @@ class Lano(Task):
         predicting = np.arange(n) < n - 1
         instance: dict = {"sentence": " ".join(words), "n": len(words)}
         if stats:
-            instance["log2_prob"] = float(np.log2(stats[-1].prefix_prob))
+            instance["log2_prob"] = float(np.log2(stats[-1].sentence_prob))
         if tree is not None:
             instance["tree"] = tree
         return Example(
