@@ -300,7 +300,7 @@ def export(src: str | Path, dest: str | Path) -> Path:
         metrics = ck / METRICS_FILE
         if metrics.is_file():
             shutil.copyfile(metrics, tmp / METRICS_FILE)
-        files = {MODEL_FILE: config.get("files", {}).get(MODEL_FILE) or file_digest(tmp / MODEL_FILE)}
+        files = {MODEL_FILE: (config.get("files") or {}).get(MODEL_FILE) or file_digest(tmp / MODEL_FILE)}
         out = dict(config, files=files)
         (tmp / CONFIG_FILE).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, dest)

@@ -173,3 +173,16 @@ def test_export_drops_the_training_state(run_dir, tmp_path, registry):
     anira.load(dest, registry=registry)
     with pytest.raises(AniraError, match="already exists"):
         ckpt.export(run_dir, dest)
+
+
+def test_export_of_a_config_without_file_digests(run_dir, tmp_path, registry):
+    """A config whose "files" is null (e.g. written by hand) still exports, with
+    digests computed from the copied weights."""
+    src = ckpt.latest_checkpoint(run_dir)
+    config = json.loads((src / "config.json").read_text())
+    config["files"] = None
+    (src / "config.json").write_text(json.dumps(config))
+    dest = ckpt.export(src, tmp_path / "export")
+    exported = json.loads((dest / "config.json").read_text())
+    assert exported["files"]["model.safetensors"]["bytes"] == (dest / "model.safetensors").stat().st_size
+    anira.load(dest, registry=registry)
