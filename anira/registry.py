@@ -32,6 +32,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "anira.plugins.policies.anira_e",
     "anira.plugins.policies.anira_o",
     "anira.plugins.policies.pattern",
+    "anira.plugins.policies.mor_token",
+    "anira.plugins.policies.mor_expert",
     "anira.plugins.policies.act",
     "anira.plugins.policies.pondernet",
     "anira.plugins.policies.exit_criteria",
