@@ -11,7 +11,9 @@ The engine (:mod:`anira.model`) never looks at a policy's name; it calls:
 * ``finish(state, ctx)`` returns the exit-depth distribution ``q`` (b, p, D).
 * ``token_regularizer(out)`` gives the policy's per-token loss term (b, p);
   ``loss(...)`` combines it with the task's cross-entropy (override for
-  policies such as PonderNet whose task loss differs).
+  policies such as PonderNet whose task loss differs). ``loss`` also receives
+  ``targets`` (per-token supervision from the task, e.g. ``"complexity"``), and
+  ``teacher_exit_depths`` may force training exits (the ``oracle`` uses both).
 
 All per-call state is in the ``state`` dict that passes through these calls;
 nothing per-call is stored on the policy object. Every signal the policy
@@ -95,11 +97,21 @@ class HaltingPolicy(nn.Module):
         """Per-token regulariser (b, p), already weighted; zero by default."""
         return q.new_zeros(q.shape[:-1])
 
-    def loss(self, out: Any, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor) -> Any:
-        """The training objective for one batch (see :mod:`anira.objective`)."""
+    def loss(self, out: Any, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor, *,
+             targets: dict[str, Tensor] | None = None) -> Any:
+        """The training objective for one batch (see :mod:`anira.objective`).
+
+        ``targets`` carries per-token supervision the trainer collates from the task
+        (``"complexity"``: (b, p) float, NaN where undefined); most policies ignore it."""
         from anira.objective import standard_loss
 
         return standard_loss(self, out, tokens, loss_mask, token_mask)
+
+    def teacher_exit_depths(self, model: nn.Module, tokens: Tensor,
+                            targets: dict[str, Tensor] | None) -> Tensor | None:
+        """Exit depths (b, p) in 1..D to force in a training forward (teacher forcing),
+        or None (the default): the policy decides in ``begin``/``step`` as usual."""
+        return None
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -8,6 +8,7 @@ own terms (ponder cost, balancing losses, ...) by overriding it or ``loss``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -48,8 +49,23 @@ def standard_loss(policy, out, tokens: Tensor, loss_mask: Tensor, token_mask: Te
     return LossTerms(total=ce + reg, ce=ce, regularizer=reg)
 
 
-def compute_loss(model, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor | None = None) -> LossTerms:
-    """The model's objective on one batch; ``token_mask`` defaults to tokens != 0 (pad)."""
+def _accepts_targets(loss_fn) -> bool:
+    """True when a policy's ``loss`` takes a ``targets`` keyword (or **kwargs); a
+    third-party policy written before ``targets`` existed keeps working."""
+    params = inspect.signature(loss_fn).parameters.values()
+    return any(p.name == "targets" or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def compute_loss(model, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor | None = None, *,
+                 targets: dict[str, Tensor] | None = None) -> LossTerms:
+    """The model's objective on one batch; ``token_mask`` defaults to tokens != 0 (pad).
+
+    ``targets`` (optional) is per-token supervision from the task, e.g.
+    ``{"complexity": (b, p) float, NaN where undefined}``; it reaches the policy's
+    ``loss`` only when that accepts a ``targets`` keyword."""
     if token_mask is None:
         token_mask = tokens != 0
-    return model.policy.loss(out, tokens, loss_mask, token_mask)
+    policy = model.policy
+    if targets is not None and _accepts_targets(policy.loss):
+        return policy.loss(out, tokens, loss_mask, token_mask, targets=targets)
+    return policy.loss(out, tokens, loss_mask, token_mask)

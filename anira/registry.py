@@ -37,6 +37,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "anira.plugins.policies.act",
     "anira.plugins.policies.pondernet",
     "anira.plugins.policies.exit_criteria",
+    "anira.plugins.policies.oracle",
     "anira.plugins.tasks.mano",
     "anira.plugins.tasks.brevo",
     "anira.plugins.tasks.depo",

@@ -228,6 +228,9 @@ class Batch:
     question_mask: np.ndarray  # bool [b, n]
     lengths: np.ndarray  # int64 [b]
     difficulty: np.ndarray  # int64 [b]
+    # float32 [b, n]: per-token ground-truth complexity, NaN where undefined and on
+    # padding (supervision for the ``oracle`` policy); None when built without it
+    complexity: np.ndarray | None = None
 
 
 def collate(examples: list[Example], pad_id: int = 0, length: int | None = None) -> Batch:
@@ -240,6 +243,7 @@ def collate(examples: list[Example], pad_id: int = 0, length: int | None = None)
     loss = np.zeros((b, n), dtype=bool)
     ans = np.zeros((b, n), dtype=bool)
     que = np.zeros((b, n), dtype=bool)
+    cx = np.full((b, n), np.nan, dtype=np.float32)
     for i, e in enumerate(examples):
         k = len(e)
         if k > n:
@@ -248,6 +252,7 @@ def collate(examples: list[Example], pad_id: int = 0, length: int | None = None)
         loss[i, :k] = e.loss_mask
         ans[i, :k] = e.answer_mask
         que[i, :k] = e.question_mask
+        cx[i, :k] = e.complexity
     return Batch(
         tokens=tokens,
         loss_mask=loss,
@@ -255,4 +260,5 @@ def collate(examples: list[Example], pad_id: int = 0, length: int | None = None)
         question_mask=que,
         lengths=np.array([len(e) for e in examples], dtype=np.int64),
         difficulty=np.array([e.difficulty for e in examples], dtype=np.int64),
+        complexity=cx,
     )

@@ -55,11 +55,12 @@ class TorchBatch:
     answer_mask: torch.Tensor  # (b, n) bool
     token_mask: torch.Tensor  # (b, n) bool: real (non-padding) tokens
     difficulty: torch.Tensor  # (b,) long
+    complexity: torch.Tensor | None = None  # (b, n) float32, NaN where undefined (oracle supervision)
 
     def to(self, device: torch.device) -> TorchBatch:
         nb = device.type == "cuda"
-        return TorchBatch(*(t.to(device, non_blocking=nb) for t in (
-            self.tokens, self.loss_mask, self.answer_mask, self.token_mask, self.difficulty)))
+        return TorchBatch(*(None if t is None else t.to(device, non_blocking=nb) for t in (
+            self.tokens, self.loss_mask, self.answer_mask, self.token_mask, self.difficulty, self.complexity)))
 
 
 def to_torch(batch: Batch) -> TorchBatch:
@@ -72,6 +73,7 @@ def to_torch(batch: Batch) -> TorchBatch:
         answer_mask=torch.from_numpy(batch.answer_mask),
         token_mask=token_mask,
         difficulty=torch.from_numpy(batch.difficulty),
+        complexity=None if batch.complexity is None else torch.from_numpy(batch.complexity),
     )
 
 

@@ -208,9 +208,16 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(_step_seed(cfg.seed, step, self.info.rank))
+        # per-token supervision from the task; only policies that ask for it use it (oracle)
+        targets = None if batch.complexity is None else {"complexity": batch.complexity}
         with autocast_for(self.device, cfg.amp):
-            out = self.forward_module(batch.tokens)
-            terms = compute_loss(self.model, out, batch.tokens, batch.loss_mask, batch.token_mask)
+            forced = self.model.policy.teacher_exit_depths(self.model, batch.tokens, targets)
+            if forced is None:
+                out = self.forward_module(batch.tokens)
+            else:  # teacher forcing: the policy's own depths are replaced by its targets
+                out = self.forward_module(batch.tokens, exit_depths=forced)
+            terms = compute_loss(self.model, out, batch.tokens, batch.loss_mask, batch.token_mask,
+                                 targets=targets)
         n_loss = batch.loss_mask[:, :-1].sum()
         n_tok = batch.token_mask.sum()
         loss = terms.total

@@ -154,7 +154,8 @@ class MoRExpertChoice(HaltingPolicy):
         bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         return (bce * mask).sum() / mask.sum().clamp_min(1.0)
 
-    def loss(self, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor) -> LossTerms:
+    def loss(self, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor, *,
+             targets=None) -> LossTerms:
         ce = masked_next_token_ce(out.logits, tokens, loss_mask)
         reg = self.aux_weight * self.aux_loss(out.state, token_mask)
         return LossTerms(total=ce + reg, ce=ce, regularizer=reg)

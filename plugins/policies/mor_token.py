@@ -100,7 +100,8 @@ class MoRTokenChoice(HaltingPolicy):
         st = (gate - gate.detach()).to(h.dtype)[..., None]  # 0 in value, dg in gradient
         return h + st * (h - state["before"])
 
-    def loss(self, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor) -> LossTerms:
+    def loss(self, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor, *,
+             targets=None) -> LossTerms:
         ce = masked_next_token_ce(out.logits, tokens, loss_mask)
         reg = self.balance_weight * balance_loss(out.q, token_mask)
         return LossTerms(total=ce + reg, ce=ce, regularizer=reg)

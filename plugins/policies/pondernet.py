@@ -125,7 +125,8 @@ class PonderNet(HaltingPolicy):
     def token_regularizer(self, q: Tensor) -> Tensor:
         return self.beta * kl_halting_to_prior(q, self.log_prior.to(q.device))
 
-    def loss(self, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor) -> LossTerms:
+    def loss(self, out, tokens: Tensor, loss_mask: Tensor, token_mask: Tensor, *,
+             targets=None) -> LossTerms:
         step_logits = out.state.get("step_logits") if isinstance(out.state, dict) else None
         if not step_logits or len(step_logits) != self.max_iters:
             raise AniraError(
