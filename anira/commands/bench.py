@@ -15,7 +15,7 @@ from anira.errors import AniraError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("bench", help="benchmarks: hooks, tasks, train, inference")
+    parser = sub.add_parser("bench", help="benchmarks: hooks, tasks, train, inference, compare")
     inner = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK")
 
     hooks = inner.add_parser("hooks", help="forward time with hook points present vs bypassed")
@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tasks.add_argument("--json", action="store_true")
     tasks.set_defaults(func=run_tasks)
 
-    for name, module in (("train", "anira.commands.bench_train"), ("inference", "anira.commands.bench_inference")):
+    for name, module in (("train", "anira.commands.bench_train"), ("inference", "anira.commands.bench_inference"),
+                         ("compare", "anira.commands.bench_compare")):
         try:
             importlib.import_module(module).add_parser(inner)
         except ModuleNotFoundError as exc:
