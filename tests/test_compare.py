@@ -75,6 +75,10 @@ def test_static_columns_match_docs():
             rows.setdefault(cells[0].strip("`"), tuple(cells[1:]))
     for name, columns in POLICY_TABLE.items():
         assert rows.get(name) == columns, name
+    from anira import build_registry
+
+    builtin = set(build_registry(load_entry_points=False).names("policy"))
+    assert builtin <= set(POLICY_TABLE), "every built-in policy has its row"
 
 
 def test_skipped_probe_and_failure_give_rows(tmp_path):

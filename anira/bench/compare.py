@@ -37,6 +37,10 @@ BASE_POLICY = "fixed"  # what training-free policies are applied to
 #: decision time, training signal, inference rule, extra parameters: copied from the
 #: table at the top of docs/policies.md (tests/test_compare.py checks they match).
 POLICY_TABLE: dict[str, tuple[str, str, str, str]] = {
+    "oracle": ('early: once, from h0 (a supervised upper bound, not a method)',
+               "CE with exits teacher-forced to the target depth + `weight`·(−log q(target)), target = the task's per-token complexity rescaled to 1..D",
+               'mode of q (complexity is not read)',
+               "decider FFN, D outputs; `weight` (1.0), `c_min`/`c_max` (None: the batch's range)"),
     "fixed": ("none (always D)", "CE only", "every token runs D", "none"),
     "pattern": ("fixed per position", "CE only", "depth given per position (`depths=[...]`, cycled)", "none"),
     "anira-e": ("early: once, from the Prelude output h0",
