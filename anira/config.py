@@ -9,6 +9,13 @@ from typing import Any
 from anira.errors import AniraError
 
 
+def check_fields(cls: type, data: dict[str, Any]) -> None:
+    """One-line error naming every key of ``data`` that is not a field of dataclass ``cls``."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise AniraError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes of a Prelude -> shared core (looped) -> Coda Transformer.
@@ -65,17 +72,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise AniraError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        check_fields(cls, data)
         return cls(**data)
 
     def replace(self, **changes: Any) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise AniraError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        check_fields(type(self), changes)
         return dataclasses.replace(self, **changes)
 
 

@@ -130,8 +130,9 @@ class RecurrentTransformer(HookedRootModule):
         self._core_points = [p for it in self.loop for p in it.core.modules() if isinstance(p, HookPoint)]
 
     def _init_weights(self) -> None:
+        deciders = self._decider_linears()
         for module in self.modules():
-            if isinstance(module, nn.Linear) and module not in self._decider_linears():
+            if isinstance(module, nn.Linear) and module not in deciders:
                 nn.init.normal_(module.weight, std=self.cfg.init_std)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=self.cfg.init_std)

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from anira.config import MODEL_PRESETS, ModelConfig
+from anira.config import MODEL_PRESETS, ModelConfig, check_fields
 from anira.errors import AniraError
 
 _RANGE_KEYS = ("train", "test_id", "test_ood")
@@ -85,10 +85,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise AniraError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        check_fields(cls, data)
         return cls(**data)
 
 
