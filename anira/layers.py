@@ -144,8 +144,14 @@ def attend(q: Tensor, k: Tensor, v: Tensor, hooks: AttnHooks | None,
     """Causal attention. q (b, p, h, e) at positions ``q_pos`` (p,) [default 0..p-1],
     k and v (b, k, h, e) at positions 0..k-1. Returns z (b, p, h, e)."""
     n_q, n_k = q.shape[1], k.shape[1]
+    if q_pos is None and n_q == n_k and not _wants_pattern(hooks):
+        # is_causal lets SDPA pick its flash kernel (an explicit mask rules it out); same function
+        z = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        ).transpose(1, 2)
+        return hook(hooks and hooks.hook_z, z)
     if q_pos is None:
-        q_pos = torch.arange(n_k - n_q, n_k, device=q.device) if n_q != n_k else torch.arange(n_q, device=q.device)
+        q_pos = torch.arange(n_k - n_q, n_k, device=q.device)
     allowed = q_pos[:, None] >= torch.arange(n_k, device=q.device)[None, :]  # (p, k)
     if _wants_pattern(hooks):
         scale = q.shape[-1] ** -0.5

@@ -130,7 +130,7 @@ def test_metrics_schema(tmp_path, registry):
     spec = support.spec("anira-e", steps=2, checkpoint_every=0, eval_every=2, log_every=1)
     train(spec, tmp_path / "run", registry=registry)
     records = ckpt.read_metrics(tmp_path / "run" / "metrics.jsonl")
-    train_keys = {"kind", "split", "step", "loss", "ce", "reg", "lr", "grad_norm", "token_acc", "mean_depth",
+    train_keys = {"kind", "split", "step", "loss", "ce", "reg", "reg_weight", "lr", "grad_norm", "token_acc", "mean_depth",
                   "mean_expected_depth", "tokens_per_s", "examples_per_s", "elapsed_s", "world_size"}
     eval_keys = {"kind", "split", "step", "acc", "mean_depth", "mean_expected_depth", "per_difficulty", "elapsed_s"}
     assert [set(r) for r in records if r["kind"] == "train"] == [train_keys, train_keys]

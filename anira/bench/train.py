@@ -80,37 +80,62 @@ def _batches(task: Any, batch: int, seq: int, n: int, seed: int) -> list[Any]:
     return out
 
 
-def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30, warmup: int = 5, *,
-                policy: str = "anira-o", amp: bool = True, compile: bool = False,
-                batch_size: int | None = None, seq_len: int | None = None, pool: int = 4,
-                seed: int = 0) -> dict[str, Any]:
-    """Training throughput of the paper's ``mano`` or ``brevo`` configuration.
+#: execution modes ``bench_train`` can compare: eager, or a ``torch.compile`` mode
+MODES = ("eager", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
-    Runs full training steps (forward, loss, backward, clipping, AdamW) on a
-    pool of real task batches padded to ``seq_len``; data generation is measured
-    separately (``data_examples_per_s``, one CPU process) because the trainer
-    generates batches ahead in DataLoader workers.
+
+def _bench_spec(config_name: str, policy: str, sets: list[str] | tuple[str, ...], registry: Any) -> tuple[Any, int | None, int | None]:
+    """The RunSpec for a benchmark config (paper sizes) or any training preset, with overrides."""
+    from anira.presets import PRESETS, get_preset
+    from anira.training.config import apply_overrides
+
+    if config_name in BENCH_CONFIGS:
+        bc = BENCH_CONFIGS[config_name]
+        spec, batch, seq = get_preset(bc["preset"]).spec(policy), bc["batch"], bc["seq"]
+    elif config_name in PRESETS:
+        spec, batch, seq = get_preset(config_name).spec(policy), None, None
+    else:
+        raise AniraError(f"unknown benchmark config {config_name!r}; known: "
+                         f"{', '.join(BENCH_CONFIGS)} or a training preset ({', '.join(sorted(PRESETS))})")
+    return apply_overrides(spec, list(sets), registry), batch, seq
+
+
+def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30, warmup: int = 5, *,
+                policy: str = "anira-o", amp: bool = True, modes: tuple[str, ...] | list[str] = ("eager",),
+                batch_size: int | None = None, seq_len: int | None = None, sets: tuple[str, ...] | list[str] = (),
+                pool: int = 4, seed: int = 0) -> dict[str, Any]:
+    """Training throughput of one configuration under one or more execution ``modes``.
+
+    ``config_name`` is ``mano`` / ``brevo`` (the paper's sizes, issue 4) or any
+    training preset (e.g. ``tiny-brevo``), with ``sets`` (``--set`` overrides)
+    applied. Each mode (``eager`` or a ``torch.compile`` mode) gets its own model
+    with the same initial weights; after warm-up (which includes compilation) the
+    modes' timed steps alternate, so drift hits them alike. A step is a full
+    training step (forward, loss, backward, clipping, AdamW as the trainer builds
+    it) on a pool of real task batches padded to ``seq_len``. Data generation is
+    measured separately (``data_examples_per_s``, one CPU process) because the
+    trainer generates batches ahead in DataLoader workers.
     """
     from anira.model import build_model
     from anira.objective import compute_loss
-    from anira.presets import get_preset
     from anira.registry import default_registry
     from anira.training.loop import make_optimizer
     from anira.training.periodic_eval import autocast_for
 
-    if config_name not in BENCH_CONFIGS:
-        raise AniraError(f"unknown benchmark config {config_name!r}; known: {', '.join(BENCH_CONFIGS)}")
-    bc = BENCH_CONFIGS[config_name]
-    batch = batch_size or bc["batch"]
-    seq = seq_len or bc["seq"]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise AniraError(f"unknown benchmark mode(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(MODES)}")
     registry = default_registry()
-    spec = get_preset(bc["preset"]).spec(policy)
+    spec, batch, seq = _bench_spec(config_name, policy, sets, registry)
     task = spec.build_task(registry)
     cfg = spec.model_config(task)
+    batch = batch_size or batch or spec.train.batch_size
+    longest = task.max_len(task.ranges.train[1])
+    seq = seq_len or seq or longest
     if seq > cfg.max_len:
         cfg = cfg.replace(max_len=seq)
-    if task.max_len(task.ranges.train[1]) > seq:
-        raise AniraError(f"seq_len {seq} is shorter than the task's longest training example")
+    if longest > seq:
+        raise AniraError(f"seq_len {seq} is shorter than the task's longest training example ({longest})")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AniraError("CUDA is not available")
@@ -118,56 +143,76 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     batches = _batches(task, batch, seq, pool, seed)
     data_rate = batch * pool / (time.perf_counter() - t0)
     batches = [b.to(dev) for b in batches]
-    model = build_model(cfg, policy, registry=registry, seed=seed, **spec.effective_policy_options(registry)).to(dev)
-    model.train()
-    optimizer = make_optimizer(model, spec)
-    forward = torch.compile(model) if (compile and dev.type == "cuda") else model
     use_amp = amp and dev.type == "cuda"
+    options = spec.effective_policy_options(registry)
 
-    def step(b: Any) -> None:
-        with autocast_for(dev, use_amp):
-            out = forward(b.tokens)
-            terms = compute_loss(model, out, b.tokens, b.loss_mask, b.token_mask)
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip or 1.0)
-        optimizer.step()
+    def make_step(mode: str):
+        model = build_model(cfg, spec.policy, registry=registry, seed=seed, **options).to(dev).train()
+        optimizer = make_optimizer(model, spec)
+        forward = model if mode == "eager" else torch.compile(model, mode=mode)
+
+        def step(b: Any) -> None:
+            targets = None if b.complexity is None else {"complexity": b.complexity}
+            with autocast_for(dev, use_amp):
+                forced = model.policy.teacher_exit_depths(model, b.tokens, targets)
+                out = forward(b.tokens) if forced is None else forward(b.tokens, exit_depths=forced)
+                terms = compute_loss(model, out, b.tokens, b.loss_mask, b.token_mask, targets=targets)
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip or 1.0)
+            optimizer.step()
+
+        return model, step
 
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    for i in range(warmup):
-        step(batches[i % pool])
-    sync()
-    times = []
-    for i in range(steps):
+    runs: dict[str, Any] = {}
+    for mode in modes:
+        model, step = make_step(mode)
         t = time.perf_counter()
-        step(batches[i % pool])
+        for i in range(warmup):
+            step(batches[i % pool])
         sync()
-        times.append(time.perf_counter() - t)
-    step_time = statistics.median(times)
+        runs[mode] = {"model": model, "step": step, "warmup_s": time.perf_counter() - t, "times": []}
+    for i in range(steps):  # alternate the modes step by step
+        for mode in modes:
+            t = time.perf_counter()
+            runs[mode]["step"](batches[i % pool])
+            sync()
+            runs[mode]["times"].append(time.perf_counter() - t)
     tokens = batch * seq
     real = float(sum(int(b.token_mask.sum()) for b in batches)) / pool
-    fl = flops_per_token(cfg, seq, policy)
-    achieved = fl["train"] * tokens / step_time
+    fl = flops_per_token(cfg, seq, spec.policy)
     peak = peak_flops(dev)
+    results = []
+    for mode in modes:
+        times = runs[mode]["times"]
+        step_time = statistics.median(times)
+        achieved = fl["train"] * tokens / step_time
+        results.append({
+            "mode": mode, "warmup_s": runs[mode]["warmup_s"],
+            "step_time_s": step_time, "step_time_mean_s": statistics.mean(times),
+            "steps_per_s": 1.0 / step_time, "tokens_per_s": tokens / step_time,
+            "real_tokens_per_s": real / step_time,  # non-padding tokens
+            "model_flops_per_s": achieved, "mfu": None if peak is None else achieved / peak,
+        })
+    base = results[0]["step_time_s"]
+    for r in results:
+        r["speedup_vs_first"] = base / r["step_time_s"]
+    first_model = runs[modes[0]]["model"]
     return {
-        "config": config_name, "policy": policy, "device": str(dev),
+        "config": config_name, "policy": spec.policy, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "batch": batch, "seq": seq, "d_model": cfg.d_model, "d_ff": cfg.d_ff, "max_iters": cfg.max_iters,
-        "params": sum(p.numel() for p in model.parameters()),
-        "amp_bf16": use_amp, "compile": bool(compile and dev.type == "cuda"),
-        "steps_timed": steps, "step_time_s": step_time, "step_time_mean_s": statistics.mean(times),
-        "tokens_per_s": tokens / step_time,
-        "real_tokens_per_s": real / step_time,  # non-padding tokens
-        "flops_per_token_train": fl["train"],
-        "model_flops_per_s": achieved,
-        "peak_flops": peak,
-        "mfu": None if peak is None else achieved / peak,
+        "params": sum(p.numel() for p in first_model.parameters()), "sets": list(sets),
+        "amp_bf16": use_amp, "steps_timed": steps, "warmup_steps": warmup,
+        "flops_per_token_train": fl["train"], "peak_flops": peak,
         "data_examples_per_s": data_rate,  # one CPU process generating examples
         "paper_tokens_per_s": PAPER_MANO_TOKENS_PER_S if config_name == "mano" else None,
         "flop_formula": "3 * [(n_prelude + D*n_core + n_coda) * (2*(4d^2 + 3*d*d_ff) + 4*seq*d) + 2*d*V + decider]",
+        "modes": results,
     }
 
 

@@ -9,35 +9,41 @@ from anira.errors import AniraError
 
 def add_parser(inner: argparse._SubParsersAction) -> None:
     p = inner.add_parser("train", help="training tokens/s and MFU at the paper's MANO / BREVO configurations")
-    p.add_argument("--config", default="mano,brevo", help="comma-separated: mano, brevo (default both)")
+    p.add_argument("--config", default="mano,brevo",
+                   help="comma-separated: mano, brevo (the paper's sizes) or training presets (default: mano,brevo)")
     p.add_argument("--policy", default="anira-o")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per mode first (compilation happens here)")
+    p.add_argument("--modes", default="eager",
+                   help="comma-separated execution modes timed side by side: eager, default, reduce-overhead, "
+                        "max-autotune-no-cudagraphs (torch.compile modes)")
+    p.add_argument("--compile", action="store_true", help="shorthand for --modes eager,default")
+    p.add_argument("--batch", type=int, default=None, help="override the configuration's batch size")
+    p.add_argument("--seq", type=int, default=None, help="override the padded sequence length")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help="override a run-spec field as in `anira train --set` (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import inspect
-
     from anira.bench.train import bench_train
     from anira.commands.bench import emit
 
-    if args.steps < 1:
-        raise AniraError("--steps must be >= 1")
+    if args.steps < 1 or args.warmup < 0:
+        raise AniraError("--steps must be >= 1 and --warmup >= 0")
+    modes = ["eager", "default"] if args.compile else [m.strip() for m in args.modes.split(",") if m.strip()]
     names = [c.strip() for c in args.config.split(",") if c.strip()]
-    accepted = inspect.signature(bench_train).parameters
-    results = []
-    for name in names:
-        kwargs = {"device": args.device, "steps": args.steps}
-        if "policy" in accepted:
-            kwargs["policy"] = args.policy
-        if "compile" in accepted:
-            kwargs["compile"] = args.compile
-        results.append(bench_train(name, **kwargs))
+    results = [bench_train(name, device=args.device, steps=args.steps, warmup=args.warmup, policy=args.policy,
+                           modes=modes, batch_size=args.batch, seq_len=args.seq, sets=args.sets)
+               for name in names]
     lines = []
     for r in results:
-        lines.append(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in r.items() if not isinstance(v, (dict, list))))
-    return emit({"benchmark": "train", "results": results}, args.json, lines)
+        lines.append(f"{r['config']} ({r['policy']}, d_model {r['d_model']}, D {r['max_iters']}, batch {r['batch']}, "
+                     f"seq {r['seq']}, {r['device_name']}):")
+        for m in r["modes"]:
+            mfu = "" if m["mfu"] is None else f", MFU {m['mfu'] * 100:.1f}%"
+            lines.append(f"  {m['mode']:<28} {m['step_time_s'] * 1e3:8.2f} ms/step  {m['tokens_per_s']:>12,.0f} tokens/s"
+                         f"  x{m['speedup_vs_first']:.2f}{mfu}  (warm-up {m['warmup_s']:.1f} s)")
+    return emit({"benchmark": "train", "schema": 2, "results": results}, args.json, lines)

@@ -22,6 +22,9 @@ from anira.errors import AniraError
 _RANGE_KEYS = ("train", "test_id", "test_ood")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train. Defaults are the paper's where it gives them (PAPER.md §3)."""
@@ -47,17 +50,27 @@ class TrainConfig:
     pad_to_max: bool = False  # pad every batch to the longest train length (fixed shapes for compile)
     amp: bool = True  # bf16 autocast; only takes effect on CUDA
     compile: bool = False  # torch.compile the model; only takes effect on CUDA
+    # torch.compile mode: "default", "reduce-overhead" (CUDA graphs: needs pad_to_max for
+    # fixed shapes), "max-autotune", "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
-    num_workers: int = 0  # DataLoader worker processes generating batches ahead
+    num_workers: int = 0  # DataLoader worker processes generating batches ahead (with data_pool: pool builders)
+    # > 0: train on a fixed pool of this many examples, generated once in parallel and
+    # cached on disk (anira.training.pool); 0: every example fresh, on the fly (the paper)
+    data_pool: int = 0
     find_unused_parameters: bool = False  # DDP option, for policies with parameters unused by the loss
     stop_at_acc: float = 0.0  # stop early once in-distribution exact match reaches this at an eval (0: off)
+    # the policy's regulariser is scaled by min(1, step / reg_warmup_steps): the decider
+    # first learns which depths help the task, then the compute penalty comes in (0: off,
+    # the paper's objective from the first step)
+    reg_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "eval_examples", "eval_batch_size", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise AniraError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "num_workers", "seed"):
+        for name in ("warmup_steps", "reg_warmup_steps", "data_pool", "eval_every", "checkpoint_every", "keep_checkpoints", "num_workers", "seed"):
             if getattr(self, name) < 0:
                 raise AniraError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip", "eps"):
@@ -71,8 +84,16 @@ class TrainConfig:
                 raise AniraError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.stop_at_acc <= 1:
             raise AniraError(f"train.stop_at_acc must be in [0, 1], got {self.stop_at_acc}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise AniraError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.difficulty_sampling != "uniform":
             raise AniraError(f"train.difficulty_sampling must be 'uniform', got {self.difficulty_sampling!r}")
+
+    def reg_weight_at(self, step: int) -> float:
+        """Weight of the policy's regulariser in the update that produces step ``step + 1``."""
+        if self.reg_warmup_steps and step < self.reg_warmup_steps:
+            return step / self.reg_warmup_steps
+        return 1.0
 
     def lr_at(self, step: int) -> float:
         """Learning rate for the update that produces step ``step + 1`` (0-based ``step``)."""
@@ -93,7 +114,7 @@ class TrainConfig:
 #: change them (e.g. more steps, another device, more data workers).
 RESUMABLE_FIELDS = frozenset(
     {"steps", "log_every", "eval_every", "eval_examples", "eval_batch_size", "eval_ood",
-     "checkpoint_every", "keep_checkpoints", "device", "num_workers", "compile", "stop_at_acc"}
+     "checkpoint_every", "keep_checkpoints", "device", "num_workers", "compile", "compile_mode", "stop_at_acc"}
 )
 
 

@@ -18,6 +18,7 @@ import torch
 
 from anira.errors import AniraError
 from anira.task import Batch, Example, Task, collate
+from anira.training.pool import ExamplePool, step_rows
 
 # stream tags keep the training and evaluation streams of one seed independent
 _TRAIN_STREAM = 0
@@ -85,18 +86,23 @@ class StepBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, task: Task, seed: int, global_batch: int, rank: int, world: int,
-                 start: int, stop: int, pad_to_max: bool) -> None:
+                 start: int, stop: int, pad_to_max: bool, pool: ExamplePool | None = None) -> None:
         self.task = task
         self.seed = seed
+        self.global_batch = global_batch
         self.indices = rank_slice(global_batch, rank, world)
         self.start, self.stop = start, stop
         self.length = task.max_len(task.ranges.train[1]) if pad_to_max else None
+        self.pool = pool  # None: generate every example on the fly
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def __getitem__(self, i: int) -> TorchBatch:
         step = self.start + i
+        if self.pool is not None:
+            rows = step_rows(self.seed, step, len(self.pool), self.global_batch)
+            return to_torch(self.pool.batch(rows[self.indices.start:self.indices.stop], self.length))
         return to_torch(train_batch(self.task, self.seed, step, self.indices, self.length))
 
 
