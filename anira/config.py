@@ -87,6 +87,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "test": dict(d_model=32, n_heads=4, d_ff=64, max_iters=4, max_len=64),
     # CPU training in minutes
     "tiny": dict(d_model=64, n_heads=4, d_ff=256, max_iters=6),
+    # the bundled reference checkpoints and policy comparisons (GPU minutes)
+    "small": dict(d_model=128, n_heads=4, d_ff=512, max_iters=6),
     # the paper's sizes
     "paper": dict(d_model=512, n_heads=8, d_ff=2048, max_iters=6),
     "paper-mano": dict(d_model=256, n_heads=8, d_ff=1664, max_iters=14, decider_mult=6.5),
