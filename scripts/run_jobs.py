@@ -3,8 +3,10 @@
 
     scripts/run_jobs.py JOBS.json --out DIR [--parallel N] [--cap SECONDS] [--anira CMD]
 
-JOBS.json is a list of {"name": ..., "args": [...]} where args are `anira train`
-arguments without --out (the job writes to DIR/<name>). At most N jobs run at
+JOBS.json is a list of {"name": ..., "args": [...], "fallback": [...]} where args are
+`anira train` arguments without --out (the job writes to DIR/<name>); a job that
+fails (not by its cap) is started once more from scratch with "fallback" appended
+(e.g. ["--set", "train.compile=false"]), its first attempt kept as DIR/<name>.failed. At most N jobs run at
 once; a job still running at its cap gets SIGTERM, on which `anira train` saves
 a checkpoint and exits. While jobs run, DIR/status.json is rewritten every few
 seconds (atomically) with each job's state and its latest train and eval records,
@@ -46,7 +48,7 @@ def write_status(path: Path, jobs: list[dict]) -> None:
     for job in jobs:
         recs = last_records(job["out"] / "metrics.jsonl")
         train = recs.get("train", {})
-        row = {k: job[k] for k in ("name", "state", "rc", "wall_s") if k in job}
+        row = {k: job[k] for k in ("name", "state", "rc", "wall_s", "retried") if k in job}
         row["step"] = train.get("step")
         row["train"] = {k: train.get(k) for k in ("loss", "ce", "reg", "token_acc", "mean_depth", "tokens_per_s")}
         for split in ("test_id", "test_ood"):
@@ -68,22 +70,33 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=6)
     ap.add_argument("--cap", type=float, default=600.0, help="seconds before a job gets SIGTERM")
     ap.add_argument("--anira", default="anira", help="the anira command (e.g. 'python3 -m anira.cli')")
+    ap.add_argument("--stop-file", type=Path, default=None,
+                    help="once this file exists, running jobs get SIGTERM (they save) and no new job starts")
     args = ap.parse_args()
     specs = json.loads(args.jobs.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [{"name": s["name"], "args": list(s["args"]), "out": args.out / s["name"], "state": "waiting"}
-            for s in specs]
+    jobs = [{"name": s["name"], "args": list(s["args"]), "fallback": list(s.get("fallback", [])),
+             "out": args.out / s["name"], "state": "waiting"} for s in specs]
     status = args.out / "status.json"
     running: list[dict] = []
     pending = list(jobs)
     while pending or running:
+        if args.stop_file is not None and args.stop_file.exists():
+            for job in pending:
+                job["state"] = "not started"
+            pending = []
+            for job in running:
+                if job["state"] == "running":
+                    job["proc"].send_signal(signal.SIGTERM)
+                    job["state"] = "stopping"
         while pending and len(running) < args.parallel:
             job = pending.pop(0)
             cmd = [*shlex.split(args.anira), "train", *job["args"], "--out", str(job["out"]), "--quiet", "--json"]
             (args.out / f"{job['name']}.cmd").write_text(shlex.join(cmd) + "\n")
-            job["log"] = open(args.out / f"{job['name']}.log", "w")
+            job["log"] = open(args.out / f"{job['name']}.log", "a")
             job["proc"] = subprocess.Popen(cmd, stdout=job["log"], stderr=subprocess.STDOUT)
-            job["start"], job["state"] = time.time(), "running"
+            job.setdefault("start", time.time())  # a retry keeps the first start: one cap per job
+            job["state"] = "running"
             running.append(job)
         time.sleep(2.0)
         for job in list(running):
@@ -97,6 +110,14 @@ def main() -> int:
                 job["state"] = "done" if rc == 0 else ("capped" if job["state"] == "stopping" else "failed")
                 job["log"].close()
                 running.remove(job)
+                stopped = args.stop_file is not None and args.stop_file.exists()
+                if job["state"] == "failed" and job["fallback"] and elapsed < args.cap and not stopped:
+                    failed_dir = job["out"].with_name(job["name"] + ".failed")
+                    if job["out"].exists():
+                        job["out"].rename(failed_dir)
+                    job["args"] += job["fallback"]
+                    job["fallback"], job["state"], job["retried"] = [], "waiting", True
+                    pending.insert(0, job)
         write_status(status, jobs)
     write_status(status, jobs)
     failed = [j["name"] for j in jobs if j["state"] == "failed"]

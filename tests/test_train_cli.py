@@ -74,11 +74,11 @@ def test_sigterm_saves_a_checkpoint(tmp_path, capsys, monkeypatch):
     real = loop.Trainer._train_step
     calls = {"n": 0}
 
-    def step_then_signal(self, batch, step):
+    def step_then_signal(self, batch, step, keep=True):
         calls["n"] += 1
         if calls["n"] == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(self, batch, step)
+        return real(self, batch, step, keep)
 
     monkeypatch.setattr(loop.Trainer, "_train_step", step_then_signal)
     out = str(tmp_path / "run")

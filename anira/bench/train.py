@@ -150,9 +150,12 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
         model = build_model(cfg, spec.policy, registry=registry, seed=seed, **options).to(dev).train()
         optimizer = make_optimizer(model, spec)
         forward = model if mode == "eager" else torch.compile(model, mode=mode)
+        cudagraphs = mode == "reduce-overhead"
 
         def step(b: Any) -> None:
             targets = None if b.complexity is None else {"complexity": b.complexity}
+            if cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast_for(dev, use_amp):
                 forced = model.policy.teacher_exit_depths(model, b.tokens, targets)
                 out = forward(b.tokens) if forced is None else forward(b.tokens, exit_depths=forced)

@@ -159,8 +159,10 @@ class Trainer:
                 find_unused_parameters=spec.train.find_unused_parameters,
             )
             forward_module = self.ddp
+        self.cudagraphs = False
         if spec.train.compile and self.device.type == "cuda":
             forward_module = torch.compile(forward_module, mode=spec.train.compile_mode)
+            self.cudagraphs = spec.train.compile_mode in ("reduce-overhead", "max-autotune")
         self.forward_module = forward_module
         self.eval_sets = EvalSets(self.task, spec.train.eval_examples, spec.train.seed)
 
@@ -207,7 +209,7 @@ class Trainer:
         return path
 
     # -- one step ----------------------------------------------------------------------------
-    def _train_step(self, batch: TorchBatch, step: int) -> dict[str, float]:
+    def _train_step(self, batch: TorchBatch, step: int, keep: bool = True) -> dict[str, float]:
         cfg = self.spec.train
         lr = cfg.lr_at(step)
         for group in self.optimizer.param_groups:
@@ -215,6 +217,9 @@ class Trainer:
         torch.manual_seed(_step_seed(cfg.seed, step, self.info.rank))
         # per-token supervision from the task; only policies that ask for it use it (oracle)
         targets = None if batch.complexity is None else {"complexity": batch.complexity}
+        if self.cudagraphs:
+            # a new training iteration: CUDA-graph outputs of the previous one may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast_for(self.device, cfg.amp):
             forced = self.model.policy.teacher_exit_depths(self.model, batch.tokens, targets)
             if forced is None:
@@ -247,7 +252,9 @@ class Trainer:
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        self._last = (out, terms, batch, grad_norm, lr, n_loss, n_tok)
+        # kept only until the step's record is written (holding CUDA-graph outputs into the
+        # next step would force the graphs to copy them)
+        self._last = (out, terms, batch, grad_norm, lr, n_loss, n_tok) if keep else None
         return {}
 
     def _train_record(self, step: int, interval_tokens: float, interval_examples: float, interval_s: float,
@@ -316,7 +323,8 @@ class Trainer:
                     status = "interrupted"
                     break
                 batch = next(loader).to(self.device)
-                self._train_step(batch, step)
+                logging = (step + 1) % cfg.log_every == 0 or step + 1 == total
+                self._train_step(batch, step, keep=logging)
                 step += 1
                 mark_tokens += batch.tokens.numel()
                 mark_examples += batch.tokens.shape[0]
