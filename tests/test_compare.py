@@ -115,3 +115,33 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("anira: error:") and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_trained_runs_are_evaluated_not_retrained(compared, tmp_path):
+    """--trained DIR: runs trained elsewhere (named <task>-<policy>) are evaluated and
+    probed as they are; exits go onto <task>-fixed."""
+    from anira.checkpoint import export
+
+    out, first = compared
+    trained = tmp_path / "elsewhere"
+    for policy in ("fixed", "anira-o"):
+        export(out / "mano" / policy, trained / f"mano-{policy}")  # no optimizer state: cannot be resumed
+    rows = compare_policies(["anira-o", "exit-kl"], ["mano"], out_dir=tmp_path / "again", device="cpu",
+                            eval_n=8, probe_n=12, trained=trained,
+                            probe_options={"decision": {"correct_only": False, "n_splits": 2}})
+    by = {r["policy"]: r for r in rows}
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"], [r["reason"] for r in rows]
+    assert by["anira-o"]["steps"] == 3 and by["anira-o"]["train_s"] == 0.0
+    assert by["anira-o"]["base_run"] == str(trained / "mano-anira-o")
+    assert by["exit-kl"]["base_run"] == str(trained / "mano-fixed")
+    old = {r["policy"]: r for r in first}
+    assert by["anira-o"]["id_accuracy"] == old["anira-o"]["id_accuracy"]  # same weights, same eval sets
+    assert not (tmp_path / "again" / "mano" / "anira-o" / "checkpoints").exists()
+
+
+def test_trained_run_missing_is_an_error_before_any_work(tmp_path):
+    from anira.errors import AniraError
+
+    with pytest.raises(AniraError, match="mano-act"):
+        compare_policies(["act"], ["mano"], out_dir=tmp_path / "x", device="cpu", trained=tmp_path)
+    assert not (tmp_path / "x").exists()

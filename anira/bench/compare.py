@@ -198,6 +198,7 @@ def compare_policies(
     progress: Progress | None = None,
     probe_options: Mapping[str, Mapping[str, Any]] | None = None,
     registry: Any = None,
+    trained: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Train, evaluate and probe every policy on every task; return one row each.
 
@@ -206,7 +207,11 @@ def compare_policies(
     steps; ``train_overrides`` are ``anira train --set`` items applied to every
     run. ``suites``: probe suites (None: every registered suite);
     ``probe_options``: per-suite options as ``anira probe --option`` gives them,
-    e.g. ``{"decision": {"correct_only": False}}``. Rows follow
+    e.g. ``{"decision": {"correct_only": False}}``. ``trained``: a directory of
+    runs already trained elsewhere (e.g. on a GPU machine), one per task and
+    policy named ``<task>-<policy>`` (a run or checkpoint directory); they are
+    evaluated and probed instead of trained, and training-free policies go onto
+    ``<task>-fixed``. Rows follow
     the order of ``tasks``, then ``policies`` (``fixed`` first when a
     training-free policy needs it and it was not asked for). Unknown policies,
     tasks or presets raise :class:`AniraError` before any work.
@@ -226,7 +231,8 @@ def compare_policies(
     timings = {p: policy_timing(registry, p) for p in policies}  # unknown policy: AniraError
     for task in tasks:
         registry.task(task)
-        get_preset(_preset_name(preset_for_task, task))
+        if trained is None:
+            get_preset(_preset_name(preset_for_task, task))
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise AniraError(f"steps must be a positive integer, got {steps!r}")
     if any(t == TRAINING_FREE for t in timings.values()) and BASE_POLICY not in policies:
@@ -237,22 +243,31 @@ def compare_policies(
     out_dir = Path(out_dir)
     device = resolve_device(device)
     # every run's spec before any work: a bad preset or --set item fails here, once
-    specs = {(t, p): _spec(t, p, _preset_name(preset_for_task, t), out_dir / t / p, steps=steps, device=device,
-                           seed=seed, overrides=train_overrides, registry=registry)
-             for t in tasks for p in order if timings[p] != TRAINING_FREE}
+    specs = {} if trained is not None else {
+        (t, p): _spec(t, p, _preset_name(preset_for_task, t), out_dir / t / p, steps=steps, device=device,
+                      seed=seed, overrides=train_overrides, registry=registry)
+        for t in tasks for p in order if timings[p] != TRAINING_FREE}
+    if trained is not None:
+        from anira.checkpoint import resolve
+
+        for t in tasks:  # every trained run must exist before any work
+            for p in order:
+                if timings[p] != TRAINING_FREE:
+                    resolve(Path(trained) / f"{t}-{p}")
     say = progress or (lambda message: None)
     config = {"policies": policies, "tasks": tasks, "steps": steps, "device": device, "seed": seed,
               "train_overrides": list(train_overrides), "eval_n": eval_n, "probe_n": probe_n,
               "suites": None if suites is None else list(suites),
               "probe_options": {k: dict(v) for k, v in (probe_options or {}).items()},
-              "presets": {t: _preset_name(preset_for_task, t) for t in tasks}}
+              "presets": {t: _preset_name(preset_for_task, t) for t in tasks},
+              "trained": None if trained is None else str(trained)}
     rows: list[dict[str, Any]] = []
     probe_opts = {"suites": None if suites is None else list(suites), "n": probe_n, "seed": seed, "device": device,
                   "options": {k: dict(v) for k, v in (probe_options or {}).items()}}
 
     for task in tasks:
-        preset = _preset_name(preset_for_task, task)
-        base_dir = out_dir / task / BASE_POLICY
+        preset = _preset_name(preset_for_task, task) if trained is None else "trained elsewhere"
+        base_dir = out_dir / task / BASE_POLICY if trained is None else Path(trained) / f"{task}-{BASE_POLICY}"
         base_steps: int | None = None
         base_error: str | None = None
         task_rows: dict[str, dict[str, Any]] = {}
@@ -263,24 +278,32 @@ def compare_policies(
             start = time.perf_counter()
             try:
                 if timings[policy] != TRAINING_FREE:
-                    say(f"{task}/{policy}: training ({preset})")
-                    t0 = time.perf_counter()
-                    result = _train(specs[(task, policy)], run_dir, registry)
-                    row["train_s"] = time.perf_counter() - t0
-                    row["steps"] = result.step
-                    if result.status == "interrupted" or result.checkpoint is None:
-                        raise AniraError(f"training stopped at step {result.step} ({result.status})")
+                    if trained is None:
+                        say(f"{task}/{policy}: training ({preset})")
+                        t0 = time.perf_counter()
+                        result = _train(specs[(task, policy)], run_dir, registry)
+                        row["train_s"] = time.perf_counter() - t0
+                        row["steps"] = result.step
+                        if result.status == "interrupted" or result.checkpoint is None:
+                            raise AniraError(f"training stopped at step {result.step} ({result.status})")
+                        source = run_dir
+                    else:
+                        from anira.checkpoint import read_config, resolve
+
+                        source = resolve(Path(trained) / f"{task}-{policy}")
+                        row["steps"] = int(read_config(source)["step"])
+                        row["base_run"] = str(source)
                     if policy == BASE_POLICY:
-                        base_steps = result.step
+                        base_steps = row["steps"]
                     say(f"{task}/{policy}: evaluating")
                     t0 = time.perf_counter()
-                    evaluated = evaluate_checkpoint(run_dir, device=device, n_per_difficulty=eval_n, seed=seed)
+                    evaluated = evaluate_checkpoint(source, device=device, n_per_difficulty=eval_n, seed=seed)
                     row["eval_s"] = time.perf_counter() - t0
                     _fill_eval(row, evaluated)
                     _write_json(run_dir / "eval.json", evaluated.to_dict())
                     say(f"{task}/{policy}: probing")
                     t0 = time.perf_counter()
-                    probed = probe_checkpoint(run_dir, label=f"{task}-{policy}", **probe_opts)
+                    probed = probe_checkpoint(source, label=f"{task}-{policy}", **probe_opts)
                 else:
                     from anira.checkpoint import load_checkpoint
                     from anira.plugins.policies.exit_criteria import with_policy

@@ -28,6 +28,8 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
                    help="comma-separated probe suites, or `all` (default decision, which gives the verdict)")
     p.add_argument("--option", action="append", default=[], metavar="SUITE.KEY=VALUE",
                    help="probe suite option, as for `anira probe` (repeatable), e.g. decision.correct_only=false")
+    p.add_argument("--trained", default=None, metavar="DIR",
+                   help="evaluate and probe runs already trained elsewhere, DIR/<task>-<policy>, instead of training")
     p.add_argument("--out", default="runs/compare", help="directory for runs and results (default runs/compare)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of the Markdown table")
     p.set_defaults(func=run)
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         policies, tasks, preset_for_task=args.preset, steps=steps, out_dir=args.out, device=args.device,
         seed=_positive(args.seed, "--seed", 0), train_overrides=args.sets, eval_n=_positive(args.eval_n, "--eval-n"),
         probe_n=_positive(args.probe_n, "--probe-n"), suites=suites, registry=registry,
-        probe_options=options,
+        probe_options=options, trained=args.trained,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
     if args.json:
