@@ -78,6 +78,13 @@ class HaltingPolicy(nn.Module):
         """The exit-depth distribution q, shape (b, p, D)."""
         raise NotImplementedError
 
+    def planned_exit_depths(self, state: State, ctx: LoopContext, h0: Tensor) -> Tensor | None:
+        """Exit depths (b, p) in 1..D already fixed once ``begin`` has run (early and
+        fixed-depth policies at inference), or None (the default) when the decisions
+        are made during the loop. With a plan the engine lays out the whole fast loop
+        with one device synchronisation. It must agree with what ``step`` returns."""
+        return None
+
     def readout_state(self, state: State, h: Tensor) -> Tensor:
         """The state the Coda reads; by default each token's (frozen) exit state."""
         return h

@@ -205,19 +205,25 @@ class Block(nn.Module):
 @dataclass
 class RowCache:
     """Rotated keys and values (b, n, h, e) of every token for one core layer, updated
-    in place for the tokens that run; ``valid`` (b, m) marks real rows of a packed batch."""
+    for the tokens that run; ``valid`` (b, m) marks real rows of a packed batch and
+    ``all_valid`` says (without a device sync) that every row is real."""
 
     k: Tensor
     v: Tensor
     valid: Tensor | None = None
+    all_valid: bool = True
 
     def write(self, pos: Tensor, k: Tensor, v: Tensor) -> None:
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)  # under autocast projections may be bf16
         index = pos[..., None, None].expand_as(k)
-        if self.valid is not None and not bool(self.valid.all()):  # padding rows rewrite what is there
+        if self.valid is not None and not self.all_valid:  # padding rows rewrite what is there
             keep = self.valid[..., None, None]
             k = torch.where(keep, k, self.k.gather(1, index))
             v = torch.where(keep, v, self.v.gather(1, index))
-        # out of place, so autograd can differentiate through the fast path too
-        self.k = self.k.scatter(1, index, k)
-        self.v = self.v.scatter(1, index, v)
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k.requires_grad):
+            # out of place, so autograd can differentiate through the fast path too
+            self.k = self.k.scatter(1, index, k)
+            self.v = self.v.scatter(1, index, v)
+        else:  # inference: the cache is private to one forward pass, update it in place
+            self.k.scatter_(1, index, k)
+            self.v.scatter_(1, index, v)

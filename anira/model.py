@@ -124,6 +124,8 @@ class RecurrentTransformer(HookedRootModule):
         self.stop_when_all_exited = True
         #: inference computes only the running tokens (see :meth:`iterate_rows`)
         self.fast_inference = True
+        #: inference takes early policies' exit depths as a plan (HaltingPolicy.planned_exit_depths)
+        self.use_planned_depths = True
         self._init_weights()
         self.setup()
         # the core-internal hook points of every iteration, checked before each forward
@@ -211,7 +213,8 @@ class RecurrentTransformer(HookedRootModule):
         return hook(hooks and hooks.hook_resid_post, h_next)
 
     def iterate_rows(
-        self, h: Tensor, t: int, running: Tensor, refresh: Tensor | None, cache: RowCache
+        self, h: Tensor, t: int, running: Tensor, refresh: Tensor | None, cache: RowCache,
+        layouts: tuple[RowLayout, RowLayout | None] | None = None,
     ) -> Tensor:
         """Exactly one iteration computing only the running tokens (the fast path).
 
@@ -219,19 +222,24 @@ class RecurrentTransformer(HookedRootModule):
         halted token's key and value are those of its exit state, so they are
         computed once, at the iteration after it exits (``refresh``), and then
         served from ``cache``. Running tokens are gathered into rows (b, m, d),
-        m = the most running tokens of any sequence.
+        m = the most running tokens of any sequence. ``layouts`` are the row counts
+        of ``running`` and ``refresh`` if already known (else read here, with one
+        device synchronisation).
         """
+        if layouts is None:
+            layouts = iteration_layouts(running, refresh)
+        run_layout, refresh_layout = layouts
         hooks = self._h(self.loop[t])
         h = hook(hooks and hooks.hook_resid_pre, h)
         block = self.core_blocks[0]
-        if refresh is not None and bool(refresh.any()):
-            pos, valid, index = _rows(refresh, h.shape[-1])
-            cache.valid = valid
+        if refresh is not None and refresh_layout is not None and refresh_layout.most > 0:
+            pos, valid, index = _rows(refresh, h.shape[-1], refresh_layout)
+            cache.valid, cache.all_valid = valid, refresh_layout.full
             block.attn.refresh_rows(block.ln_attn(h.gather(1, index)), pos, self.rotary, cache)
-        pos, valid, index = _rows(running, h.shape[-1])
-        cache.valid = valid
+        pos, valid, index = _rows(running, h.shape[-1], run_layout)
+        cache.valid, cache.all_valid = valid, run_layout.full
         x = block.forward_rows(h.gather(1, index), pos, self.rotary, cache)  # (b, m, d)
-        if not bool(valid.all()):
+        if not run_layout.full:
             x = torch.where(valid[..., None], x, h.gather(1, index))  # padding rows stay as they were
         return hook(hooks and hooks.hook_resid_post, h.scatter(1, index, x))
 
@@ -250,6 +258,9 @@ class RecurrentTransformer(HookedRootModule):
         D = self.cfg.max_iters
         ctx = LoopContext(max_iters=D, stochastic=self.training and forced is None, readout=self.readout)
         state = self.policy.begin(h0, ctx, self._emitter(self.halt))
+        if forced is None and not self.training and self.use_planned_depths:
+            # early and fixed-depth policies have decided every exit already
+            forced = self.policy.planned_exit_depths(state, ctx, h0)
         cont = torch.ones(h0.shape[:2], dtype=h0.dtype, device=h0.device)
         h = h0
         running_masks: list[Tensor] = []
@@ -257,17 +268,26 @@ class RecurrentTransformer(HookedRootModule):
         fast = self.uses_fast_path()
         kv_shape = (*h0.shape[:2], self.cfg.n_heads, self.cfg.d_head)
         cache = RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape)) if fast else None
+        # known depths and nobody patching the running masks: every iteration's row
+        # layout in one device synchronisation, none inside the loop
+        plan = self._plan_layouts(forced) if fast and forced is not None and not self._running_hooked() else None
         previous: Tensor | None = None
         for t in range(D):
             hooks = self._h(self.loop[t])
             running = (t < forced) if forced is not None else cont > 0.5
             running = hook(hooks and hooks.hook_running, running)
-            if not self.training and self.stop_when_all_exited and not bool(running.any()):
+            layouts, any_running = None, True
+            if fast:
+                refresh = None if previous is None else previous & ~running  # exited last iteration
+                layouts = plan[t] if plan is not None else iteration_layouts(running, refresh)
+                any_running = layouts[0].most > 0
+            elif not self.training and self.stop_when_all_exited:
+                any_running = bool(running.any())
+            if not self.training and self.stop_when_all_exited and not any_running:
                 self._fire_skipped(h, t)
                 break
             if fast:
-                refresh = None if previous is None else previous & ~running  # exited last iteration
-                h = self.iterate_rows(h, t, running, refresh, cache)
+                h = self.iterate_rows(h, t, running, refresh, cache, layouts)
                 previous = running
             else:
                 active = running.to(h.dtype) if forced is not None else cont * running.to(h.dtype)
@@ -292,6 +312,18 @@ class RecurrentTransformer(HookedRootModule):
             iterations_run=iterations_run,
             state=state,
         )
+
+    def _running_hooked(self) -> bool:
+        return self.hook_points_enabled and any(
+            it.hook_running.fwd_hooks or it.hook_running.bwd_hooks for it in self.loop)
+
+    def _plan_layouts(self, depths: Tensor) -> list[tuple[RowLayout, RowLayout | None]]:
+        """Row layouts of every iteration's running and refresh masks for known depths:
+        running at t is ``t < d``, refresh (exited at the previous iteration) is ``d == t``."""
+        D = self.cfg.max_iters
+        masks = [depths > t for t in range(D)] + [depths == t for t in range(1, D)]
+        layouts = mask_layouts(masks)
+        return [(layouts[t], None if t == 0 else layouts[D + t - 1]) for t in range(D)]
 
     def _fire_skipped(self, h: Tensor, t0: int) -> None:
         """Iterations after the loop stopped: every token is frozen, so their
@@ -333,15 +365,45 @@ class RecurrentTransformer(HookedRootModule):
         return self.unembed(self.ln_final(x))
 
 
-def _rows(mask: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor]:
+@dataclass(frozen=True)
+class RowLayout:
+    """Row counts of a (b, n) selection mask, read from the device once."""
+
+    most: int  # the most selected entries of any row (0: nothing selected)
+    least: int  # the fewest
+
+    @property
+    def rows(self) -> int:
+        return max(1, self.most)
+
+    @property
+    def full(self) -> bool:
+        """Every packed row is a real token: no padding rows."""
+        return self.least == self.rows
+
+
+def mask_layouts(masks: list[Tensor]) -> list[RowLayout]:
+    """The RowLayouts of several (b, n) masks, with one device synchronisation."""
+    counts = torch.stack([mask.sum(1) for mask in masks])  # (k, b)
+    extremes = torch.stack([counts.amax(1), counts.amin(1)], dim=1).tolist()
+    return [RowLayout(int(hi), int(lo)) for hi, lo in extremes]
+
+
+def iteration_layouts(running: Tensor, refresh: Tensor | None) -> tuple[RowLayout, RowLayout | None]:
+    if refresh is None:
+        return mask_layouts([running])[0], None
+    run, ref = mask_layouts([running, refresh])
+    return run, ref
+
+
+def _rows(mask: Tensor, width: int, layout: RowLayout) -> tuple[Tensor, Tensor, Tensor]:
     """Gather layout for the True entries of ``mask`` (b, n): positions (b, m) with
     the selected ones first in each row, a validity mask (b, m), and the gather index
-    (b, m, width); m = the most selected entries of any row."""
-    counts = mask.sum(1)
-    m = max(1, int(counts.max()))
+    (b, m, width); m = the most selected entries of any row (``layout.rows``)."""
+    m = layout.rows
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     pos = order[:, :m]
-    valid = torch.arange(m, device=mask.device)[None, :] < counts[:, None]
+    valid = torch.arange(m, device=mask.device)[None, :] < mask.sum(1)[:, None]
     return pos, valid, pos[..., None].expand(-1, -1, width)
 
 

@@ -123,6 +123,35 @@ _add(TrainPreset(
     policy_options={"gamma": 0.01, "prior_base": 1.0},
     train={**_TINY_TRAIN, "steps": 1500, "batch_size": 32},
 ))
+# -- ref: the bundled reference checkpoints and the policy comparison (GPU minutes) -----------
+# The recipe of checkpoints/*/ (checkpoints/README.md): CUDA-graph steps and a cached example
+# pool; on a CPU `compile` is ignored and a run takes hours, not minutes.
+_REF_TRAIN = {
+    "steps": 60_000, "batch_size": 1024, "lr": 2e-3, "warmup_steps": 300, "weight_decay": 0.1,
+    "eval_every": 1000, "eval_examples": 256, "checkpoint_every": 1000, "log_every": 100,
+    "data_pool": 500_000, "stop_at_acc": 0.97, "pad_to_max": True, "compile": True,
+    "compile_mode": "reduce-overhead",
+}
+_add(TrainPreset(
+    name="ref-mano",
+    task="mano",
+    description="the reference MANO runs: L 1-2 (OOD 3), d_model 128, D 8, batch 1024, CUDA graphs",
+    task_options={"train": (1, 2), "test_id": (1, 2), "test_ood": (3, 3)},
+    model_preset="small",
+    model={"max_iters": 8},
+    policy_options={"gamma": 0.1, "prior_base": 1.25},
+    train=dict(_REF_TRAIN),
+))
+_add(TrainPreset(
+    name="ref-brevo",
+    task="brevo",
+    description="the reference BREVO runs: N 3-6 (OOD 7-8), d_model 128, D 6, batch 1024, CUDA graphs",
+    task_options={"train": (3, 6), "test_id": (3, 6), "test_ood": (7, 8)},
+    model_preset="small",
+    model={"max_iters": 6},
+    policy_options={"gamma": 0.1, "prior_base": 2.0},
+    train=dict(_REF_TRAIN),
+))
 # -- smoke: seconds, for tests and trying the CLI -----------------------------------------
 _add(TrainPreset(
     name="smoke",

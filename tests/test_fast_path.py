@@ -127,3 +127,24 @@ def test_fast_path_under_bf16_autocast():
         fast, masked = _both(model, tokens)
     assert torch.equal(fast.exit_depth, masked.exit_depth)
     assert torch.allclose(fast.logits.float(), masked.logits.float(), atol=0.1)
+
+
+@pytest.mark.parametrize("policy, expected_reads", [("anira-e", 1), ("fixed", 1), ("anira-o", None)])
+def test_planned_policies_read_row_counts_once(cfg, tokens, policy, expected_reads, monkeypatch):
+    """With exits known after ``begin`` the fast loop reads row counts from the device
+    once per forward; an online policy reads them once per iteration."""
+    import anira.model as engine
+
+    calls = {"n": 0}
+    real = engine.mask_layouts
+
+    def counting(masks):
+        calls["n"] += 1
+        return real(masks)
+
+    monkeypatch.setattr(engine, "mask_layouts", counting)
+    model = make_model(cfg, policy, seed=2)
+    out = model(tokens)
+    # online: once per iteration run, plus the iteration that found every token exited
+    online = out.iterations_run + (out.iterations_run < cfg.max_iters)
+    assert calls["n"] == (expected_reads if expected_reads is not None else online)

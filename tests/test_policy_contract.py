@@ -49,3 +49,15 @@ def test_early_stop_matches_full(cfg, tokens, policy):
     assert torch.equal(fast.exit_depth, full.exit_depth)
     assert torch.allclose(fast.logits, full.logits, atol=1e-5)
     assert torch.allclose(fast.q, full.q, atol=1e-5)
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_planned_depths_agree_with_the_loop(cfg, tokens, policy):
+    """A policy that plans its exits after ``begin`` (early / fixed policies) must plan
+    what its ``step`` calls would give: the planned forward equals the unplanned one."""
+    model = make_model(cfg, policy, seed=13)
+    planned = model(tokens)
+    model.use_planned_depths = False
+    unplanned = model(tokens)
+    assert torch.equal(planned.exit_depth, unplanned.exit_depth)
+    assert torch.allclose(planned.logits, unplanned.logits, atol=1e-5)
+    assert torch.allclose(planned.q, unplanned.q, atol=1e-6)

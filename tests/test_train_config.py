@@ -88,3 +88,26 @@ def test_every_preset_builds_for_its_task():
 def test_unknown_preset():
     with pytest.raises(AniraError, match="unknown preset 'nope'"):
         get_preset("nope")
+
+
+@pytest.mark.parametrize("name", ["mano-fixed", "mano-anira-e", "mano-anira-o",
+                                  "brevo-fixed", "brevo-anira-e", "brevo-anira-o"])
+def test_ref_presets_reproduce_the_bundled_checkpoints(name):
+    """`--preset ref-<task>` is the recipe the bundled checkpoints were trained with
+    (only the machine-specific device and worker count differ)."""
+    import json
+    from pathlib import Path
+
+    from anira.presets import get_preset
+
+    task, policy = name.split("-", 1)
+    recorded = json.loads((Path(__file__).parent.parent / "checkpoints" / name / "config.json").read_text())["run"]
+    spec = get_preset(f"ref-{task}").spec(policy).to_dict()
+    for key in ("task", "policy", "task_options", "model_preset", "model"):
+        assert spec[key] == recorded[key], key
+    if policy != "fixed":
+        assert spec["policy_options"] == recorded["policy_options"]
+    machine = {"device", "num_workers"}
+    mine = {k: v for k, v in spec["train"].items() if k not in machine}
+    theirs = {k: v for k, v in recorded["train"].items() if k not in machine}
+    assert mine == theirs

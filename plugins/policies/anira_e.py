@@ -82,6 +82,10 @@ class AniraEarly(GeometricPriorMixin, HaltingPolicy):
             return depth_mean(q)
         return depth_at_cdf_threshold(q, self.threshold)
 
+    def planned_exit_depths(self, state: State, ctx: LoopContext, h0: Tensor) -> Tensor | None:
+        # at inference the choice is one-hot and made in begin; training samples per step
+        return None if ctx.stochastic else state["choice"].argmax(-1) + 1
+
     def step(self, state: State, h: Tensor, t: int, ctx: LoopContext, emit) -> tuple[State, Tensor]:
         emit("q", state["q"][..., t])
         return state, continue_from_depth_sample(state["choice"], t).to(h.dtype)

@@ -23,6 +23,9 @@ class FixedDepth(HaltingPolicy):
     def step(self, state: State, h: Tensor, t: int, ctx: LoopContext, emit) -> tuple[State, Tensor]:
         return state, torch.ones(h.shape[:2], dtype=h.dtype, device=h.device)
 
+    def planned_exit_depths(self, state: State, ctx: LoopContext, h0: Tensor) -> Tensor:
+        return torch.full(h0.shape[:2], self.max_iters, dtype=torch.long, device=h0.device)
+
     def finish(self, state: State, ctx: LoopContext, like: Tensor) -> Tensor:
         q = torch.zeros(*like.shape[:2], self.max_iters, dtype=torch.float32, device=like.device)
         q[..., -1] = 1.0

@@ -92,6 +92,9 @@ class MoRTokenChoice(HaltingPolicy):
         keep = (depth > t + 1).to(h.dtype)
         return dict(state, before=before, last=h), keep
 
+    def planned_exit_depths(self, state: State, ctx: LoopContext, h0: Tensor) -> Tensor:
+        return state["depth"]
+
     def finish(self, state: State, ctx: LoopContext, like: Tensor) -> Tensor:
         return state["q"]
 

@@ -104,6 +104,9 @@ class Oracle(HaltingPolicy):
         choice = F.one_hot(state["depth"] - 1, self.max_iters)
         return state, continue_from_depth_sample(choice, t).to(h.dtype)
 
+    def planned_exit_depths(self, state: State, ctx: LoopContext, h0: Tensor) -> Tensor:
+        return state["depth"]
+
     def finish(self, state: State, ctx: LoopContext, like: Tensor) -> Tensor:
         return state["q"]
 

@@ -39,6 +39,9 @@ class DepthPattern(HaltingPolicy):
     def step(self, state: State, h: Tensor, t: int, ctx: LoopContext, emit) -> tuple[State, Tensor]:
         return state, (self._depth(h, ctx.positions) > t + 1).to(h.dtype)
 
+    def planned_exit_depths(self, state: State, ctx: LoopContext, h0: Tensor) -> Tensor:
+        return self._depth(h0, ctx.positions)
+
     def finish(self, state: State, ctx: LoopContext, like: Tensor) -> Tensor:
         return torch.nn.functional.one_hot(self._depth(like, ctx.positions) - 1, self.max_iters).float()
 
