@@ -202,6 +202,30 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_mlp(x))
 
 
+def flat_rows(pos: Tensor, n: int) -> Tensor:
+    """Row indices into a (b·n, ...) view for positions ``pos`` (b, m): shape (b·m,)."""
+    return (pos + torch.arange(pos.shape[0], device=pos.device)[:, None] * n).reshape(-1)
+
+
+def take_rows(x: Tensor, flat: Tensor, m: int) -> Tensor:
+    """Rows of x (b, n, ...) at the flat indices: (b, m, ...). Whole-row copies
+    (index_select), several times faster on a CPU than an element-wise gather."""
+    b, n = x.shape[:2]
+    return x.reshape(b * n, *x.shape[2:]).index_select(0, flat).view(b, m, *x.shape[2:])
+
+
+def put_rows(x: Tensor, flat: Tensor, rows: Tensor, *, in_place: bool = False) -> Tensor:
+    """x (b, n, ...) with the rows at the flat indices replaced by ``rows`` (b, m, ...);
+    out of place (differentiable) unless ``in_place``."""
+    b, n = x.shape[:2]
+    flat_x = x.view(b * n, *x.shape[2:]) if in_place else x.reshape(b * n, *x.shape[2:])
+    src = rows.reshape(-1, *x.shape[2:])
+    if in_place:
+        flat_x.index_copy_(0, flat, src)
+        return x
+    return flat_x.index_copy(0, flat, src).view_as(x)
+
+
 @dataclass
 class RowCache:
     """Rotated keys and values (b, n, h, e) of every token for one core layer, updated
@@ -215,15 +239,14 @@ class RowCache:
 
     def write(self, pos: Tensor, k: Tensor, v: Tensor) -> None:
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)  # under autocast projections may be bf16
-        index = pos[..., None, None].expand_as(k)
+        flat = flat_rows(pos, self.k.shape[1])
+        m = pos.shape[1]
         if self.valid is not None and not self.all_valid:  # padding rows rewrite what is there
             keep = self.valid[..., None, None]
-            k = torch.where(keep, k, self.k.gather(1, index))
-            v = torch.where(keep, v, self.v.gather(1, index))
-        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k.requires_grad):
-            # out of place, so autograd can differentiate through the fast path too
-            self.k = self.k.scatter(1, index, k)
-            self.v = self.v.scatter(1, index, v)
-        else:  # inference: the cache is private to one forward pass, update it in place
-            self.k.scatter_(1, index, k)
-            self.v.scatter_(1, index, v)
+            k = torch.where(keep, k, take_rows(self.k, flat, m))
+            v = torch.where(keep, v, take_rows(self.v, flat, m))
+        # in inference the cache is private to one forward pass: update it in place;
+        # with gradients, out of place so autograd can differentiate through the fast path
+        in_place = not (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k.requires_grad))
+        self.k = put_rows(self.k, flat, k, in_place=in_place)
+        self.v = put_rows(self.v, flat, v, in_place=in_place)

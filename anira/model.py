@@ -33,7 +33,7 @@ from transformer_lens.hook_points import HookPoint
 from anira.config import ModelConfig
 from anira.errors import AniraError
 from anira.halting import HaltingPolicy, LoopContext, build_policy, expected_depth
-from anira.layers import Block, LayerHooks, RMSNorm, RowCache, Rotary, hook
+from anira.layers import Block, LayerHooks, RMSNorm, RowCache, Rotary, flat_rows, hook, put_rows, take_rows
 
 
 @dataclass
@@ -233,15 +233,16 @@ class RecurrentTransformer(HookedRootModule):
         h = hook(hooks and hooks.hook_resid_pre, h)
         block = self.core_blocks[0]
         if refresh is not None and refresh_layout is not None and refresh_layout.most > 0:
-            pos, valid, index = _rows(refresh, h.shape[-1], refresh_layout)
+            pos, valid, flat = _rows(refresh, refresh_layout)
             cache.valid, cache.all_valid = valid, refresh_layout.full
-            block.attn.refresh_rows(block.ln_attn(h.gather(1, index)), pos, self.rotary, cache)
-        pos, valid, index = _rows(running, h.shape[-1], run_layout)
+            block.attn.refresh_rows(block.ln_attn(take_rows(h, flat, pos.shape[1])), pos, self.rotary, cache)
+        pos, valid, flat = _rows(running, run_layout)
+        rows = take_rows(h, flat, pos.shape[1])  # (b, m, d)
         cache.valid, cache.all_valid = valid, run_layout.full
-        x = block.forward_rows(h.gather(1, index), pos, self.rotary, cache)  # (b, m, d)
+        x = block.forward_rows(rows, pos, self.rotary, cache)  # (b, m, d)
         if not run_layout.full:
-            x = torch.where(valid[..., None], x, h.gather(1, index))  # padding rows stay as they were
-        return hook(hooks and hooks.hook_resid_post, h.scatter(1, index, x))
+            x = torch.where(valid[..., None], x, rows)  # padding rows stay as they were
+        return hook(hooks and hooks.hook_resid_post, put_rows(h, flat, x))
 
     def uses_fast_path(self) -> bool:
         """Inference skips halted tokens unless someone observes the core's internals
@@ -396,15 +397,15 @@ def iteration_layouts(running: Tensor, refresh: Tensor | None) -> tuple[RowLayou
     return run, ref
 
 
-def _rows(mask: Tensor, width: int, layout: RowLayout) -> tuple[Tensor, Tensor, Tensor]:
-    """Gather layout for the True entries of ``mask`` (b, n): positions (b, m) with
-    the selected ones first in each row, a validity mask (b, m), and the gather index
-    (b, m, width); m = the most selected entries of any row (``layout.rows``)."""
+def _rows(mask: Tensor, layout: RowLayout) -> tuple[Tensor, Tensor, Tensor]:
+    """Packing for the True entries of ``mask`` (b, n): positions (b, m) with the
+    selected ones first in each row, a validity mask (b, m), and the flat row index
+    (b·m,) into a (b·n, ...) view; m = the most selected entries of any row."""
     m = layout.rows
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     pos = order[:, :m]
     valid = torch.arange(m, device=mask.device)[None, :] < mask.sum(1)[:, None]
-    return pos, valid, pos[..., None].expand(-1, -1, width)
+    return pos, valid, flat_rows(pos, mask.shape[1])
 
 
 def build_model(
