@@ -27,3 +27,15 @@ def test_readme_opens_with_the_two_setup_commands():
     assert first_block[0].endswith("anira run")
     ci = (ROOT / ".ci" / "run").read_text()
     assert first_block[1] in ci  # CI runs the README's test command verbatim
+
+
+def test_training_docs_example_runs(tmp_path, monkeypatch):
+    """docs/training.md's Python example, shortened to a few steps (same calls)."""
+    text = (ROOT / "docs" / "training.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)[:1]
+    assert '"train.steps=500"' in block
+    block = block.replace('"train.steps=500"', '"train.steps=3", "train.data_pool=0", "train.eval_examples=2"')
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "docs/training.md", "exec"), namespace)  # noqa: S102 - our own docs
+    assert namespace["result"].step == 3 and namespace["task"].name == "brevo"
