@@ -133,26 +133,25 @@ _REF_TRAIN = {
     "data_pool": 500_000, "stop_at_acc": 0.97, "pad_to_max": True, "compile": True,
     "compile_mode": "reduce-overhead",
 }
-_add(TrainPreset(
-    name="ref-mano",
-    task="mano",
-    description="the reference MANO runs: L 1-2 (OOD 3), d_model 128, D 8, batch 1024, CUDA graphs",
-    task_options={"train": (1, 2), "test_id": (1, 2), "test_ood": (3, 3)},
-    model_preset="small",
-    model={"max_iters": 8},
-    policy_options={"gamma": 0.1, "prior_base": 1.25},
-    train=dict(_REF_TRAIN),
-))
-_add(TrainPreset(
-    name="ref-brevo",
-    task="brevo",
-    description="the reference BREVO runs: N 3-6 (OOD 7-8), d_model 128, D 6, batch 1024, CUDA graphs",
-    task_options={"train": (3, 6), "test_id": (3, 6), "test_ood": (7, 8)},
-    model_preset="small",
-    model={"max_iters": 6},
-    policy_options={"gamma": 0.1, "prior_base": 2.0},
-    train=dict(_REF_TRAIN),
-))
+
+
+def _ref(task: str, knob: str, train: tuple[int, int], ood: tuple[int, int], d: int, base: float) -> TrainPreset:
+    ood_text = str(ood[0]) if ood[0] == ood[1] else f"{ood[0]}-{ood[1]}"
+    return TrainPreset(
+        name=f"ref-{task}",
+        task=task,
+        description=f"the reference {task.upper()} runs: {knob} {train[0]}-{train[1]} (OOD {ood_text}), "
+                    f"d_model 128, D {d}, batch 1024, CUDA graphs",
+        task_options={"train": train, "test_id": train, "test_ood": ood},
+        model_preset="small",
+        model={"max_iters": d},
+        policy_options={"gamma": 0.1, "prior_base": base},
+        train=dict(_REF_TRAIN),
+    )
+
+
+_add(_ref("mano", "L", (1, 2), (3, 3), d=8, base=1.25))
+_add(_ref("brevo", "N", (3, 6), (7, 8), d=6, base=2.0))
 # -- smoke: seconds, for tests and trying the CLI -----------------------------------------
 _add(TrainPreset(
     name="smoke",
