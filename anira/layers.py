@@ -218,12 +218,11 @@ def put_rows(x: Tensor, flat: Tensor, rows: Tensor, *, in_place: bool = False) -
     """x (b, n, ...) with the rows at the flat indices replaced by ``rows`` (b, m, ...);
     out of place (differentiable) unless ``in_place``."""
     b, n = x.shape[:2]
-    flat_x = x.view(b * n, *x.shape[2:]) if in_place else x.reshape(b * n, *x.shape[2:])
     src = rows.reshape(-1, *x.shape[2:])
     if in_place:
-        flat_x.index_copy_(0, flat, src)
+        x.view(b * n, *x.shape[2:]).index_copy_(0, flat, src)
         return x
-    return flat_x.index_copy(0, flat, src).view_as(x)
+    return x.reshape(b * n, *x.shape[2:]).index_copy(0, flat, src).view_as(x)
 
 
 @dataclass

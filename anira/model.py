@@ -271,7 +271,7 @@ class RecurrentTransformer(HookedRootModule):
         cache = RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape)) if fast else None
         # known depths and nobody patching the running masks: every iteration's row
         # layout in one device synchronisation, none inside the loop
-        plan = self._plan_layouts(forced) if fast and forced is not None and not self._running_hooked() else None
+        plan = self.plan_layouts(forced) if fast and forced is not None and not self._running_hooked() else None
         previous: Tensor | None = None
         for t in range(D):
             hooks = self._h(self.loop[t])
@@ -318,7 +318,7 @@ class RecurrentTransformer(HookedRootModule):
         return self.hook_points_enabled and any(
             it.hook_running.fwd_hooks or it.hook_running.bwd_hooks for it in self.loop)
 
-    def _plan_layouts(self, depths: Tensor) -> list[tuple[RowLayout, RowLayout | None]]:
+    def plan_layouts(self, depths: Tensor) -> list[tuple[RowLayout, RowLayout | None]]:
         """Row layouts of every iteration's running and refresh masks for known depths:
         running at t is ``t < d``, refresh (exited at the previous iteration) is ``d == t``."""
         D = self.cfg.max_iters
@@ -391,6 +391,7 @@ def mask_layouts(masks: list[Tensor]) -> list[RowLayout]:
 
 
 def iteration_layouts(running: Tensor, refresh: Tensor | None) -> tuple[RowLayout, RowLayout | None]:
+    """The row layouts of one iteration's running and refresh masks (one device sync)."""
     if refresh is None:
         return mask_layouts([running])[0], None
     run, ref = mask_layouts([running, refresh])

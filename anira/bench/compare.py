@@ -247,13 +247,13 @@ def compare_policies(
         (t, p): _spec(t, p, _preset_name(preset_for_task, t), out_dir / t / p, steps=steps, device=device,
                       seed=seed, overrides=train_overrides, registry=registry)
         for t in tasks for p in order if timings[p] != TRAINING_FREE}
+    # runs trained elsewhere: every one must exist (resolved once) before any work
+    sources: dict[tuple[str, str], Path] = {}
     if trained is not None:
         from anira.checkpoint import resolve
 
-        for t in tasks:  # every trained run must exist before any work
-            for p in order:
-                if timings[p] != TRAINING_FREE:
-                    resolve(Path(trained) / f"{t}-{p}")
+        sources = {(t, p): resolve(Path(trained) / f"{t}-{p}")
+                   for t in tasks for p in order if timings[p] != TRAINING_FREE}
     say = progress or (lambda message: None)
     config = {"policies": policies, "tasks": tasks, "steps": steps, "device": device, "seed": seed,
               "train_overrides": list(train_overrides), "eval_n": eval_n, "probe_n": probe_n,
@@ -288,9 +288,9 @@ def compare_policies(
                             raise AniraError(f"training stopped at step {result.step} ({result.status})")
                         source = run_dir
                     else:
-                        from anira.checkpoint import read_config, resolve
+                        from anira.checkpoint import read_config
 
-                        source = resolve(Path(trained) / f"{task}-{policy}")
+                        source = sources[(task, policy)]
                         row["steps"] = int(read_config(source)["step"])
                         row["base_run"] = str(source)
                     if policy == BASE_POLICY:

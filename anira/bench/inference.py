@@ -54,7 +54,7 @@ def _core_fast(model: RecurrentTransformer, h0: torch.Tensor, depths: torch.Tens
     kv = (*h0.shape[:2], model.cfg.n_heads, model.cfg.d_head)
     cache = RowCache(h0.new_zeros(kv), h0.new_zeros(kv))
     h, previous = h0, None
-    plan = model._plan_layouts(depths)  # the depths are known: one device sync for the whole loop
+    plan = model.plan_layouts(depths)  # the depths are known: one device sync for the whole loop
     for t in range(model.cfg.max_iters):
         if plan[t][0].most == 0:
             break

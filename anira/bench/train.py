@@ -28,6 +28,7 @@ import torch
 
 from anira.config import ModelConfig
 from anira.errors import AniraError
+from anira.training.config import COMPILE_MODES, uses_cudagraphs
 
 #: the paper's configurations (PAPER.md §3; issue 4's benchmark sizes)
 BENCH_CONFIGS: dict[str, dict[str, Any]] = {
@@ -81,7 +82,7 @@ def _batches(task: Any, batch: int, seq: int, n: int, seed: int) -> list[Any]:
 
 
 #: execution modes ``bench_train`` can compare: eager, or a ``torch.compile`` mode
-MODES = ("eager", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+MODES = ("eager", *COMPILE_MODES)
 
 
 def _bench_spec(config_name: str, policy: str, sets: list[str] | tuple[str, ...], registry: Any) -> tuple[Any, int | None, int | None]:
@@ -150,7 +151,7 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
         model = build_model(cfg, spec.policy, registry=registry, seed=seed, **options).to(dev).train()
         optimizer = make_optimizer(model, spec)
         forward = model if mode == "eager" else torch.compile(model, mode=mode)
-        cudagraphs = mode == "reduce-overhead"
+        cudagraphs = mode != "eager" and uses_cudagraphs(mode)
 
         def step(b: Any) -> None:
             targets = None if b.complexity is None else {"complexity": b.complexity}

@@ -16,8 +16,8 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per mode first (compilation happens here)")
     p.add_argument("--modes", default="eager",
-                   help="comma-separated execution modes timed side by side: eager, default, reduce-overhead, "
-                        "max-autotune-no-cudagraphs (torch.compile modes)")
+                   help="comma-separated execution modes timed side by side: eager, or the torch.compile modes "
+                        "default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs")
     p.add_argument("--compile", action="store_true", help="shorthand for --modes eager,default")
     p.add_argument("--batch", type=int, default=None, help="override the configuration's batch size")
     p.add_argument("--seq", type=int, default=None, help="override the padded sequence length")

@@ -25,6 +25,12 @@ _RANGE_KEYS = ("train", "test_id", "test_ood")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def uses_cudagraphs(compile_mode: str) -> bool:
+    """True for the torch.compile modes that replay CUDA graphs (a training loop then marks
+    each step's start, so the previous step's graph outputs may be overwritten)."""
+    return compile_mode in ("reduce-overhead", "max-autotune")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train. Defaults are the paper's where it gives them (PAPER.md §3)."""

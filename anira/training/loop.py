@@ -30,7 +30,7 @@ from anira import distributed
 from anira.errors import AniraError
 from anira.model import build_model
 from anira.objective import compute_loss
-from anira.training.config import RunSpec
+from anira.training.config import RunSpec, uses_cudagraphs
 from anira.training.data import StepBatches, TorchBatch, step_loader
 from anira.training.pool import load_or_build_pool
 from anira.training.periodic_eval import EvalSets, autocast_for, evaluate_range
@@ -162,7 +162,7 @@ class Trainer:
         self.cudagraphs = False
         if spec.train.compile and self.device.type == "cuda":
             forward_module = torch.compile(forward_module, mode=spec.train.compile_mode)
-            self.cudagraphs = spec.train.compile_mode in ("reduce-overhead", "max-autotune")
+            self.cudagraphs = uses_cudagraphs(spec.train.compile_mode)
         self.forward_module = forward_module
         self.eval_sets = EvalSets(self.task, spec.train.eval_examples, spec.train.seed)
 
