@@ -151,7 +151,7 @@ def _ref(task: str, knob: str, train: tuple[int, int], ood: tuple[int, int], d: 
 
 
 _add(_ref("mano", "L", (1, 2), (3, 3), d=8, base=1.25))
-_add(_ref("brevo", "N", (3, 6), (7, 8), d=6, base=2.0))
+_add(_ref("brevo", "N", (3, 5), (6, 7), d=6, base=2.0))
 # -- smoke: seconds, for tests and trying the CLI -----------------------------------------
 _add(TrainPreset(
     name="smoke",
