@@ -235,6 +235,8 @@ class RowCache:
     v: Tensor
     valid: Tensor | None = None
     all_valid: bool = True
+    #: set when k and v are a CUDA graph's static buffers (RecurrentTransformer.row_cache)
+    graph_key: tuple | None = None
 
     def write(self, pos: Tensor, k: Tensor, v: Tensor) -> None:
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)  # under autocast projections may be bf16

@@ -32,6 +32,7 @@ from transformer_lens.hook_points import HookPoint
 
 from anira.config import ModelConfig
 from anira.errors import AniraError
+from anira.graphs import GRAPH_MODES, IterationGraphs, autocast_key, row_bucket
 from anira.halting import HaltingPolicy, LoopContext, build_policy, expected_depth
 from anira.layers import Block, LayerHooks, RMSNorm, RowCache, Rotary, flat_rows, hook, put_rows, take_rows
 
@@ -126,6 +127,10 @@ class RecurrentTransformer(HookedRootModule):
         self.fast_inference = True
         #: inference takes early policies' exit depths as a plan (HaltingPolicy.planned_exit_depths)
         self.use_planned_depths = True
+        #: inference runs each iteration as a CUDA graph ("auto": on CUDA; "off"; "static":
+        #: the graphs' static buffers without recording, on any device, for tests)
+        self.loop_graphs = "auto"
+        self._graph_store: IterationGraphs | None = None
         self._init_weights()
         self.setup()
         # the core-internal hook points of every iteration, checked before each forward
@@ -205,12 +210,27 @@ class RecurrentTransformer(HookedRootModule):
         ``active`` (b, p) is a_i(t+1) (0/1, possibly with a straight-through gradient)."""
         hooks = self._h(self.loop[t])
         h = hook(hooks and hooks.hook_resid_pre, h)
+        if self._graphs_usable(h) and not self._core_hooked():
+            h_next = self._graphed_dense(h, active)
+        else:
+            h_next = self._dense_body(h, active, hooks)
+        return hook(hooks and hooks.hook_resid_post, h_next)
+
+    def _dense_body(self, h: Tensor, active: Tensor, hooks: IterationHooks | None) -> Tensor:
         candidate = h
         for l, block in enumerate(self.core_blocks):
             candidate = block(candidate, self.rotary, hooks and hooks.core[l])
         a = active[..., None].to(h.dtype)
-        h_next = a * candidate + (1 - a) * h  # exact for a in {0, 1}
-        return hook(hooks and hooks.hook_resid_post, h_next)
+        return a * candidate + (1 - a) * h  # exact for a in {0, 1}
+
+    def _graphed_dense(self, h: Tensor, active: Tensor) -> Tensor:
+        key = ("dense", *self._graph_key(h), active.dtype)
+        bufs = self.graphs.buffers(key, lambda: {
+            "h": torch.empty_like(h), "active": torch.empty_like(active), "out": torch.empty_like(h)})
+        bufs["h"].copy_(h)
+        bufs["active"].copy_(active)
+        self.graphs.run(key, lambda: bufs["out"].copy_(self._dense_body(bufs["h"], bufs["active"], None)))
+        return bufs["out"].clone()
 
     def iterate_rows(
         self, h: Tensor, t: int, running: Tensor, refresh: Tensor | None, cache: RowCache,
@@ -221,28 +241,112 @@ class RecurrentTransformer(HookedRootModule):
         Same function as :meth:`iterate` with hard exits, for a one-layer core: a
         halted token's key and value are those of its exit state, so they are
         computed once, at the iteration after it exits (``refresh``), and then
-        served from ``cache``. Running tokens are gathered into rows (b, m, d),
-        m = the most running tokens of any sequence. ``layouts`` are the row counts
-        of ``running`` and ``refresh`` if already known (else read here, with one
-        device synchronisation).
+        served from ``cache`` (from :meth:`row_cache`). Running tokens are gathered
+        into rows (b, m, d), m = the most running tokens of any sequence (rounded
+        up to a bucket when the iteration runs as a CUDA graph). ``layouts`` are
+        the row counts of ``running`` and ``refresh`` if already known (else read
+        here, with one device synchronisation).
         """
         if layouts is None:
             layouts = iteration_layouts(running, refresh)
         run_layout, refresh_layout = layouts
+        if refresh is None or refresh_layout is None or refresh_layout.most == 0:
+            refresh, refresh_layout = None, None
         hooks = self._h(self.loop[t])
         h = hook(hooks and hooks.hook_resid_pre, h)
+        if cache.graph_key is not None:
+            h = self._graphed_rows(h, running, refresh, cache, run_layout, refresh_layout)
+        else:
+            h = self._rows_body(h, running, refresh, cache, (run_layout.rows, run_layout.full),
+                                refresh_layout and (refresh_layout.rows, refresh_layout.full))
+        return hook(hooks and hooks.hook_resid_post, h)
+
+    def _rows_body(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
+                   run_rows: tuple[int, bool], refresh_rows: tuple[int, bool] | None) -> Tensor:
+        """The fast iteration on ``h``; ``*_rows`` are (packed row count m, every row real)."""
         block = self.core_blocks[0]
-        if refresh is not None and refresh_layout is not None and refresh_layout.most > 0:
-            pos, valid, flat = _rows(refresh, refresh_layout)
-            cache.valid, cache.all_valid = valid, refresh_layout.full
+        if refresh is not None and refresh_rows is not None:
+            pos, valid, flat = _rows(refresh, refresh_rows[0])
+            cache.valid, cache.all_valid = valid, refresh_rows[1]
             block.attn.refresh_rows(block.ln_attn(take_rows(h, flat, pos.shape[1])), pos, self.rotary, cache)
-        pos, valid, flat = _rows(running, run_layout)
+        pos, valid, flat = _rows(running, run_rows[0])
         rows = take_rows(h, flat, pos.shape[1])  # (b, m, d)
-        cache.valid, cache.all_valid = valid, run_layout.full
+        cache.valid, cache.all_valid = valid, run_rows[1]
         x = block.forward_rows(rows, pos, self.rotary, cache)  # (b, m, d)
-        if not run_layout.full:
+        cache.valid = None  # drop the packing's tensors (a graph must keep none)
+        if not run_rows[1]:
             x = torch.where(valid[..., None], x, rows)  # padding rows stay as they were
-        return hook(hooks and hooks.hook_resid_post, put_rows(h, flat, x))
+        return put_rows(h, flat, x)
+
+    def _graphed_rows(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
+                      run_layout: RowLayout, refresh_layout: RowLayout | None) -> Tensor:
+        n = h.shape[1]
+        m_run = row_bucket(run_layout.rows, n)
+        run_rows = (m_run, run_layout.least == m_run)
+        refresh_rows = None
+        if refresh is not None and refresh_layout is not None:
+            m_ref = row_bucket(refresh_layout.rows, n)
+            refresh_rows = (m_ref, refresh_layout.least == m_ref)
+        bufs = self.graphs.buffers(cache.graph_key, dict)  # made by row_cache
+        bufs["h"].copy_(h)
+        bufs["running"].copy_(running)
+        if refresh is not None:
+            bufs["refresh"].copy_(refresh)
+        key = (*cache.graph_key, run_rows, refresh_rows)
+
+        def body() -> None:
+            static = RowCache(bufs["k"], bufs["v"])
+            out = self._rows_body(bufs["h"], bufs["running"], bufs["refresh"] if refresh_rows else None,
+                                  static, run_rows, refresh_rows)
+            bufs["out"].copy_(out)
+
+        self.graphs.run(key, body)
+        return bufs["out"].clone()
+
+    def row_cache(self, h0: Tensor) -> RowCache:
+        """An empty key/value cache for the fast path over h0's tokens: fresh tensors,
+        or, where iterations run as CUDA graphs, the zeroed static buffers."""
+        kv_shape = (*h0.shape[:2], self.cfg.n_heads, self.cfg.d_head)
+        if not self._graphs_usable(h0):
+            return RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape))
+        key = ("rows", *self._graph_key(h0))
+        mask = h0.shape[:2]
+        bufs = self.graphs.buffers(key, lambda: {
+            "h": torch.empty_like(h0), "out": torch.empty_like(h0),
+            "k": h0.new_zeros(kv_shape), "v": h0.new_zeros(kv_shape),
+            "running": torch.zeros(mask, dtype=torch.bool, device=h0.device),
+            "refresh": torch.zeros(mask, dtype=torch.bool, device=h0.device)})
+        bufs["k"].zero_()
+        bufs["v"].zero_()
+        return RowCache(bufs["k"], bufs["v"], graph_key=key)
+
+    # -- CUDA graphs of single iterations (anira/graphs.py) ---------------------------
+    @property
+    def graphs(self) -> IterationGraphs:
+        mode = self.loop_graphs
+        if self._graph_store is None or self._graph_store.capture != (mode == "auto"):
+            self._graph_store = IterationGraphs(capture=mode == "auto")
+        return self._graph_store
+
+    def _graphs_usable(self, h: Tensor) -> bool:
+        """Iterations run as recorded graphs: inference without gradients, on CUDA
+        (``loop_graphs="auto"``) or anywhere in the test mode ``"static"``."""
+        mode = self.loop_graphs
+        if mode not in GRAPH_MODES:
+            raise AniraError(f"loop_graphs must be one of {', '.join(GRAPH_MODES)}, got {mode!r}")
+        if mode == "off" or self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return False
+        if mode == "static":
+            return True
+        return h.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+    def _graph_key(self, h: Tensor) -> tuple:
+        # the weights' address: graphs read the parameters where they were when recorded
+        weights = self.core_blocks[0].attn.W_q.weight
+        return (tuple(h.shape), h.dtype, h.device, weights.data_ptr(), weights.dtype, autocast_key(h.device))
+
+    def _core_hooked(self) -> bool:
+        return self.hook_points_enabled and any(point.fwd_hooks or point.bwd_hooks for point in self._core_points)
 
     def uses_fast_path(self) -> bool:
         """Inference skips halted tokens unless someone observes the core's internals
@@ -251,9 +355,7 @@ class RecurrentTransformer(HookedRootModule):
             # with several core layers a halted token's deeper keys/values still
             # depend on running tokens, so it cannot be skipped exactly
             return False
-        if not self.hook_points_enabled:
-            return True
-        return not any(point.fwd_hooks or point.bwd_hooks for point in self._core_points)
+        return not self._core_hooked()
 
     def run_loop(self, h0: Tensor, *, forced: Tensor | None = None) -> ModelOutput:
         D = self.cfg.max_iters
@@ -267,8 +369,7 @@ class RecurrentTransformer(HookedRootModule):
         running_masks: list[Tensor] = []
         iterations_run = 0
         fast = self.uses_fast_path()
-        kv_shape = (*h0.shape[:2], self.cfg.n_heads, self.cfg.d_head)
-        cache = RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape)) if fast else None
+        cache = self.row_cache(h0) if fast else None
         # known depths and nobody patching the running masks: every iteration's row
         # layout in one device synchronisation, none inside the loop
         plan = self.plan_layouts(forced) if fast and forced is not None and not self._running_hooked() else None
@@ -398,11 +499,11 @@ def iteration_layouts(running: Tensor, refresh: Tensor | None) -> tuple[RowLayou
     return run, ref
 
 
-def _rows(mask: Tensor, layout: RowLayout) -> tuple[Tensor, Tensor, Tensor]:
-    """Packing for the True entries of ``mask`` (b, n): positions (b, m) with the
-    selected ones first in each row, a validity mask (b, m), and the flat row index
-    (b·m,) into a (b·n, ...) view; m = the most selected entries of any row."""
-    m = layout.rows
+def _rows(mask: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Packing for the True entries of ``mask`` (b, n) into m rows (at least the most
+    selected entries of any row): positions (b, m) with the selected ones first in
+    each row, a validity mask (b, m), and the flat row index (b·m,) into a (b·n, ...)
+    view."""
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     pos = order[:, :m]
     valid = torch.arange(m, device=mask.device)[None, :] < mask.sum(1)[:, None]

@@ -21,7 +21,6 @@ import torch
 from anira.bench.hooks import time_call
 from anira.config import ModelConfig
 from anira.model import RecurrentTransformer, build_model
-from anira.layers import RowCache
 from anira import decode
 
 
@@ -51,8 +50,7 @@ def _core_dense(model: RecurrentTransformer, h0: torch.Tensor) -> torch.Tensor:
 
 
 def _core_fast(model: RecurrentTransformer, h0: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
-    kv = (*h0.shape[:2], model.cfg.n_heads, model.cfg.d_head)
-    cache = RowCache(h0.new_zeros(kv), h0.new_zeros(kv))
+    cache = model.row_cache(h0)
     h, previous = h0, None
     plan = model.plan_layouts(depths)  # the depths are known: one device sync for the whole loop
     for t in range(model.cfg.max_iters):
@@ -63,6 +61,27 @@ def _core_fast(model: RecurrentTransformer, h0: torch.Tensor, depths: torch.Tens
         h = model.iterate_rows(h, t, running, refresh, cache, plan[t])
         previous = running
     return h
+
+
+def _row_scaling(model: RecurrentTransformer, h0: torch.Tensor, timer: Callable, repeats: int) -> dict[str, Any]:
+    """Median time of one fast iteration with the first m·n tokens running, for
+    m = 1, 1/2, 1/4, 1/8, next to one dense iteration: how the cost of an iteration
+    follows the number of rows it computes on this machine."""
+    b, n = h0.shape[:2]
+    ones = torch.ones(b, n, dtype=h0.dtype, device=h0.device)
+    out: dict[str, Any] = {"dense_s": statistics.median(timer(lambda: model.iterate(h0, 1, ones))
+                                                        for _ in range(repeats))}
+    for fraction in (1.0, 0.5, 0.25, 0.125):
+        running = (torch.arange(n, device=h0.device) < max(1, int(n * fraction)))[None].expand(b, n)
+        layouts = model.plan_layouts(torch.where(running, 2, 1))[1][:1] + (None,)
+        cache = model.row_cache(h0)
+
+        def one() -> Any:
+            return model.iterate_rows(h0, 1, running, None, cache, layouts)
+
+        one()
+        out[f"rows_{fraction:g}_s"] = statistics.median(timer(one) for _ in range(repeats))
+    return out
 
 
 def bench_inference(
@@ -79,6 +98,7 @@ def bench_inference(
     seed: int = 0,
     decode_len: int = 64,
     decode_batch: int = 1,
+    loop_graphs: str = "auto",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     dev = torch.device(device)
@@ -87,6 +107,7 @@ def bench_inference(
     cfg = ModelConfig(vocab_size=256, d_model=d_model, n_heads=max(1, d_model // 64), d_ff=4 * d_model,
                       max_iters=max_iters, max_len=seq)
     model = build_model(cfg, "pattern", seed=seed, depths=depths_list).to(dev, torch_dtype).eval()
+    model.loop_graphs = loop_graphs  # both sides alike: CUDA graphs of each iteration on a GPU ("auto")
     timer = partial(time_call, device=dev)
     results = []
     for batch in batches:
@@ -127,6 +148,7 @@ def bench_inference(
                     "median_ratio": statistics.median(ratios),
                 }
             row["core_ratio_over_ideal"] = row["core"]["median_ratio"] / row["ideal_ratio"]
+            row["row_scaling"] = _row_scaling(model, h0, timer, repeats)
         results.append(row)
     model.fast_inference = True
     decoding = bench_decode(model, seq=decode_len, batch=decode_batch, device=dev, repeats=max(1, repeats // 3),
@@ -137,7 +159,8 @@ def bench_inference(
     return {
         "benchmark": "inference",
         "config": {"seq": seq, "d_model": d_model, "max_iters": max_iters, "mean_fraction": mean_fraction,
-                   "repeats": repeats, "device": device, "dtype": dtype},
+                   "repeats": repeats, "device": device, "dtype": dtype, "loop_graphs": loop_graphs,
+                   "graphs_recorded": model.graphs.recorded if model.loop_graphs == "auto" else 0},
         "machine": machine,
         "target": "core ratio <= 1.25 x ideal at d̄/D ~ 0.5",
         "results": results,

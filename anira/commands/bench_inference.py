@@ -21,6 +21,8 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-len", type=int, default=64, help="tokens to decode for the KV-cache comparison (0: skip)")
     p.add_argument("--decode-batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--graphs", default="auto", choices=["auto", "off"],
+                   help="run each loop iteration as a CUDA graph on a GPU (both sides alike; default auto)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -45,11 +47,17 @@ def run(args: argparse.Namespace) -> int:
     r = bench_inference(batches=batches, seq=args.seq, d_model=args.d_model, max_iters=args.iters,
                         mean_fraction=args.mean_fraction, repeats=args.repeats, device=args.device,
                         dtype=args.dtype, decode_len=args.decode_len, decode_batch=args.decode_batch,
+                        loop_graphs=args.graphs,
                         progress=lambda m: print(f"... {m}", file=sys.stderr))
     lines = [f"{'batch':>5} {'d̄/D':>6} {'whole ratio':>12} {'core ratio':>11} {'core/ideal':>11}"]
     for row in r["results"]:
         lines.append(f"{row['batch']:>5} {row['ideal_ratio']:>6.3f} {row['whole']['median_ratio']:>12.3f} "
                      f"{row['core']['median_ratio']:>11.3f} {row['core_ratio_over_ideal']:>11.3f}")
+    for row in r["results"]:
+        sc = row["row_scaling"]
+        lines.append(f"batch {row['batch']}: one iteration, dense {sc['dense_s'] * 1e3:.2f} ms; fast with 1, 1/2, 1/4, "
+                     f"1/8 of the rows: " + ", ".join(f"{sc[f'rows_{f:g}_s'] * 1e3:.2f}" for f in (1, .5, .25, .125))
+                     + " ms")
     if r["decode"]:
         dec = r["decode"]
         lines.append(f"decode {dec['tokens']} tokens x batch {dec['batch']}: allocation-aware "

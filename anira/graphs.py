@@ -1,0 +1,124 @@
+"""CUDA graphs of single loop iterations at inference.
+
+On a GPU one iteration of the core is ~40-80 small kernels; at inference sizes
+the host launching them, not the GPU running them, sets the pace (the H200
+profile in docs/benchmarks.md). A CUDA graph records an iteration's kernels once
+and replays them with one launch. Its tensors must live at fixed addresses, so
+every graphed iteration reads and writes *static buffers* (one set per batch
+shape), and the loop copies its state in and out around each replay.
+
+Shapes that differ give different graphs: the fast path's row counts m (the
+most running tokens of any sequence) are rounded up to a bucket
+(:func:`row_bucket`) so that a handful of graphs serve every layout; the extra
+rows are padding, which the fast path already handles exactly (``valid``).
+
+Every tensor a graph allocates while it is recorded is a temporary that dies
+with the recording, and everything that outlives a replay sits in a static
+buffer allocated outside any graph; that is what lets all graphs share one
+memory pool. Not thread-safe: one model's forward passes must not overlap.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+#: the modes of ``RecurrentTransformer.loop_graphs``
+GRAPH_MODES = ("auto", "off", "static")
+
+
+def row_bucket(m: int, n: int) -> int:
+    """Round a packed row count m (1..n) up to a bucket: exact up to 16, then a
+    multiple of 8, capped at n. At most ~n/8 + 16 distinct graphs per shape, at
+    most 7 padding rows per sequence."""
+    if m <= 16:
+        return m
+    return min(n, -(-m // 8) * 8)
+
+
+class IterationGraphs:
+    """Recorded iterations keyed by what fixes their kernels (shapes, row buckets,
+    dtypes, autocast), with their static buffers.
+
+    ``capture=False`` runs the same functions on the same static buffers without
+    recording anything: the plumbing (buffers, buckets, copies) can then be
+    tested on a CPU.
+    """
+
+    def __init__(self, *, capture: bool = True, max_graphs: int = 256) -> None:
+        self.capture = capture
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, torch.cuda.CUDAGraph] = OrderedDict()
+        self._buffers: dict[tuple, dict[str, Tensor]] = {}
+        self._pool = None
+        self.recorded = 0  # graphs recorded so far (benchmarks and tests read it)
+        self.replayed = 0
+
+    def buffers(self, key: tuple, make: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The static buffers for ``key``, allocated by ``make`` the first time."""
+        found = self._buffers.get(key)
+        if found is None:
+            found = self._buffers[key] = make()
+        return found
+
+    def run(self, key: tuple, body: Callable[[], None]) -> None:
+        """Run ``body`` (which touches only static buffers and keeps no tensor it
+        allocates) through its graph, recording it the first time ``key`` is seen."""
+        if not self.capture:
+            body()
+            return
+        graph = self._graphs.get(key)
+        if graph is not None:
+            self._graphs.move_to_end(key)
+            graph.replay()
+            self.replayed += 1
+            return
+        # the first run is real: it warms the kernels up (cuBLAS workspaces, lazy
+        # modules) on a side stream, as recording requires, and produces this
+        # call's result; the recording then only records (it computes nothing)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            body()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with _autocast_without_cache(), torch.cuda.graph(graph, pool=self._pool):
+            body()
+        if self._pool is None:
+            self._pool = graph.pool()
+        self._graphs[key] = graph
+        self.recorded += 1
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+
+    def clear(self) -> None:
+        self._graphs.clear()
+        self._buffers.clear()
+        self._pool = None
+
+
+class _autocast_without_cache:
+    """Under autocast, record with autocast's weight-cast cache off: a cast cached
+    during recording would be freed when the recording ends, and the graph would
+    read freed memory. With the cache off, the casts are kernels in the graph."""
+
+    def __enter__(self) -> None:
+        self._ctx = None
+        if torch.is_autocast_enabled("cuda"):
+            self._ctx = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+def autocast_key(device: torch.device) -> tuple:
+    """What of the autocast state changes the recorded kernels."""
+    kind = device.type
+    if torch.is_autocast_enabled(kind):
+        return (True, torch.get_autocast_dtype(kind))
+    return (False, None)
