@@ -110,20 +110,22 @@ class Attention(nn.Module):
         z = attend(rotary(q), rotary(k), v, hooks)
         return self.W_o(rearrange(z, "b p h e -> b p (h e)"))
 
-    def refresh_rows(self, x: Tensor, pos: Tensor, rotary: Rotary, cache: RowCache) -> None:
-        """Write the keys and values of tokens x (b, m, d) at ``pos`` into ``cache``
-        without computing their queries or outputs."""
-        cache.write(pos, rotary(self.heads(self.W_k, x), pos), self.heads(self.W_v, x))
-
-    def forward_rows(self, x: Tensor, pos: Tensor, rotary: Rotary, cache: RowCache) -> Tensor:
-        """Attention for a subset of tokens: x (b, m, d) are the tokens at positions
-        ``pos`` (b, m); their new keys/values are written into ``cache`` (rows where
-        ``cache.valid``), then they attend causally over every cached key."""
-        q = rotary(self.heads(self.W_q, x), pos)
-        k = rotary(self.heads(self.W_k, x), pos)
+    def forward_rows(self, x: Tensor, run: Packed, rotary: Rotary, cache: RowCache,
+                     refresh: Packed | None = None) -> Tensor:
+        """Attention for a subset of tokens. x (b, m [+ r], d) are the normalised states
+        of the ``run`` tokens, followed by those of the ``refresh`` tokens when given:
+        every row's key and value are written into ``cache`` (refresh rows first), then
+        the run tokens attend causally over every cached key. One projection serves
+        both sets of rows; refresh rows get no query and no output. Returns (b, m, d)."""
+        m = run.pos.shape[1]
+        q = rotary(self.heads(self.W_q, x[:, :m]), run.pos)
+        positions = run.pos if refresh is None else torch.cat([run.pos, refresh.pos], 1)
+        k = rotary(self.heads(self.W_k, x), positions)
         v = self.heads(self.W_v, x)
-        cache.write(pos, k, v)
-        allowed = pos[:, :, None] >= torch.arange(cache.k.shape[1], device=x.device)  # (b, m, n)
+        if refresh is not None:
+            cache.write(refresh, k[:, m:], v[:, m:])
+        cache.write(run, k[:, :m], v[:, :m])
+        allowed = run.pos[:, :, None] >= torch.arange(cache.k.shape[1], device=x.device)  # (b, m, n)
         z = F.scaled_dot_product_attention(
             q.to(cache.k.dtype).transpose(1, 2), cache.k.transpose(1, 2), cache.v.transpose(1, 2),
             attn_mask=allowed[:, None],
@@ -196,9 +198,13 @@ class Block(nn.Module):
         mlp_out = hook(hooks and hooks.hook_mlp_out, self.mlp(self.ln_mlp(x)))
         return hook(hooks and hooks.hook_resid_post, x + mlp_out)
 
-    def forward_rows(self, x: Tensor, pos: Tensor, rotary: Rotary, cache: RowCache) -> Tensor:
-        """The layer on a subset of tokens (see :meth:`Attention.forward_rows`)."""
-        x = x + self.attn.forward_rows(self.ln_attn(x), pos, rotary, cache)
+    def forward_rows(self, x: Tensor, run: Packed, rotary: Rotary, cache: RowCache,
+                     refresh: tuple[Tensor, Packed] | None = None) -> Tensor:
+        """The layer on the packed tokens x (b, m, d) at ``run``; ``refresh`` = (states
+        (b, r, d), packing) of tokens that only get their keys and values recomputed
+        (see :meth:`Attention.forward_rows`)."""
+        both = x if refresh is None else torch.cat([x, refresh[0]], 1)
+        x = x + self.attn.forward_rows(self.ln_attn(both), run, rotary, cache, refresh and refresh[1])
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -225,29 +231,39 @@ def put_rows(x: Tensor, flat: Tensor, rows: Tensor, *, in_place: bool = False) -
     return x.reshape(b * n, *x.shape[2:]).index_copy(0, flat, src).view_as(x)
 
 
+@dataclass(frozen=True)
+class Packed:
+    """Where packed rows (b, m, ...) come from: token positions (b, m), the flat row
+    index into a (b·n, ...) view (b·m,), which rows are real tokens (b, m; the rest is
+    padding), and whether all are (known without a device sync)."""
+
+    pos: Tensor
+    flat: Tensor
+    valid: Tensor
+    all_valid: bool
+
+
 @dataclass
 class RowCache:
     """Rotated keys and values (b, n, h, e) of every token for one core layer, updated
-    for the tokens that run; ``valid`` (b, m) marks real rows of a packed batch and
-    ``all_valid`` says (without a device sync) that every row is real."""
+    in place for the tokens that run (inference) or out of place (with gradients)."""
 
     k: Tensor
     v: Tensor
-    valid: Tensor | None = None
-    all_valid: bool = True
     #: set when k and v are a CUDA graph's static buffers (RecurrentTransformer.row_cache)
     graph_key: tuple | None = None
 
-    def write(self, pos: Tensor, k: Tensor, v: Tensor) -> None:
+    def write(self, rows: Packed, k: Tensor, v: Tensor) -> None:
+        """Store the keys and values (b, m, h, e) of the packed rows; padding rows
+        rewrite what is there."""
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)  # under autocast projections may be bf16
-        flat = flat_rows(pos, self.k.shape[1])
-        m = pos.shape[1]
-        if self.valid is not None and not self.all_valid:  # padding rows rewrite what is there
-            keep = self.valid[..., None, None]
-            k = torch.where(keep, k, take_rows(self.k, flat, m))
-            v = torch.where(keep, v, take_rows(self.v, flat, m))
+        m = rows.pos.shape[1]
+        if not rows.all_valid:
+            keep = rows.valid[..., None, None]
+            k = torch.where(keep, k, take_rows(self.k, rows.flat, m))
+            v = torch.where(keep, v, take_rows(self.v, rows.flat, m))
         # in inference the cache is private to one forward pass: update it in place;
         # with gradients, out of place so autograd can differentiate through the fast path
         in_place = not (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k.requires_grad))
-        self.k = put_rows(self.k, flat, k, in_place=in_place)
-        self.v = put_rows(self.v, flat, v, in_place=in_place)
+        self.k = put_rows(self.k, rows.flat, k, in_place=in_place)
+        self.v = put_rows(self.v, rows.flat, v, in_place=in_place)

@@ -34,7 +34,7 @@ from anira.config import ModelConfig
 from anira.errors import AniraError
 from anira.graphs import GRAPH_MODES, IterationGraphs, autocast_key, row_bucket
 from anira.halting import HaltingPolicy, LoopContext, build_policy, expected_depth
-from anira.layers import Block, LayerHooks, RMSNorm, RowCache, Rotary, flat_rows, hook, put_rows, take_rows
+from anira.layers import Block, LayerHooks, Packed, RMSNorm, RowCache, Rotary, flat_rows, hook, put_rows, take_rows
 
 
 @dataclass
@@ -264,19 +264,16 @@ class RecurrentTransformer(HookedRootModule):
     def _rows_body(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
                    run_rows: tuple[int, bool], refresh_rows: tuple[int, bool] | None) -> Tensor:
         """The fast iteration on ``h``; ``*_rows`` are (packed row count m, every row real)."""
-        block = self.core_blocks[0]
+        run = _pack(running, *run_rows)
+        rows = take_rows(h, run.flat, run_rows[0])  # (b, m, d)
+        extra = None
         if refresh is not None and refresh_rows is not None:
-            pos, valid, flat = _rows(refresh, refresh_rows[0])
-            cache.valid, cache.all_valid = valid, refresh_rows[1]
-            block.attn.refresh_rows(block.ln_attn(take_rows(h, flat, pos.shape[1])), pos, self.rotary, cache)
-        pos, valid, flat = _rows(running, run_rows[0])
-        rows = take_rows(h, flat, pos.shape[1])  # (b, m, d)
-        cache.valid, cache.all_valid = valid, run_rows[1]
-        x = block.forward_rows(rows, pos, self.rotary, cache)  # (b, m, d)
-        cache.valid = None  # drop the packing's tensors (a graph must keep none)
-        if not run_rows[1]:
-            x = torch.where(valid[..., None], x, rows)  # padding rows stay as they were
-        return put_rows(h, flat, x)
+            ref = _pack(refresh, *refresh_rows)
+            extra = (take_rows(h, ref.flat, refresh_rows[0]), ref)  # their exit states
+        x = self.core_blocks[0].forward_rows(rows, run, self.rotary, cache, extra)  # (b, m, d)
+        if not run.all_valid:
+            x = torch.where(run.valid[..., None], x, rows)  # padding rows stay as they were
+        return put_rows(h, run.flat, x)
 
     def _graphed_rows(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
                       run_layout: RowLayout, refresh_layout: RowLayout | None) -> Tensor:
@@ -499,15 +496,14 @@ def iteration_layouts(running: Tensor, refresh: Tensor | None) -> tuple[RowLayou
     return run, ref
 
 
-def _rows(mask: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+def _pack(mask: Tensor, m: int, all_valid: bool) -> Packed:
     """Packing for the True entries of ``mask`` (b, n) into m rows (at least the most
-    selected entries of any row): positions (b, m) with the selected ones first in
-    each row, a validity mask (b, m), and the flat row index (b·m,) into a (b·n, ...)
-    view."""
+    selected entries of any row), the selected positions first in each row;
+    ``all_valid``: every row has exactly m selected entries (no padding)."""
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     pos = order[:, :m]
     valid = torch.arange(m, device=mask.device)[None, :] < mask.sum(1)[:, None]
-    return pos, valid, flat_rows(pos, mask.shape[1])
+    return Packed(pos, flat_rows(pos, mask.shape[1]), valid, all_valid)
 
 
 def build_model(
