@@ -110,6 +110,14 @@ class Attention(nn.Module):
         z = attend(rotary(q), rotary(k), v, hooks)
         return self.W_o(rearrange(z, "b p h e -> b p (h e)"))
 
+    def forward_caching(self, x: Tensor, rotary: Rotary, cache: RowCache) -> Tensor:
+        """Causal self-attention over every token x (b, n, d), as :meth:`forward`, also
+        storing every key and value in ``cache`` (the fast path when nothing halted)."""
+        q, k, v = self.heads(self.W_q, x), rotary(self.heads(self.W_k, x)), self.heads(self.W_v, x)
+        cache.write_all(k, v)
+        z = attend(rotary(q), k, v, None)
+        return self.W_o(rearrange(z, "b p h e -> b p (h e)"))
+
     def forward_rows(self, x: Tensor, run: Packed, rotary: Rotary, cache: RowCache,
                      refresh: Packed | None = None) -> Tensor:
         """Attention for a subset of tokens. x (b, m [+ r], d) are the normalised states
@@ -198,6 +206,11 @@ class Block(nn.Module):
         mlp_out = hook(hooks and hooks.hook_mlp_out, self.mlp(self.ln_mlp(x)))
         return hook(hooks and hooks.hook_resid_post, x + mlp_out)
 
+    def forward_caching(self, x: Tensor, rotary: Rotary, cache: RowCache) -> Tensor:
+        """The layer on every token, storing its keys and values (no hooks)."""
+        x = x + self.attn.forward_caching(self.ln_attn(x), rotary, cache)
+        return x + self.mlp(self.ln_mlp(x))
+
     def forward_rows(self, x: Tensor, run: Packed, rotary: Rotary, cache: RowCache,
                      refresh: tuple[Tensor, Packed] | None = None) -> Tensor:
         """The layer on the packed tokens x (b, m, d) at ``run``; ``refresh`` = (states
@@ -252,6 +265,15 @@ class RowCache:
     v: Tensor
     #: set when k and v are a CUDA graph's static buffers (RecurrentTransformer.row_cache)
     graph_key: tuple | None = None
+
+    def write_all(self, k: Tensor, v: Tensor) -> None:
+        """Store the keys and values (b, n, h, e) of every token."""
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k.requires_grad):
+            self.k, self.v = k, v
+        else:  # in place: the buffers may be a CUDA graph's
+            self.k.copy_(k)
+            self.v.copy_(v)
 
     def write(self, rows: Packed, k: Tensor, v: Tensor) -> None:
         """Store the keys and values (b, m, h, e) of the packed rows; padding rows

@@ -264,6 +264,10 @@ class RecurrentTransformer(HookedRootModule):
     def _rows_body(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
                    run_rows: tuple[int, bool], refresh_rows: tuple[int, bool] | None) -> Tensor:
         """The fast iteration on ``h``; ``*_rows`` are (packed row count m, every row real)."""
+        if refresh_rows is None and run_rows == (h.shape[1], True):
+            # every token runs (the first iteration; fixed depth until the exit):
+            # the dense layer, no packing, causal kernel; it also fills the cache
+            return self.core_blocks[0].forward_caching(h, self.rotary, cache)
         run = _pack(running, *run_rows)
         rows = take_rows(h, run.flat, run_rows[0])  # (b, m, d)
         extra = None
