@@ -40,39 +40,51 @@ def row_bucket(m: int, n: int) -> int:
 
 
 class IterationGraphs:
-    """Recorded iterations keyed by what fixes their kernels (shapes, row buckets,
-    dtypes, autocast), with their static buffers.
+    """Recorded iterations with their static buffers, grouped in *sets*: one set of
+    buffers per batch shape (and dtype, device, ...), and under it the graphs that
+    read and write those buffers, keyed by what fixes their kernels (row buckets).
 
-    ``capture=False`` runs the same functions on the same static buffers without
-    recording anything: the plumbing (buffers, buckets, copies) can then be
-    tested on a CPU.
+    Least recently used sets are dropped beyond ``max_sets``, together with their
+    graphs (a graph must never outlive the buffers it writes); within a set, least
+    recently used graphs beyond ``max_graphs``. ``capture=False`` runs the same
+    bodies on the same static buffers without recording anything, so the plumbing
+    (buffers, buckets, copies) can be tested on a CPU.
     """
 
-    def __init__(self, *, capture: bool = True, max_graphs: int = 256) -> None:
+    def __init__(self, *, capture: bool = True, max_sets: int = 8, max_graphs: int = 64) -> None:
         self.capture = capture
+        self.max_sets = max_sets
         self.max_graphs = max_graphs
-        self._graphs: OrderedDict[tuple, torch.cuda.CUDAGraph] = OrderedDict()
-        self._buffers: dict[tuple, dict[str, Tensor]] = {}
+        self._sets: OrderedDict[tuple, tuple[dict[str, Tensor], OrderedDict[tuple, torch.cuda.CUDAGraph]]] = OrderedDict()
         self._pool = None
         self.recorded = 0  # graphs recorded so far (benchmarks and tests read it)
         self.replayed = 0
 
-    def buffers(self, key: tuple, make: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
-        """The static buffers for ``key``, allocated by ``make`` the first time."""
-        found = self._buffers.get(key)
-        if found is None:
-            found = self._buffers[key] = make()
-        return found
+    @property
+    def set_keys(self) -> list[tuple]:
+        return list(self._sets)
 
-    def run(self, key: tuple, body: Callable[[], None]) -> None:
-        """Run ``body`` (which touches only static buffers and keeps no tensor it
-        allocates) through its graph, recording it the first time ``key`` is seen."""
+    def buffers(self, set_key: tuple, make: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The static buffers of ``set_key``, allocated by ``make`` the first time."""
+        found = self._sets.get(set_key)
+        if found is None:
+            found = self._sets[set_key] = (make(), OrderedDict())
+            while len(self._sets) > self.max_sets:
+                self._sets.popitem(last=False)
+        else:
+            self._sets.move_to_end(set_key)
+        return found[0]
+
+    def run(self, set_key: tuple, graph_key: tuple, body: Callable[[], None]) -> None:
+        """Run ``body`` (which touches only the static buffers of ``set_key`` and keeps
+        no tensor it allocates) through its graph, recorded the first time."""
         if not self.capture:
             body()
             return
-        graph = self._graphs.get(key)
+        graphs = self._sets[set_key][1]
+        graph = graphs.get(graph_key)
         if graph is not None:
-            self._graphs.move_to_end(key)
+            graphs.move_to_end(graph_key)
             graph.replay()
             self.replayed += 1
             return
@@ -89,14 +101,13 @@ class IterationGraphs:
             body()
         if self._pool is None:
             self._pool = graph.pool()
-        self._graphs[key] = graph
+        graphs[graph_key] = graph
         self.recorded += 1
-        while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
+        while len(graphs) > self.max_graphs:
+            graphs.popitem(last=False)
 
     def clear(self) -> None:
-        self._graphs.clear()
-        self._buffers.clear()
+        self._sets.clear()
         self._pool = None
 
 

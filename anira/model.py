@@ -229,7 +229,7 @@ class RecurrentTransformer(HookedRootModule):
             "h": torch.empty_like(h), "active": torch.empty_like(active), "out": torch.empty_like(h)})
         bufs["h"].copy_(h)
         bufs["active"].copy_(active)
-        self.graphs.run(key, lambda: bufs["out"].copy_(self._dense_body(bufs["h"], bufs["active"], None)))
+        self.graphs.run(key, (), lambda: bufs["out"].copy_(self._dense_body(bufs["h"], bufs["active"], None)))
         return bufs["out"].clone()
 
     def iterate_rows(
@@ -293,15 +293,13 @@ class RecurrentTransformer(HookedRootModule):
         bufs["running"].copy_(running)
         if refresh is not None:
             bufs["refresh"].copy_(refresh)
-        key = (*cache.graph_key, run_rows, refresh_rows)
-
         def body() -> None:
             static = RowCache(bufs["k"], bufs["v"])
             out = self._rows_body(bufs["h"], bufs["running"], bufs["refresh"] if refresh_rows else None,
                                   static, run_rows, refresh_rows)
             bufs["out"].copy_(out)
 
-        self.graphs.run(key, body)
+        self.graphs.run(cache.graph_key, (run_rows, refresh_rows), body)
         return bufs["out"].clone()
 
     def row_cache(self, h0: Tensor) -> RowCache:
@@ -344,7 +342,9 @@ class RecurrentTransformer(HookedRootModule):
     def _graph_key(self, h: Tensor) -> tuple:
         # the weights' address: graphs read the parameters where they were when recorded
         weights = self.core_blocks[0].attn.W_q.weight
-        return (tuple(h.shape), h.dtype, h.device, weights.data_ptr(), weights.dtype, autocast_key(h.device))
+        # (and inference mode: its tensors cannot be updated in place outside it)
+        return (tuple(h.shape), h.dtype, h.device, weights.data_ptr(), weights.dtype, autocast_key(h.device),
+                torch.is_inference_mode_enabled())
 
     def _core_hooked(self) -> bool:
         return self.hook_points_enabled and any(point.fwd_hooks or point.bwd_hooks for point in self._core_points)

@@ -50,7 +50,7 @@ def test_static_buffers_equal_the_eager_loop(policy, fast):
     tokens = torch.randint(1, 24, (3, 40), generator=torch.Generator().manual_seed(1))
     tokens[1, 25:] = 0  # padding
     _same(_run(model, tokens, "static"), _run(model, tokens, "off"))
-    assert model.graphs._buffers  # the static path really ran
+    assert model.graphs.set_keys  # the static path really ran
 
 
 def test_static_buffers_start_clean_on_every_forward():
@@ -60,9 +60,9 @@ def test_static_buffers_start_clean_on_every_forward():
     a = torch.randint(1, 24, (2, 40), generator=torch.Generator().manual_seed(4))
     b = torch.randint(1, 24, (2, 40), generator=torch.Generator().manual_seed(5))
     _run(model, a, "static")
-    buffers = dict(model.graphs._buffers)
+    sets = model.graphs.set_keys
     again = _run(model, b, "static")
-    assert model.graphs._buffers.keys() == buffers.keys()
+    assert model.graphs.set_keys == sets
     _same(again, _run(model, b, "off"))
 
 
@@ -73,7 +73,22 @@ def test_no_graphs_with_gradients_or_in_training():
     model(tokens).logits.sum().backward()  # gradients on: eager
     model.train()
     model(tokens)
-    assert not model.graphs._buffers
+    assert not model.graphs.set_keys
+
+
+def test_buffer_sets_are_bounded_and_inference_mode_gets_its_own():
+    model = _model("pattern")
+    model.loop_graphs = "static"
+    model.graphs.max_sets = 2
+    with torch.no_grad():
+        for length in (10, 11, 12):
+            model(torch.randint(1, 24, (1, length)))
+    assert sorted(key[1][:2] for key in model.graphs.set_keys) == [(1, 11), (1, 12)]  # oldest dropped
+    tokens = torch.randint(1, 24, (2, 9))
+    with torch.inference_mode():
+        model(tokens)
+    with torch.no_grad():  # buffers made under inference mode are not reused outside it
+        _same(model(tokens), _run(model, tokens, "off"))
 
 
 def test_unknown_graph_mode_is_a_clear_error():
