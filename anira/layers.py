@@ -263,8 +263,10 @@ class RowCache:
 
     k: Tensor
     v: Tensor
-    #: set when k and v are a CUDA graph's static buffers (RecurrentTransformer.row_cache)
+    #: set when k and v are CUDA graphs' static buffers (RecurrentTransformer.row_cache):
+    #: the key of their set and the set's buffers
     graph_key: tuple | None = None
+    graph_buffers: dict[str, Tensor] | None = None
 
     def write_all(self, k: Tensor, v: Tensor) -> None:
         """Store the keys and values (b, n, h, e) of every token."""

@@ -229,7 +229,8 @@ class RecurrentTransformer(HookedRootModule):
             "h": torch.empty_like(h), "active": torch.empty_like(active), "out": torch.empty_like(h)})
         bufs["h"].copy_(h)
         bufs["active"].copy_(active)
-        self.graphs.run(key, (), lambda: bufs["out"].copy_(self._dense_body(bufs["h"], bufs["active"], None)))
+        self.graphs.run(key, (), lambda: bufs["out"].copy_(self._dense_body(bufs["h"], bufs["active"], None)),
+                        h.device)
         return bufs["out"].clone()
 
     def iterate_rows(
@@ -286,9 +287,10 @@ class RecurrentTransformer(HookedRootModule):
         run_rows = (m_run, run_layout.least == m_run)
         refresh_rows = None
         if refresh is not None and refresh_layout is not None:
-            m_ref = row_bucket(refresh_layout.rows, n)
-            refresh_rows = (m_ref, refresh_layout.least == m_ref)
-        bufs = self.graphs.buffers(cache.graph_key, dict)  # made by row_cache
+            # coarser buckets and always the padding-safe write: refresh counts vary
+            # more than running counts, and each distinct key is a recording
+            refresh_rows = (row_bucket(refresh_layout.rows, n, step=32), False)
+        bufs = cache.graph_buffers
         bufs["h"].copy_(h)
         bufs["running"].copy_(running)
         if refresh is not None:
@@ -299,7 +301,7 @@ class RecurrentTransformer(HookedRootModule):
                                   static, run_rows, refresh_rows)
             bufs["out"].copy_(out)
 
-        self.graphs.run(cache.graph_key, (run_rows, refresh_rows), body)
+        self.graphs.run(cache.graph_key, (run_rows, refresh_rows), body, h.device)
         return bufs["out"].clone()
 
     def row_cache(self, h0: Tensor) -> RowCache:
@@ -317,7 +319,7 @@ class RecurrentTransformer(HookedRootModule):
             "refresh": torch.zeros(mask, dtype=torch.bool, device=h0.device)})
         bufs["k"].zero_()
         bufs["v"].zero_()
-        return RowCache(bufs["k"], bufs["v"], graph_key=key)
+        return RowCache(bufs["k"], bufs["v"], graph_key=key, graph_buffers=bufs)
 
     # -- CUDA graphs of single iterations (anira/graphs.py) ---------------------------
     @property
@@ -340,11 +342,31 @@ class RecurrentTransformer(HookedRootModule):
         return h.is_cuda and not torch.cuda.is_current_stream_capturing()
 
     def _graph_key(self, h: Tensor) -> tuple:
-        # the weights' address: graphs read the parameters where they were when recorded
-        weights = self.core_blocks[0].attn.W_q.weight
-        # (and inference mode: its tensors cannot be updated in place outside it)
-        return (tuple(h.shape), h.dtype, h.device, weights.data_ptr(), weights.dtype, autocast_key(h.device),
-                torch.is_inference_mode_enabled())
+        # graphs read every core weight and the rotary tables at the addresses they had
+        # when recorded; inference-mode tensors cannot be updated in place outside it
+        tensors = [*self.core_blocks.parameters(), self.rotary.cos, self.rotary.sin]
+        return (tuple(h.shape), h.dtype, h.device, tuple(t.data_ptr() for t in tensors), tensors[0].dtype,
+                autocast_key(h.device), torch.is_inference_mode_enabled())
+
+    def _drop_graphs(self) -> None:
+        if self._graph_store is not None:
+            self._graph_store.clear()
+        self._graph_store = None
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half(), ...: recordings are stale
+        self._drop_graphs()
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True) -> RecurrentTransformer:
+        if mode:  # training never replays them: give their memory back
+            self._drop_graphs()
+        return super().train(mode)
+
+    def __getstate__(self) -> dict[str, Any]:  # copy / pickle: CUDA graphs do not travel
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_graph_store"] = None
+        return state
 
     def _core_hooked(self) -> bool:
         return self.hook_points_enabled and any(point.fwd_hooks or point.bwd_hooks for point in self._core_points)

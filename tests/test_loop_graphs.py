@@ -5,6 +5,8 @@ without recording: buffers, row buckets, copies in and out and the cache reset
 are all exercised. The ``gpu`` tests record and replay real graphs.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -54,16 +56,76 @@ def test_static_buffers_equal_the_eager_loop(policy, fast):
 
 
 def test_static_buffers_start_clean_on_every_forward():
-    """A second forward on other tokens of the same shape reuses the buffers and
-    must not see the first one's keys and values."""
+    """A forward must not see keys and values left in the buffers by an earlier one:
+    fill them with NaN, then hold tokens back at t = 0 (so the first iteration does
+    not overwrite the whole cache) and compare with the eager loop."""
     model = _model("pattern")
     a = torch.randint(1, 24, (2, 40), generator=torch.Generator().manual_seed(4))
-    b = torch.randint(1, 24, (2, 40), generator=torch.Generator().manual_seed(5))
     _run(model, a, "static")
     sets = model.graphs.set_keys
-    again = _run(model, b, "static")
-    assert model.graphs.set_keys == sets
-    _same(again, _run(model, b, "off"))
+    for key in sets:
+        for name, buffer in model.graphs.buffers(key, dict).items():
+            if buffer.is_floating_point():
+                buffer.fill_(float("nan"))
+
+    def hold_back(running, hook):
+        held = running.clone()
+        held[:, 1::3] = False
+        return held
+
+    b = torch.randint(1, 24, (2, 40), generator=torch.Generator().manual_seed(5))
+    with model.hooks(fwd_hooks=[("loop.0.hook_running", hold_back)]):
+        again = _run(model, b, "static")
+        eager = _run(model, b, "off")
+    assert model.graphs.set_keys == sets  # the same buffers were reused
+    assert torch.isfinite(again.logits).all()
+    _same(again, eager)
+
+
+def test_graphs_are_recorded_on_the_second_sighting_then_replayed():
+    model = _model("pattern")
+    tokens = torch.randint(1, 24, (2, 40), generator=torch.Generator().manual_seed(6))
+    _run(model, tokens, "static")
+    graphs = model.graphs
+    assert graphs.recorded == 0  # a layout seen once runs eagerly
+    _run(model, tokens, "static")
+    recorded = graphs.recorded
+    assert recorded == model.cfg.max_iters  # one per iteration's layout
+    _run(model, tokens, "static")
+    assert graphs.recorded == recorded and graphs.replayed == recorded
+
+
+def test_new_weights_or_a_move_never_reuse_old_graphs():
+    model = _model("pattern")
+    tokens = torch.randint(1, 24, (2, 40))
+    _run(model, tokens, "static")
+    before = model.graphs.set_keys
+    block = model.core_blocks[0]
+    block.mlp.W_up.weight = torch.nn.Parameter(block.mlp.W_up.weight.detach() * 1.5)
+    _same(_run(model, tokens, "static"), _run(model, tokens, "off"))
+    assert set(model.graphs.set_keys) - set(before)  # a new set for the new weights
+    model.to(torch.float32)  # any move or cast drops every recording
+    assert model._graph_store is None
+    model.loop_graphs = "static"
+    _run(model, tokens, "static")
+    copied = copy.deepcopy(model)  # CUDA graphs do not travel with a copy
+    assert copied._graph_store is None
+    model.train()
+    assert model._graph_store is None  # training gives the memory back
+
+
+def test_a_cache_whose_set_was_dropped_still_works():
+    model = _model("pattern")
+    model.loop_graphs = "static"
+    model.graphs.max_sets = 1
+    with torch.no_grad():
+        h_a = model.run_prelude(torch.randint(1, 24, (1, 20)))
+        cache_a = model.row_cache(h_a)
+        model.row_cache(model.run_prelude(torch.randint(1, 24, (1, 21))))  # drops cache_a's set
+        running = torch.ones(1, 20, dtype=torch.bool)
+        out = model.iterate_rows(h_a, 0, running, None, cache_a)
+        model.loop_graphs = "off"
+        assert torch.allclose(out, model.iterate_rows(h_a, 0, running, None, model.row_cache(h_a)))
 
 
 def test_no_graphs_with_gradients_or_in_training():
@@ -91,6 +153,13 @@ def test_buffer_sets_are_bounded_and_inference_mode_gets_its_own():
         _same(model(tokens), _run(model, tokens, "off"))
 
 
+def test_bad_graph_store_limits_are_clear_errors():
+    from anira.graphs import IterationGraphs
+
+    with pytest.raises(AniraError, match="max_sets and max_graphs must be >= 1"):
+        IterationGraphs(max_sets=0)
+
+
 def test_unknown_graph_mode_is_a_clear_error():
     model = _model("fixed")
     with pytest.raises(AniraError, match="loop_graphs must be one of"):
@@ -107,23 +176,31 @@ def test_cuda_graphs_equal_the_eager_loop(policy, fast):
     tokens = torch.randint(1, 24, (3, 40), generator=torch.Generator().manual_seed(1)).cuda()
     tokens[1, 25:] = 0
     eager = _run(model, tokens, "off")
-    first = _run(model, tokens, "auto")
+    outs = [_run(model, tokens, "auto") for _ in range(3)]  # eager, recorded, replayed
     recorded = model.graphs.recorded
-    second = _run(model, tokens, "auto")
-    assert recorded > 0 and model.graphs.recorded == recorded  # the second forward only replays
-    assert model.graphs.replayed > 0
-    _same(first, eager)
-    _same(second, eager)
+    assert recorded > 0 and model.graphs.replayed > 0 and model.graphs.failed == 0
+    assert model.graphs.recorded == recorded
+    for out in outs:
+        _same(out, eager)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graphs_under_bf16_autocast():
+    """Recorded inside one autocast region, replayed inside another after the
+    weights changed in place: the graph must cast the current weights (autocast's
+    cast cache is off while recording), not replay stale casts."""
     model = _model("pattern").cuda()
     tokens = torch.randint(1, 24, (2, 40)).cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        eager = _run(model, tokens, "off")
         for _ in range(2):
-            graphed = _run(model, tokens, "auto")
+            _run(model, tokens, "auto")  # eager, then recorded
+    assert model.graphs.recorded > 0
+    with torch.no_grad():
+        model.core_blocks[0].attn.W_q.weight.mul_(1.5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        graphed = _run(model, tokens, "auto")
+        eager = _run(model, tokens, "off")
+    assert model.graphs.replayed > 0
     assert torch.equal(graphed.exit_depth, eager.exit_depth)
     assert torch.allclose(graphed.logits.float(), eager.logits.float(), atol=2e-2)

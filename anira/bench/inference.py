@@ -66,7 +66,8 @@ def _core_fast(model: RecurrentTransformer, h0: torch.Tensor, depths: torch.Tens
 def _row_scaling(model: RecurrentTransformer, h0: torch.Tensor, timer: Callable, repeats: int) -> dict[str, Any]:
     """Median time of one fast iteration with the first m·n tokens running, for
     m = 1, 1/2, 1/4, 1/8, next to one dense iteration: how the cost of an iteration
-    follows the number of rows it computes on this machine."""
+    follows the number of rows it computes on this machine. (m = 1 takes the fast
+    path's all-running shortcut: the dense layer, also filling the cache.)"""
     b, n = h0.shape[:2]
     ones = torch.ones(b, n, dtype=h0.dtype, device=h0.device)
     out: dict[str, Any] = {"dense_s": statistics.median(timer(lambda: model.iterate(h0, 1, ones))
