@@ -124,3 +124,19 @@ def test_group_sigterm_with_data_workers_still_saves(tmp_path):
     step = int(stdout.split("interrupted at step ")[1].split()[0].rstrip(".;,"))
     assert step > 0
     assert ckpt.latest_checkpoint(out).name == f"step-{step:08d}"
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`anira ... | head`: the reader goes away; no traceback, the SIGPIPE status."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from anira.cli import main; sys.exit(main(sys.argv[1:]))",
+         "tasks", "sample", "brevo", "--n", "3000", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()  # like `head -c 10`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err
