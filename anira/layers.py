@@ -102,20 +102,16 @@ class Attention(nn.Module):
     def heads(self, W: nn.Linear, x: Tensor) -> Tensor:
         return rearrange(W(x), "b p (h e) -> b p h e", h=self.n_heads)
 
-    def forward(self, x: Tensor, rotary: Rotary, hooks: AttnHooks | None) -> Tensor:
-        """Causal self-attention over x (b, p, d)."""
+    def forward(self, x: Tensor, rotary: Rotary, hooks: AttnHooks | None, cache: RowCache | None = None) -> Tensor:
+        """Causal self-attention over x (b, p, d); with ``cache``, every rotated key and
+        value is also stored there (the fast path's iterations in which every token runs)."""
         q = hook(hooks and hooks.hook_q, self.heads(self.W_q, x))
         k = hook(hooks and hooks.hook_k, self.heads(self.W_k, x))
         v = hook(hooks and hooks.hook_v, self.heads(self.W_v, x))
-        z = attend(rotary(q), rotary(k), v, hooks)
-        return self.W_o(rearrange(z, "b p h e -> b p (h e)"))
-
-    def forward_caching(self, x: Tensor, rotary: Rotary, cache: RowCache) -> Tensor:
-        """Causal self-attention over every token x (b, n, d), as :meth:`forward`, also
-        storing every key and value in ``cache`` (the fast path when nothing halted)."""
-        q, k, v = self.heads(self.W_q, x), rotary(self.heads(self.W_k, x)), self.heads(self.W_v, x)
-        cache.write_all(k, v)
-        z = attend(rotary(q), k, v, None)
+        k = rotary(k)
+        if cache is not None:
+            cache.write_all(k, v)
+        z = attend(rotary(q), k, v, hooks)
         return self.W_o(rearrange(z, "b p h e -> b p (h e)"))
 
     def forward_rows(self, x: Tensor, run: Packed, rotary: Rotary, cache: RowCache,
@@ -199,17 +195,14 @@ class Block(nn.Module):
         self.ln_mlp = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: Tensor, rotary: Rotary, hooks: LayerHooks | None) -> Tensor:
+    def forward(self, x: Tensor, rotary: Rotary, hooks: LayerHooks | None, cache: RowCache | None = None) -> Tensor:
+        """The layer on every token; with ``cache``, its keys and values are stored too."""
         x = hook(hooks and hooks.hook_resid_pre, x)
-        attn_out = hook(hooks and hooks.hook_attn_out, self.attn(self.ln_attn(x), rotary, hooks and hooks.attn))
+        attn_out = hook(hooks and hooks.hook_attn_out,
+                        self.attn(self.ln_attn(x), rotary, hooks and hooks.attn, cache))
         x = hook(hooks and hooks.hook_resid_mid, x + attn_out)
         mlp_out = hook(hooks and hooks.hook_mlp_out, self.mlp(self.ln_mlp(x)))
         return hook(hooks and hooks.hook_resid_post, x + mlp_out)
-
-    def forward_caching(self, x: Tensor, rotary: Rotary, cache: RowCache) -> Tensor:
-        """The layer on every token, storing its keys and values (no hooks)."""
-        x = x + self.attn.forward_caching(self.ln_attn(x), rotary, cache)
-        return x + self.mlp(self.ln_mlp(x))
 
     def forward_rows(self, x: Tensor, run: Packed, rotary: Rotary, cache: RowCache,
                      refresh: tuple[Tensor, Packed] | None = None) -> Tensor:
@@ -268,14 +261,20 @@ class RowCache:
     graph_key: tuple | None = None
     graph_buffers: dict[str, Tensor] | None = None
 
+    def _in_place(self, k: Tensor, v: Tensor) -> bool:
+        # in inference the cache is private to one forward pass (and may be a CUDA
+        # graph's buffers): update it in place; with gradients, out of place so
+        # autograd can differentiate through the fast path
+        return not (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k.requires_grad))
+
     def write_all(self, k: Tensor, v: Tensor) -> None:
         """Store the keys and values (b, n, h, e) of every token."""
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k.requires_grad):
-            self.k, self.v = k, v
-        else:  # in place: the buffers may be a CUDA graph's
+        if self._in_place(k, v):
             self.k.copy_(k)
             self.v.copy_(v)
+        else:
+            self.k, self.v = k, v
 
     def write(self, rows: Packed, k: Tensor, v: Tensor) -> None:
         """Store the keys and values (b, m, h, e) of the packed rows; padding rows
@@ -286,8 +285,6 @@ class RowCache:
             keep = rows.valid[..., None, None]
             k = torch.where(keep, k, take_rows(self.k, rows.flat, m))
             v = torch.where(keep, v, take_rows(self.v, rows.flat, m))
-        # in inference the cache is private to one forward pass: update it in place;
-        # with gradients, out of place so autograd can differentiate through the fast path
-        in_place = not (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k.requires_grad))
+        in_place = self._in_place(k, v)
         self.k = put_rows(self.k, rows.flat, k, in_place=in_place)
         self.v = put_rows(self.v, rows.flat, v, in_place=in_place)

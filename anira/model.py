@@ -268,7 +268,7 @@ class RecurrentTransformer(HookedRootModule):
         if refresh_rows is None and run_rows == (h.shape[1], True):
             # every token runs (the first iteration; fixed depth until the exit):
             # the dense layer, no packing, causal kernel; it also fills the cache
-            return self.core_blocks[0].forward_caching(h, self.rotary, cache)
+            return self.core_blocks[0](h, self.rotary, None, cache)
         run = _pack(running, *run_rows)
         rows = take_rows(h, run.flat, run_rows[0])  # (b, m, d)
         extra = None
@@ -295,6 +295,7 @@ class RecurrentTransformer(HookedRootModule):
         bufs["running"].copy_(running)
         if refresh is not None:
             bufs["refresh"].copy_(refresh)
+
         def body() -> None:
             static = RowCache(bufs["k"], bufs["v"])
             out = self._rows_body(bufs["h"], bufs["running"], bufs["refresh"] if refresh_rows else None,
@@ -363,8 +364,7 @@ class RecurrentTransformer(HookedRootModule):
         return super().train(mode)
 
     def __getstate__(self) -> dict[str, Any]:  # copy / pickle: CUDA graphs do not travel
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
+        state = dict(super().__getstate__())
         state["_graph_store"] = None
         return state
 
