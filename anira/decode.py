@@ -129,16 +129,10 @@ class DecodeState:
     exit_depths: list[Tensor] = field(default_factory=list)  # per step (b,)
 
 
-def _heads(block: Block, W, x: Tensor) -> Tensor:
-    return rearrange(W(x), "b p (h e) -> b p h e", h=block.attn.n_heads)
-
-
 def _kv(model, block: Block, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Query, rotated key and value of one new token x (b, 1, d) at positions pos (b, 1)."""
-    xn = block.ln_attn(x)
-    q = model.rotary(_heads(block, block.attn.W_q, xn), pos)
-    k = model.rotary(_heads(block, block.attn.W_k, xn), pos)
-    return q, k, _heads(block, block.attn.W_v, xn)
+    q, k, v = block.attn.project(block.ln_attn(x))
+    return model.rotary(q, pos), model.rotary(k, pos), v
 
 
 def _finish(block: Block, x: Tensor, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:

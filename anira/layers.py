@@ -90,6 +90,63 @@ class LayerHooks(nn.Module):
         self.hook_resid_post = HookPoint()  # (b, p, d)
 
 
+class FusedWeights:
+    """Several linear maps' weights concatenated along their outputs, so that one
+    matrix product computes them all: on a GPU one wide product fills the SMs better
+    than three narrow ones (docs/benchmarks.md), which matters most for the fast
+    path's small row counts.
+
+    Without gradients the concatenation is kept and rebuilt only when a weight
+    changes (address, in-place version, dtype, device); with gradients it is
+    concatenated afresh on every call, so autograd reaches every part. A CUDA graph
+    must never record the rebuild (it would record the copy, not make it): callers
+    that record graphs call :meth:`refresh` first, and a stale cache met while
+    recording raises (the recording then falls back to eager launches).
+    """
+
+    def __init__(self, *linears: nn.Linear) -> None:
+        self._linears = linears  # not registered as submodules: the owner has them
+        self._key: tuple | None = None
+        self._weight: Tensor | None = None
+
+    def _state(self) -> tuple | None:
+        try:
+            return tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in self._weights())
+        except RuntimeError:  # inference tensors keep no version counter: never cache
+            return None
+
+    def _weights(self) -> list[Tensor]:
+        return [linear.weight for linear in self._linears]
+
+    def refresh(self) -> Tensor:
+        """The cached concatenation, rebuilt if any weight changed."""
+        key = self._state()
+        if key is None or key != self._key:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("fused weights changed while a CUDA graph was recording")
+            weights = self._weights()
+            shape = (sum(w.shape[0] for w in weights), *weights[0].shape[1:])
+            old = self._weight
+            with torch.no_grad():
+                if old is not None and old.shape == shape and old.dtype == weights[0].dtype \
+                        and old.device == weights[0].device:
+                    # same place: recorded graphs that read it stay valid after an in-place update
+                    torch.cat(weights, out=old)
+                else:
+                    self._weight = torch.cat(weights)
+            self._key = key
+        return self._weight
+
+    def __call__(self) -> Tensor:
+        weights = self._weights()
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+            return torch.cat(weights)
+        return self.refresh()
+
+    def __getstate__(self) -> dict:  # copies and pickles rebuild the cache on first use
+        return {"_linears": self._linears, "_key": None, "_weight": None}
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -98,16 +155,20 @@ class Attention(nn.Module):
         self.W_k = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.W_v = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.W_o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.qkv = FusedWeights(self.W_q, self.W_k, self.W_v)
 
-    def heads(self, W: nn.Linear, x: Tensor) -> Tensor:
-        return rearrange(W(x), "b p (h e) -> b p h e", h=self.n_heads)
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values (b, p, h, e) of x (b, p, d), from one matrix product."""
+        q, k, v = F.linear(x, self.qkv()).chunk(3, dim=-1)
+        return tuple(rearrange(t, "b p (h e) -> b p h e", h=self.n_heads) for t in (q, k, v))
 
     def forward(self, x: Tensor, rotary: Rotary, hooks: AttnHooks | None, cache: RowCache | None = None) -> Tensor:
         """Causal self-attention over x (b, p, d); with ``cache``, every rotated key and
         value is also stored there (the fast path's iterations in which every token runs)."""
-        q = hook(hooks and hooks.hook_q, self.heads(self.W_q, x))
-        k = hook(hooks and hooks.hook_k, self.heads(self.W_k, x))
-        v = hook(hooks and hooks.hook_v, self.heads(self.W_v, x))
+        q, k, v = self.project(x)
+        q = hook(hooks and hooks.hook_q, q)
+        k = hook(hooks and hooks.hook_k, k)
+        v = hook(hooks and hooks.hook_v, v)
         k = rotary(k)
         if cache is not None:
             cache.write_all(k, v)
@@ -120,20 +181,30 @@ class Attention(nn.Module):
         of the ``run`` tokens, followed by those of the ``refresh`` tokens when given:
         every row's key and value are written into ``cache`` (refresh rows first), then
         the run tokens attend causally over every cached key. One projection serves
-        both sets of rows; refresh rows get no query and no output. Returns (b, m, d)."""
+        both sets of rows (refresh rows' queries are computed and dropped: cheaper than
+        a second product); refresh rows get no output. Returns (b, m, d)."""
         m = run.pos.shape[1]
-        q = rotary(self.heads(self.W_q, x[:, :m]), run.pos)
+        q, k, v = self.project(x)
+        q = rotary(q[:, :m], run.pos)
         positions = run.pos if refresh is None else torch.cat([run.pos, refresh.pos], 1)
-        k = rotary(self.heads(self.W_k, x), positions)
-        v = self.heads(self.W_v, x)
+        k = rotary(k, positions)
         if refresh is not None:
             cache.write(refresh, k[:, m:], v[:, m:])
         cache.write(run, k[:, :m], v[:, :m])
-        allowed = run.pos[:, :, None] >= torch.arange(cache.k.shape[1], device=x.device)  # (b, m, n)
-        z = F.scaled_dot_product_attention(
-            q.to(cache.k.dtype).transpose(1, 2), cache.k.transpose(1, 2), cache.v.transpose(1, 2),
-            attn_mask=allowed[:, None],
-        ).transpose(1, 2)
+        q = q.to(cache.k.dtype)
+        n = cache.k.shape[1]
+        if 2 * m >= n:
+            # half the tokens or more run: the causal kernel over every position (rows of
+            # halted tokens computed and dropped) skips the upper triangle and costs
+            # less than the masked kernel over m rows and every key
+            q_all = put_rows(torch.zeros_like(cache.k), run.flat, q, in_place=True)
+            z = take_rows(attend(q_all, cache.k, cache.v, None), run.flat, m)
+        else:
+            allowed = run.pos[:, :, None] >= torch.arange(n, device=x.device)  # (b, m, n)
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), cache.k.transpose(1, 2), cache.v.transpose(1, 2),
+                attn_mask=allowed[:, None],
+            ).transpose(1, 2)
         return self.W_o(rearrange(z, "b m h e -> b m (h e)"))
 
 
@@ -180,9 +251,11 @@ class SwiGLU(nn.Module):
         self.W_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.W_up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.W_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.gate_up = FusedWeights(self.W_gate, self.W_up)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.W_down(F.silu(self.W_gate(x)) * self.W_up(x))
+        gate, up = F.linear(x, self.gate_up()).chunk(2, dim=-1)
+        return self.W_down(F.silu(gate) * up)
 
 
 class Block(nn.Module):

@@ -263,8 +263,11 @@ class RecurrentTransformer(HookedRootModule):
         return hook(hooks and hooks.hook_resid_post, h)
 
     def _rows_body(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
-                   run_rows: tuple[int, bool], refresh_rows: tuple[int, bool] | None) -> Tensor:
-        """The fast iteration on ``h``; ``*_rows`` are (packed row count m, every row real)."""
+                   run_rows: tuple[int, bool], refresh_rows: tuple[int, bool] | None,
+                   in_place: bool = False) -> Tensor:
+        """The fast iteration on ``h``; ``*_rows`` are (packed row count m, every row real).
+        ``in_place``: the running rows are written back into ``h`` itself (a graph's
+        static buffer), saving a copy of the whole state."""
         if refresh_rows is None and run_rows == (h.shape[1], True):
             # every token runs (the first iteration; fixed depth until the exit):
             # the dense layer, no packing, causal kernel; it also fills the cache
@@ -278,7 +281,7 @@ class RecurrentTransformer(HookedRootModule):
         x = self.core_blocks[0].forward_rows(rows, run, self.rotary, cache, extra)  # (b, m, d)
         if not run.all_valid:
             x = torch.where(run.valid[..., None], x, rows)  # padding rows stay as they were
-        return put_rows(h, run.flat, x)
+        return put_rows(h, run.flat, x, in_place=in_place)
 
     def _graphed_rows(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
                       run_layout: RowLayout, refresh_layout: RowLayout | None) -> Tensor:
@@ -299,11 +302,12 @@ class RecurrentTransformer(HookedRootModule):
         def body() -> None:
             static = RowCache(bufs["k"], bufs["v"])
             out = self._rows_body(bufs["h"], bufs["running"], bufs["refresh"] if refresh_rows else None,
-                                  static, run_rows, refresh_rows)
-            bufs["out"].copy_(out)
+                                  static, run_rows, refresh_rows, in_place=True)
+            if out is not bufs["h"]:  # the all-running iteration computes a new state
+                bufs["h"].copy_(out)
 
         self.graphs.run(cache.graph_key, (run_rows, refresh_rows), body, h.device)
-        return bufs["out"].clone()
+        return bufs["h"].clone()
 
     def row_cache(self, h0: Tensor) -> RowCache:
         """An empty key/value cache for the fast path over h0's tokens: fresh tensors,
@@ -314,7 +318,7 @@ class RecurrentTransformer(HookedRootModule):
         key = ("rows", *self._graph_key(h0))
         mask = h0.shape[:2]
         bufs = self.graphs.buffers(key, lambda: {
-            "h": torch.empty_like(h0), "out": torch.empty_like(h0),
+            "h": torch.empty_like(h0),
             "k": h0.new_zeros(kv_shape), "v": h0.new_zeros(kv_shape),
             "running": torch.zeros(mask, dtype=torch.bool, device=h0.device),
             "refresh": torch.zeros(mask, dtype=torch.bool, device=h0.device)})
@@ -345,7 +349,9 @@ class RecurrentTransformer(HookedRootModule):
     def _graph_key(self, h: Tensor) -> tuple:
         # graphs read every core weight and the rotary tables at the addresses they had
         # when recorded; inference-mode tensors cannot be updated in place outside it
-        tensors = [*self.core_blocks.parameters(), self.rotary.cos, self.rotary.sin]
+        # (the fused projections are rebuilt here if stale, never while recording)
+        fused = [f.refresh() for block in self.core_blocks for f in (block.attn.qkv, block.mlp.gate_up)]
+        tensors = [*self.core_blocks.parameters(), *fused, self.rotary.cos, self.rotary.sin]
         return (tuple(h.shape), h.dtype, h.device, tuple(t.data_ptr() for t in tensors), tensors[0].dtype,
                 autocast_key(h.device), torch.is_inference_mode_enabled())
 
@@ -442,13 +448,14 @@ class RecurrentTransformer(HookedRootModule):
         return self.hook_points_enabled and any(
             it.hook_running.fwd_hooks or it.hook_running.bwd_hooks for it in self.loop)
 
-    def plan_layouts(self, depths: Tensor) -> list[tuple[RowLayout, RowLayout | None]]:
-        """Row layouts of every iteration's running and refresh masks for known depths:
-        running at t is ``t < d``, refresh (exited at the previous iteration) is ``d == t``."""
+    def plan_layouts(self, depths: Tensor) -> LayoutPlan:
+        """Row layouts of every iteration's running and refresh masks for known depths
+        (1..D): running at t is ``t < d``, refresh (exited at the previous iteration)
+        is ``d == t``. The counts travel to the host while the first iteration, in
+        which every token runs, is already computing (see :class:`LayoutPlan`)."""
         D = self.cfg.max_iters
         masks = [depths > t for t in range(D)] + [depths == t for t in range(1, D)]
-        layouts = mask_layouts(masks)
-        return [(layouts[t], None if t == 0 else layouts[D + t - 1]) for t in range(D)]
+        return LayoutPlan(masks, D, self.policy.name)
 
     def _fire_skipped(self, h: Tensor, t0: int) -> None:
         """Iterations after the loop stopped: every token is frozen, so their
@@ -507,11 +514,60 @@ class RowLayout:
         return self.least == self.rows
 
 
+def _mask_extremes(masks: list[Tensor]) -> Tensor:
+    """(k, 2): the most and fewest selected entries of any row, for each (b, n) mask."""
+    counts = torch.stack([mask.sum(1) for mask in masks])  # (k, b)
+    return torch.stack([counts.amax(1), counts.amin(1)], dim=1)
+
+
 def mask_layouts(masks: list[Tensor]) -> list[RowLayout]:
     """The RowLayouts of several (b, n) masks, with one device synchronisation."""
-    counts = torch.stack([mask.sum(1) for mask in masks])  # (k, b)
-    extremes = torch.stack([counts.amax(1), counts.amin(1)], dim=1).tolist()
-    return [RowLayout(int(hi), int(lo)) for hi, lo in extremes]
+    return [RowLayout(int(hi), int(lo)) for hi, lo in _mask_extremes(masks).tolist()]
+
+
+class LayoutPlan:
+    """Every iteration's (running, refresh) row layouts for known exit depths.
+
+    ``plan[0]`` is known without asking the device: every token runs the first
+    iteration (exit depths are at least 1). The counts of the later iterations are
+    copied to the host asynchronously, so the only device synchronisation of a
+    planned loop waits for that copy while the first iteration runs, instead of
+    stalling the GPU before it. On a CPU the counts are simply read.
+    """
+
+    def __init__(self, masks: list[Tensor], max_iters: int, policy: str) -> None:
+        self._D, self._policy = max_iters, policy
+        self._n = masks[0].shape[1]
+        extremes = _mask_extremes(masks)
+        self._event = None
+        if extremes.is_cuda:
+            self._host = torch.empty(extremes.shape, dtype=extremes.dtype, pin_memory=True)
+            self._host.copy_(extremes, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = extremes
+        self._layouts: list[tuple[RowLayout, RowLayout | None]] | None = None
+
+    def __len__(self) -> int:
+        return self._D
+
+    def __getitem__(self, t: int) -> tuple[RowLayout, RowLayout | None]:
+        if t == 0 and self._layouts is None:
+            return RowLayout(self._n, self._n), None
+        return self._resolve()[t]
+
+    def _resolve(self) -> list[tuple[RowLayout, RowLayout | None]]:
+        if self._layouts is None:
+            if self._event is not None:
+                self._event.synchronize()
+            layouts = [RowLayout(int(hi), int(lo)) for hi, lo in self._host.tolist()]
+            if layouts[0].least != self._n:
+                raise AniraError(f"halting policy {self._policy!r} planned an exit depth below 1 "
+                                 f"(planned_exit_depths must lie in 1..{self._D})")
+            D = self._D
+            self._layouts = [(layouts[t], None if t == 0 else layouts[D + t - 1]) for t in range(D)]
+        return self._layouts
 
 
 def iteration_layouts(running: Tensor, refresh: Tensor | None) -> tuple[RowLayout, RowLayout | None]:

@@ -136,15 +136,39 @@ def test_planned_policies_read_row_counts_once(cfg, tokens, policy, expected_rea
     import anira.model as engine
 
     calls = {"n": 0}
-    real = engine.mask_layouts
+    real = engine._mask_extremes
 
     def counting(masks):
         calls["n"] += 1
         return real(masks)
 
-    monkeypatch.setattr(engine, "mask_layouts", counting)
+    monkeypatch.setattr(engine, "_mask_extremes", counting)
     model = make_model(cfg, policy, seed=2)
     out = model(tokens)
     # online: once per iteration run, plus the iteration that found every token exited
     online = out.iterations_run + (out.iterations_run < cfg.max_iters)
     assert calls["n"] == (expected_reads if expected_reads is not None else online)
+
+
+def test_both_attention_kernels_of_the_fast_path(monkeypatch):
+    """At least half the tokens running: the causal kernel over every position;
+    fewer: the masked kernel over the running rows. Both give the masked loop."""
+    import torch.nn.functional as F
+
+    routes = {"causal": 0, "masked": 0}
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        routes["masked" if attn_mask is not None else "causal"] += 1
+        return real(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    cfg = preset_config("test", vocab_size=24, max_iters=3, n_prelude=0, n_coda=0)
+    # 16 positions; iteration 2 runs 11 of them (causal), iteration 3 runs 5 (masked)
+    model = make_model(cfg, "pattern", seed=5, depths=[3] * 5 + [2] * 6 + [1] * 5)
+    tokens = torch.randint(1, 24, (2, 16), generator=torch.Generator().manual_seed(9))
+    model.fast_inference = True
+    fast = model(tokens)
+    assert routes == {"causal": 2, "masked": 1}  # iteration 1 (all tokens), 2; then 3
+    model.fast_inference = False
+    _assert_same(fast, model(tokens))
