@@ -285,14 +285,16 @@ class RecurrentTransformer(HookedRootModule):
 
     def _graphed_rows(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
                       run_layout: RowLayout, refresh_layout: RowLayout | None) -> Tensor:
-        n = h.shape[1]
-        m_run = row_bucket(run_layout.rows, n)
+        b, n = h.shape[:2]
+        # buckets bound the padding of the whole batch (step·b rows at most): fine
+        # buckets, hence more distinct recordings, only where padding is costly
+        m_run = row_bucket(run_layout.rows, n, step=max(1, 8 // b))
         run_rows = (m_run, run_layout.least == m_run)
         refresh_rows = None
         if refresh is not None and refresh_layout is not None:
             # coarser buckets and always the padding-safe write: refresh counts vary
             # more than running counts, and each distinct key is a recording
-            refresh_rows = (row_bucket(refresh_layout.rows, n, step=32), False)
+            refresh_rows = (row_bucket(refresh_layout.rows, n, step=max(1, 32 // b)), False)
         bufs = cache.graph_buffers
         bufs["h"].copy_(h)
         bufs["running"].copy_(running)
@@ -453,9 +455,7 @@ class RecurrentTransformer(HookedRootModule):
         (1..D): running at t is ``t < d``, refresh (exited at the previous iteration)
         is ``d == t``. The counts travel to the host while the first iteration, in
         which every token runs, is already computing (see :class:`LayoutPlan`)."""
-        D = self.cfg.max_iters
-        masks = [depths > t for t in range(D)] + [depths == t for t in range(1, D)]
-        return LayoutPlan(masks, D, self.policy.name)
+        return LayoutPlan(depths, self.cfg.max_iters, self.policy.name)
 
     def _fire_skipped(self, h: Tensor, t0: int) -> None:
         """Iterations after the loop stopped: every token is frozen, so their
@@ -514,15 +514,15 @@ class RowLayout:
         return self.least == self.rows
 
 
-def _mask_extremes(masks: list[Tensor]) -> Tensor:
-    """(k, 2): the most and fewest selected entries of any row, for each (b, n) mask."""
-    counts = torch.stack([mask.sum(1) for mask in masks])  # (k, b)
+def _extremes(counts: Tensor) -> Tensor:
+    """(k, 2): the most and fewest selected entries of any row, from counts (k, b)."""
     return torch.stack([counts.amax(1), counts.amin(1)], dim=1)
 
 
 def mask_layouts(masks: list[Tensor]) -> list[RowLayout]:
     """The RowLayouts of several (b, n) masks, with one device synchronisation."""
-    return [RowLayout(int(hi), int(lo)) for hi, lo in _mask_extremes(masks).tolist()]
+    counts = torch.stack([mask.sum(1) for mask in masks])  # (k, b)
+    return [RowLayout(int(hi), int(lo)) for hi, lo in _extremes(counts).tolist()]
 
 
 class LayoutPlan:
@@ -535,10 +535,13 @@ class LayoutPlan:
     stalling the GPU before it. On a CPU the counts are simply read.
     """
 
-    def __init__(self, masks: list[Tensor], max_iters: int, policy: str) -> None:
+    def __init__(self, depths: Tensor, max_iters: int, policy: str) -> None:
         self._D, self._policy = max_iters, policy
-        self._n = masks[0].shape[1]
-        extremes = _mask_extremes(masks)
+        self._n = depths.shape[1]
+        # every iteration's counts at once (a handful of kernels, not 2·D)
+        t = torch.arange(max_iters, device=depths.device)[:, None, None]
+        counts = torch.cat([(depths[None] > t).sum(2), (depths[None] == t[1:]).sum(2)])  # (2D-1, b)
+        extremes = _extremes(counts)
         self._event = None
         if extremes.is_cuda:
             self._host = torch.empty(extremes.shape, dtype=extremes.dtype, pin_memory=True)

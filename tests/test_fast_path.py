@@ -136,13 +136,13 @@ def test_planned_policies_read_row_counts_once(cfg, tokens, policy, expected_rea
     import anira.model as engine
 
     calls = {"n": 0}
-    real = engine._mask_extremes
+    real = engine._extremes
 
-    def counting(masks):
+    def counting(counts):
         calls["n"] += 1
-        return real(masks)
+        return real(counts)
 
-    monkeypatch.setattr(engine, "_mask_extremes", counting)
+    monkeypatch.setattr(engine, "_extremes", counting)
     model = make_model(cfg, policy, seed=2)
     out = model(tokens)
     # online: once per iteration run, plus the iteration that found every token exited
