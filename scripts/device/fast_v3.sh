@@ -8,6 +8,6 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile
 export PYTHONPATH=/tmp/anira:/tmp/site PATH=/tmp/anira/bin:$PATH
 timeout 120 python3 -P -m pytest -q -p no:warnings -m gpu tests/test_loop_graphs.py tests/test_fast_path.py > $OUT/gpu_tests.txt 2>&1
 echo "tests rc=$?" >> $OUT/gpu_tests.txt
-(cd /tmp && timeout 200 anira bench inference --device cuda --batches 1 2 4 8 16 32 64 --repeats 10 --decode-len 0 --json > $OUT/bench_inference_h200_sweep.json 2> $OUT/bench.err)
+(cd /tmp && timeout 200 anira bench inference --device cuda --batches 1,2,4,8,16,32,64 --repeats 10 --decode-len 0 --json > $OUT/bench_inference_h200_sweep.json 2> $OUT/bench.err)
 timeout 100 python3 -P scripts/diagnose_inference.py 64 > $OUT/diagnose_b64.json 2> $OUT/diagnose_b64.err
 echo done
