@@ -201,11 +201,25 @@ class Attention(nn.Module):
             z = take_rows(attend(q_all, cache.k, cache.v, None), run.flat, m)
         else:
             allowed = run.pos[:, :, None] >= torch.arange(n, device=x.device)  # (b, m, n)
-            z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), cache.k.transpose(1, 2), cache.v.transpose(1, 2),
-                attn_mask=allowed[:, None],
-            ).transpose(1, 2)
+            z = masked_attention(q, cache.k, cache.v, allowed)
         return self.W_o(rearrange(z, "b m h e -> b m (h e)"))
+
+
+#: device types on which the fast path's masked attention (few query rows over every
+#: key) runs as explicit matrix products instead of the fused kernel (see masked_attention)
+EXPLICIT_MASKED_ATTENTION: tuple[str, ...] = ()
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
+    """q (b, m, h, e) over k, v (b, n, h, e) where ``allowed`` (b, m, n); z (b, m, h, e).
+    Same function two ways: the fused kernel, or scores, softmax and products."""
+    if q.device.type in EXPLICIT_MASKED_ATTENTION:
+        scores = torch.einsum("bmhe,bnhe->bhmn", q, k) * q.shape[-1] ** -0.5
+        pattern = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
+        return torch.einsum("bhmn,bnhe->bmhe", pattern, v)
+    return F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed[:, None],
+    ).transpose(1, 2)
 
 
 def _wants_pattern(hooks: AttnHooks | None) -> bool:

@@ -36,6 +36,9 @@ from anira.graphs import GRAPH_MODES, IterationGraphs, autocast_key, row_bucket
 from anira.halting import HaltingPolicy, LoopContext, build_policy, expected_depth
 from anira.layers import Block, LayerHooks, Packed, RMSNorm, RowCache, Rotary, flat_rows, hook, put_rows, take_rows
 
+#: default of ``RecurrentTransformer.fast_path_min_tokens["cuda"]`` (H200 sweep, docs/benchmarks.md)
+FAST_PATH_MIN_TOKENS_CUDA = 2048
+
 
 @dataclass
 class ModelOutput:
@@ -125,6 +128,11 @@ class RecurrentTransformer(HookedRootModule):
         self.stop_when_all_exited = True
         #: inference computes only the running tokens (see :meth:`iterate_rows`)
         self.fast_inference = True
+        #: per device type, the fewest tokens (batch x positions) for which inference skips
+        #: halted tokens; smaller batches take the masked path (the same function). On a
+        #: GPU a small batch's iteration costs the same whatever its row count, and the
+        #: fast path's extra kernels make it slower (docs/benchmarks.md, H200 sweep)
+        self.fast_path_min_tokens: dict[str, int] = {"cuda": FAST_PATH_MIN_TOKENS_CUDA}
         #: inference takes early policies' exit depths as a plan (HaltingPolicy.planned_exit_depths)
         self.use_planned_depths = True
         #: inference runs each iteration as a CUDA graph ("auto": on CUDA; "off"; "static":
@@ -379,12 +387,16 @@ class RecurrentTransformer(HookedRootModule):
     def _core_hooked(self) -> bool:
         return self.hook_points_enabled and any(point.fwd_hooks or point.bwd_hooks for point in self._core_points)
 
-    def uses_fast_path(self) -> bool:
+    def uses_fast_path(self, h0: Tensor | None = None) -> bool:
         """Inference skips halted tokens unless someone observes the core's internals
-        (then the masked path runs, so every core hook sees every token)."""
+        (then the masked path runs, so every core hook sees every token), or the batch
+        h0 (b, p, d) has fewer tokens than ``fast_path_min_tokens`` asks for on its
+        device (too few to keep the device busy: skipping rows saves nothing there)."""
         if self.training or not self.fast_inference or self.cfg.n_core != 1:
             # with several core layers a halted token's deeper keys/values still
             # depend on running tokens, so it cannot be skipped exactly
+            return False
+        if h0 is not None and h0.shape[0] * h0.shape[1] < self.fast_path_min_tokens.get(h0.device.type, 0):
             return False
         return not self._core_hooked()
 
@@ -399,11 +411,14 @@ class RecurrentTransformer(HookedRootModule):
         h = h0
         running_masks: list[Tensor] = []
         iterations_run = 0
-        fast = self.uses_fast_path()
+        fast = self.uses_fast_path(h0)
         cache = self.row_cache(h0) if fast else None
         # known depths and nobody patching the running masks: every iteration's row
-        # layout in one device synchronisation, none inside the loop
-        plan = self.plan_layouts(forced) if fast and forced is not None and not self._running_hooked() else None
+        # layout (and when every token has exited) in one device synchronisation
+        plan = None
+        if forced is not None and not self.training and not self._running_hooked() \
+                and (fast or self.stop_when_all_exited):
+            plan = self.plan_layouts(forced)
         previous: Tensor | None = None
         for t in range(D):
             hooks = self._h(self.loop[t])
@@ -415,7 +430,7 @@ class RecurrentTransformer(HookedRootModule):
                 layouts = plan[t] if plan is not None else iteration_layouts(running, refresh)
                 any_running = layouts[0].most > 0
             elif not self.training and self.stop_when_all_exited:
-                any_running = bool(running.any())
+                any_running = plan[t][0].most > 0 if plan is not None else bool(running.any())
             if not self.training and self.stop_when_all_exited and not any_running:
                 self._fire_skipped(h, t)
                 break
@@ -530,26 +545,20 @@ class LayoutPlan:
 
     ``plan[0]`` is known without asking the device: every token runs the first
     iteration (exit depths are at least 1). The counts of the later iterations are
-    copied to the host asynchronously, so the only device synchronisation of a
-    planned loop waits for that copy while the first iteration runs, instead of
-    stalling the GPU before it. On a CPU the counts are simply read.
+    computed when first asked for, which is after the first iteration has been
+    queued: on a GPU on a side stream that waits only for the depths, so the counts
+    reach the host while the first iteration runs and the loop's one device
+    synchronisation never leaves the GPU idle. On a CPU the counts are simply read.
     """
 
     def __init__(self, depths: Tensor, max_iters: int, policy: str) -> None:
         self._D, self._policy = max_iters, policy
+        self._depths = depths
         self._n = depths.shape[1]
-        # every iteration's counts at once (a handful of kernels, not 2·D)
-        t = torch.arange(max_iters, device=depths.device)[:, None, None]
-        counts = torch.cat([(depths[None] > t).sum(2), (depths[None] == t[1:]).sum(2)])  # (2D-1, b)
-        extremes = _extremes(counts)
-        self._event = None
-        if extremes.is_cuda:
-            self._host = torch.empty(extremes.shape, dtype=extremes.dtype, pin_memory=True)
-            self._host.copy_(extremes, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-        else:
-            self._host = extremes
+        self._ready = None
+        if depths.is_cuda:  # the point in the stream where the depths are known
+            self._ready = torch.cuda.Event()
+            self._ready.record()
         self._layouts: list[tuple[RowLayout, RowLayout | None]] | None = None
 
     def __len__(self) -> int:
@@ -560,17 +569,48 @@ class LayoutPlan:
             return RowLayout(self._n, self._n), None
         return self._resolve()[t]
 
+    def _counts(self) -> Tensor:
+        # every iteration's counts at once (a handful of kernels, not 2·D)
+        depths = self._depths
+        t = torch.arange(self._D, device=depths.device)[:, None, None]
+        counts = torch.cat([(depths[None] > t).sum(2), (depths[None] == t[1:]).sum(2)])  # (2D-1, b)
+        return _extremes(counts)
+
+    def _read_counts(self) -> list[list[int]]:
+        if self._ready is None:
+            return self._counts().tolist()
+        side = _side_stream(self._depths.device)
+        side.wait_event(self._ready)
+        with torch.cuda.stream(side):
+            extremes = self._counts()
+            host = torch.empty(extremes.shape, dtype=extremes.dtype, pin_memory=True)
+            host.copy_(extremes, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        self._depths.record_stream(side)  # read there: keep its memory until then
+        done.synchronize()
+        return host.tolist()
+
     def _resolve(self) -> list[tuple[RowLayout, RowLayout | None]]:
         if self._layouts is None:
-            if self._event is not None:
-                self._event.synchronize()
-            layouts = [RowLayout(int(hi), int(lo)) for hi, lo in self._host.tolist()]
+            layouts = [RowLayout(int(hi), int(lo)) for hi, lo in self._read_counts()]
             if layouts[0].least != self._n:
                 raise AniraError(f"halting policy {self._policy!r} planned an exit depth below 1 "
                                  f"(planned_exit_depths must lie in 1..{self._D})")
             D = self._D
             self._layouts = [(layouts[t], None if t == 0 else layouts[D + t - 1]) for t in range(D)]
+            self._depths = None
         return self._layouts
+
+
+_SIDE_STREAMS: dict[torch.device, Any] = {}
+
+
+def _side_stream(device: torch.device) -> Any:
+    """One side stream per GPU for the layout plans' counts."""
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device=device)
+    return _SIDE_STREAMS[device]
 
 
 def iteration_layouts(running: Tensor, refresh: Tensor | None) -> tuple[RowLayout, RowLayout | None]:

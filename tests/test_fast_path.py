@@ -172,3 +172,65 @@ def test_both_attention_kernels_of_the_fast_path(monkeypatch):
     assert routes == {"causal": 2, "masked": 1}  # iteration 1 (all tokens), 2; then 3
     model.fast_inference = False
     _assert_same(fast, model(tokens))
+
+
+def test_batches_below_the_device_minimum_take_the_masked_path(counting):
+    """``fast_path_min_tokens`` sends small batches down the masked path: same result,
+    no fast iteration; at or above the minimum the fast path runs."""
+    cfg = preset_config("test", vocab_size=24, max_iters=6)
+    model = make_model(cfg, "anira-e", seed=4)
+    tokens = torch.randint(1, 24, (2, 10), generator=torch.Generator().manual_seed(5))
+    fast = model(tokens)
+    ran = counting["rows"]
+    assert ran > 0
+    model.fast_path_min_tokens = {"cpu": 21}  # 2 x 10 tokens: below
+    small = model(tokens)
+    assert counting["rows"] == ran
+    _assert_same(fast, small)
+    model.fast_path_min_tokens = {"cpu": 20}  # exactly the minimum: fast
+    model(tokens)
+    assert counting["rows"] > ran
+
+
+def test_masked_path_with_planned_depths_reads_counts_once(monkeypatch):
+    """The masked path learns when every token has exited from the plan too, instead
+    of asking the device at every iteration."""
+    import anira.model as engine
+
+    calls = {"n": 0}
+    real = engine._extremes
+
+    def counting_reads(counts):
+        calls["n"] += 1
+        return real(counts)
+
+    monkeypatch.setattr(engine, "_extremes", counting_reads)
+    cfg = preset_config("test", vocab_size=24, max_iters=6)
+    model = make_model(cfg, "pattern", seed=4, depths=[1, 3, 2])
+    model.fast_inference = False
+    tokens = torch.randint(1, 24, (2, 9), generator=torch.Generator().manual_seed(5))
+    out = model(tokens)
+    assert out.iterations_run == 3  # stopped once every token had exited
+    assert calls["n"] == 1
+
+
+def test_explicit_masked_attention_equals_the_fused_kernel(monkeypatch):
+    """The masked attention's explicit branch (scores, softmax, products; taken on the
+    device types in EXPLICIT_MASKED_ATTENTION) is the same function as the kernel."""
+    import anira.layers as layers
+
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, m, 4, 8, generator=g) for m in (5, 12, 12))
+    pos = torch.tensor([[0, 3, 4, 9, 11], [1, 2, 5, 6, 7]])
+    allowed = pos[:, :, None] >= torch.arange(12)
+    fused = layers.masked_attention(q, k, v, allowed)
+    monkeypatch.setattr(layers, "EXPLICIT_MASKED_ATTENTION", ("cpu",))
+    explicit = layers.masked_attention(q, k, v, allowed)
+    assert torch.allclose(fused, explicit, atol=1e-6)
+    # and by hand for one query: softmax over the keys up to its position
+    s = torch.einsum("he,nhe->hn", q[0, 1], k[0, :4]) / 8 ** 0.5
+    assert torch.allclose(explicit[0, 1], torch.einsum("hn,nhe->he", s.softmax(-1), v[0, :4]), atol=1e-6)
+    cfg = preset_config("test", vocab_size=24, max_iters=6)
+    model = make_model(cfg, "pattern", seed=8, depths=[1, 6, 3, 2, 5, 4])
+    tokens = torch.randint(1, 24, (3, 20), generator=torch.Generator().manual_seed(3))
+    _assert_same(*_both(model, tokens))
