@@ -73,6 +73,7 @@ class IterationGraphs:
         self._pool = None
         self.recorded = 0  # graphs recorded so far (benchmarks and tests read these)
         self.replayed = 0
+        self.runs = 0  # bodies run or replayed, any set: a changed count means buffers were written
         self.failed = 0
 
     @property
@@ -94,6 +95,7 @@ class IterationGraphs:
     def run(self, set_key: tuple, graph_key: tuple, body: Callable[[], None], device: torch.device) -> None:
         """Run ``body`` (which touches only the static buffers of ``set_key`` and keeps
         no tensor it allocates) through its graph on ``device``."""
+        self.runs += 1
         found = self._sets.get(set_key)
         if found is None:  # the set was dropped meanwhile: nothing to replay into
             body()

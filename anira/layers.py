@@ -35,10 +35,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: Tensor) -> Tensor:
-        # normalise in float32 for stability under bf16 autocast
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        # normalise in float32 for stability under bf16 autocast; x·rsqrt(mean(x²) + eps)
+        # (fused on a GPU: one kernel instead of five)
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 class Rotary(nn.Module):
@@ -165,15 +164,27 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rotary: Rotary, hooks: AttnHooks | None, cache: RowCache | None = None) -> Tensor:
         """Causal self-attention over x (b, p, d); with ``cache``, every rotated key and
         value is also stored there (the fast path's iterations in which every token runs)."""
-        q, k, v = self.project(x)
-        q = hook(hooks and hooks.hook_q, q)
-        k = hook(hooks and hooks.hook_k, k)
-        v = hook(hooks and hooks.hook_v, v)
-        k = rotary(k)
+        if hooks is None:
+            q, k, v = self.project_rotated(x, rotary, None)
+        else:
+            q, k, v = self.project(x)
+            q = rotary(hook(hooks.hook_q, q))
+            k = rotary(hook(hooks.hook_k, k))
+            v = hook(hooks.hook_v, v)
         if cache is not None:
             cache.write_all(k, v)
-        z = attend(rotary(q), k, v, hooks)
+        z = attend(q, k, v, hooks)
         return self.W_o(rearrange(z, "b p h e -> b p (h e)"))
+
+    def project_rotated(self, x: Tensor, rotary: Rotary, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Rotated queries and keys and the values of x (b, p, d) at ``positions``: the
+        queries and keys sit side by side in the fused product's output, so one
+        rotation serves both (no hooks can have replaced either)."""
+        qkv = F.linear(x, self.qkv())
+        d = qkv.shape[-1] // 3
+        qk = rotary(rearrange(qkv[..., : 2 * d], "b p (h e) -> b p h e", h=2 * self.n_heads), positions)
+        v = rearrange(qkv[..., 2 * d:], "b p (h e) -> b p h e", h=self.n_heads)
+        return qk[:, :, : self.n_heads], qk[:, :, self.n_heads:], v
 
     def forward_rows(self, x: Tensor, run: Packed, rotary: Rotary, cache: RowCache,
                      refresh: Packed | None = None) -> Tensor:
@@ -184,10 +195,9 @@ class Attention(nn.Module):
         both sets of rows (refresh rows' queries are computed and dropped: cheaper than
         a second product); refresh rows get no output. Returns (b, m, d)."""
         m = run.pos.shape[1]
-        q, k, v = self.project(x)
-        q = rotary(q[:, :m], run.pos)
         positions = run.pos if refresh is None else torch.cat([run.pos, refresh.pos], 1)
-        k = rotary(k, positions)
+        q, k, v = self.project_rotated(x, rotary, positions)
+        q = q[:, :m]
         if refresh is not None:
             cache.write(refresh, k[:, m:], v[:, m:])
         cache.write(run, k[:, :m], v[:, :m])
@@ -201,25 +211,12 @@ class Attention(nn.Module):
             z = take_rows(attend(q_all, cache.k, cache.v, None), run.flat, m)
         else:
             allowed = run.pos[:, :, None] >= torch.arange(n, device=x.device)  # (b, m, n)
-            z = masked_attention(q, cache.k, cache.v, allowed)
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), cache.k.transpose(1, 2), cache.v.transpose(1, 2),
+                attn_mask=allowed[:, None],
+            ).transpose(1, 2)
         return self.W_o(rearrange(z, "b m h e -> b m (h e)"))
 
-
-#: device types on which the fast path's masked attention (few query rows over every
-#: key) runs as explicit matrix products instead of the fused kernel (see masked_attention)
-EXPLICIT_MASKED_ATTENTION: tuple[str, ...] = ()
-
-
-def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
-    """q (b, m, h, e) over k, v (b, n, h, e) where ``allowed`` (b, m, n); z (b, m, h, e).
-    Same function two ways: the fused kernel, or scores, softmax and products."""
-    if q.device.type in EXPLICIT_MASKED_ATTENTION:
-        scores = torch.einsum("bmhe,bnhe->bhmn", q, k) * q.shape[-1] ** -0.5
-        pattern = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
-        return torch.einsum("bhmn,bnhe->bmhe", pattern, v)
-    return F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed[:, None],
-    ).transpose(1, 2)
 
 
 def _wants_pattern(hooks: AttnHooks | None) -> bool:
@@ -347,6 +344,15 @@ class RowCache:
     #: the key of their set and the set's buffers
     graph_key: tuple | None = None
     graph_buffers: dict[str, Tensor] | None = None
+    #: with planned exit depths: the tokens of each sequence sorted by depth, deepest
+    #: first (b, n), and for every iteration t the counts (running, exited at t) per
+    #: sequence (D, 2, b), so that an iteration's packing is a slice, not a sort
+    order: Tensor | None = None
+    counts: Tensor | None = None
+    #: the state a graphed iteration last returned, its version and the graph store's
+    #: run count then: if the next iteration gets that very tensor unchanged and no
+    #: graph ran in between, the static buffer still holds it (no copy needed)
+    last_state: tuple[Tensor, int | None, int] | None = None
 
     def _in_place(self, k: Tensor, v: Tensor) -> bool:
         # in inference the cache is private to one forward pass (and may be a CUDA

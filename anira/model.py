@@ -263,28 +263,35 @@ class RecurrentTransformer(HookedRootModule):
             refresh, refresh_layout = None, None
         hooks = self._h(self.loop[t])
         h = hook(hooks and hooks.hook_resid_pre, h)
+        counts = None if cache.counts is None else cache.counts[t]  # (2, b): planned packing
         if cache.graph_key is not None:
-            h = self._graphed_rows(h, running, refresh, cache, run_layout, refresh_layout)
+            h = self._graphed_rows(h, running, refresh, cache, run_layout, refresh_layout, counts)
         else:
             h = self._rows_body(h, running, refresh, cache, (run_layout.rows, run_layout.full),
-                                refresh_layout and (refresh_layout.rows, refresh_layout.full))
+                                refresh_layout and (refresh_layout.rows, refresh_layout.full), counts=counts)
         return hook(hooks and hooks.hook_resid_post, h)
 
     def _rows_body(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
                    run_rows: tuple[int, bool], refresh_rows: tuple[int, bool] | None,
-                   in_place: bool = False) -> Tensor:
+                   in_place: bool = False, counts: Tensor | None = None) -> Tensor:
         """The fast iteration on ``h``; ``*_rows`` are (packed row count m, every row real).
         ``in_place``: the running rows are written back into ``h`` itself (a graph's
-        static buffer), saving a copy of the whole state."""
+        static buffer), saving a copy of the whole state. ``counts`` (2, b): this
+        iteration's running and exiting tokens per sequence when ``cache.order`` holds
+        the planned depth order (the packing is then read off it)."""
         if refresh_rows is None and run_rows == (h.shape[1], True):
             # every token runs (the first iteration; fixed depth until the exit):
             # the dense layer, no packing, causal kernel; it also fills the cache
             return self.core_blocks[0](h, self.rotary, None, cache)
-        run = _pack(running, *run_rows)
+        planned = counts is not None and cache.order is not None
+        run = _slice_pack(cache.order, counts[0], *run_rows) if planned else _pack(running, *run_rows)
         rows = take_rows(h, run.flat, run_rows[0])  # (b, m, d)
         extra = None
-        if refresh is not None and refresh_rows is not None:
-            ref = _pack(refresh, *refresh_rows)
+        if refresh_rows is not None and (planned or refresh is not None):
+            if planned:  # the tokens exiting now sit right after the running ones
+                ref = _slice_pack(cache.order, counts[1], *refresh_rows, offset=counts[0])
+            else:
+                ref = _pack(refresh, *refresh_rows)
             extra = (take_rows(h, ref.flat, refresh_rows[0]), ref)  # their exit states
         x = self.core_blocks[0].forward_rows(rows, run, self.rotary, cache, extra)  # (b, m, d)
         if not run.all_valid:
@@ -292,7 +299,8 @@ class RecurrentTransformer(HookedRootModule):
         return put_rows(h, run.flat, x, in_place=in_place)
 
     def _graphed_rows(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
-                      run_layout: RowLayout, refresh_layout: RowLayout | None) -> Tensor:
+                      run_layout: RowLayout, refresh_layout: RowLayout | None,
+                      counts: Tensor | None) -> Tensor:
         b, n = h.shape[:2]
         # buckets bound the padding of the whole batch (step·b rows at most): fine
         # buckets, hence more distinct recordings, only where padding is costly
@@ -304,37 +312,55 @@ class RecurrentTransformer(HookedRootModule):
             # more than running counts, and each distinct key is a recording
             refresh_rows = (row_bucket(refresh_layout.rows, n, step=max(1, 32 // b)), False)
         bufs = cache.graph_buffers
-        bufs["h"].copy_(h)
-        bufs["running"].copy_(running)
-        if refresh is not None:
-            bufs["refresh"].copy_(refresh)
+        if not _holds(cache.last_state, h, self.graphs.runs):
+            bufs["h"].copy_(h)
+        planned = counts is not None and cache.order is not None
+        if planned:
+            bufs["counts"].copy_(counts)
+        else:
+            bufs["running"].copy_(running)
+            if refresh is not None:
+                bufs["refresh"].copy_(refresh)
 
         def body() -> None:
-            static = RowCache(bufs["k"], bufs["v"])
+            static = RowCache(bufs["k"], bufs["v"], order=bufs["order"] if planned else None)
             out = self._rows_body(bufs["h"], bufs["running"], bufs["refresh"] if refresh_rows else None,
-                                  static, run_rows, refresh_rows, in_place=True)
+                                  static, run_rows, refresh_rows, in_place=True,
+                                  counts=bufs["counts"] if planned else None)
             if out is not bufs["h"]:  # the all-running iteration computes a new state
                 bufs["h"].copy_(out)
 
-        self.graphs.run(cache.graph_key, (run_rows, refresh_rows), body, h.device)
-        return bufs["h"].clone()
+        self.graphs.run(cache.graph_key, (run_rows, refresh_rows, planned), body, h.device)
+        state = bufs["h"].clone()
+        cache.last_state = (state, _version(state), self.graphs.runs)
+        return state
 
-    def row_cache(self, h0: Tensor) -> RowCache:
+    def row_cache(self, h0: Tensor, depths: Tensor | None = None) -> RowCache:
         """An empty key/value cache for the fast path over h0's tokens: fresh tensors,
-        or, where iterations run as CUDA graphs, the zeroed static buffers."""
-        kv_shape = (*h0.shape[:2], self.cfg.n_heads, self.cfg.d_head)
+        or, where iterations run as CUDA graphs, the zeroed static buffers. With the
+        planned exit ``depths`` (b, n) it also holds their order (see RowCache), and
+        the loop must then follow exactly those depths."""
+        b, n = h0.shape[:2]
+        kv_shape = (b, n, self.cfg.n_heads, self.cfg.d_head)
+        order = counts = None
+        if depths is not None:
+            order, counts = _depth_order(depths, self.cfg.max_iters)
         if not self._graphs_usable(h0):
-            return RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape))
+            return RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape), order=order, counts=counts)
         key = ("rows", *self._graph_key(h0))
-        mask = h0.shape[:2]
         bufs = self.graphs.buffers(key, lambda: {
             "h": torch.empty_like(h0),
             "k": h0.new_zeros(kv_shape), "v": h0.new_zeros(kv_shape),
-            "running": torch.zeros(mask, dtype=torch.bool, device=h0.device),
-            "refresh": torch.zeros(mask, dtype=torch.bool, device=h0.device)})
+            "running": torch.zeros(b, n, dtype=torch.bool, device=h0.device),
+            "refresh": torch.zeros(b, n, dtype=torch.bool, device=h0.device),
+            "order": torch.zeros(b, n, dtype=torch.long, device=h0.device),
+            "counts": torch.zeros(2, b, dtype=torch.long, device=h0.device)})
         bufs["k"].zero_()
         bufs["v"].zero_()
-        return RowCache(bufs["k"], bufs["v"], graph_key=key, graph_buffers=bufs)
+        if order is not None:
+            bufs["order"].copy_(order)
+            order = bufs["order"]
+        return RowCache(bufs["k"], bufs["v"], graph_key=key, graph_buffers=bufs, order=order, counts=counts)
 
     # -- CUDA graphs of single iterations (anira/graphs.py) ---------------------------
     @property
@@ -412,14 +438,16 @@ class RecurrentTransformer(HookedRootModule):
         running_masks: list[Tensor] = []
         iterations_run = 0
         fast = self.uses_fast_path(h0)
-        cache = self.row_cache(h0) if fast else None
         # known depths and nobody patching the running masks: every iteration's row
         # layout (and when every token has exited) in one device synchronisation
         plan = None
         if forced is not None and not self.training and not self._running_hooked() \
                 and (fast or self.stop_when_all_exited):
             plan = self.plan_layouts(forced)
-        previous: Tensor | None = None
+        cache = self.row_cache(h0, depths=forced if plan is not None else None) if fast else None
+        # every state is new before the first iteration: a token a hook keeps from running
+        # it still needs its keys and values (from h0) in the cache, as a refresh row
+        previous = torch.ones(h0.shape[:2], dtype=torch.bool, device=h0.device) if fast else None
         for t in range(D):
             hooks = self._h(self.loop[t])
             running = (t < forced) if forced is not None else cont > 0.5
@@ -529,6 +557,29 @@ class RowLayout:
         return self.least == self.rows
 
 
+def _depth_counts(depths: Tensor, max_iters: int) -> Tensor:
+    """(2D-1, b): per sequence the tokens running at t = 0..D-1 (depth > t), then those
+    exiting at t = 1..D-1 (depth == t); every iteration at once, a handful of kernels."""
+    t = torch.arange(max_iters, device=depths.device)[:, None, None]
+    return torch.cat([(depths[None] > t).sum(2), (depths[None] == t[1:]).sum(2)])
+
+
+def _holds(last: tuple[Tensor, int | None, int] | None, h: Tensor, runs: int) -> bool:
+    """Whether ``h`` is the very state a graphed iteration returned, unchanged since,
+    with no graph run in between (which could have written the static buffers)."""
+    if last is None or last[0] is not h or last[2] != runs:
+        return False
+    version = _version(h)
+    return version is not None and version == last[1]
+
+
+def _version(t: Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors keep no version counter: never trust them
+        return None
+
+
 def _extremes(counts: Tensor) -> Tensor:
     """(k, 2): the most and fewest selected entries of any row, from counts (k, b)."""
     return torch.stack([counts.amax(1), counts.amin(1)], dim=1)
@@ -570,11 +621,7 @@ class LayoutPlan:
         return self._resolve()[t]
 
     def _counts(self) -> Tensor:
-        # every iteration's counts at once (a handful of kernels, not 2·D)
-        depths = self._depths
-        t = torch.arange(self._D, device=depths.device)[:, None, None]
-        counts = torch.cat([(depths[None] > t).sum(2), (depths[None] == t[1:]).sum(2)])  # (2D-1, b)
-        return _extremes(counts)
+        return _extremes(_depth_counts(self._depths, self._D))
 
     def _read_counts(self) -> list[list[int]]:
         if self._ready is None:
@@ -629,6 +676,29 @@ def _pack(mask: Tensor, m: int, all_valid: bool) -> Packed:
     pos = order[:, :m]
     valid = torch.arange(m, device=mask.device)[None, :] < mask.sum(1)[:, None]
     return Packed(pos, flat_rows(pos, mask.shape[1]), valid, all_valid)
+
+
+def _depth_order(depths: Tensor, max_iters: int) -> tuple[Tensor, Tensor]:
+    """Each sequence's tokens by exit depth, deepest first (stable): (b, n); and per
+    iteration t the tokens running at t and exiting at t per sequence: (D, 2, b)."""
+    order = torch.argsort(depths, dim=1, descending=True, stable=True)
+    counts = _depth_counts(depths, max_iters)  # (2D-1, b)
+    exiting = torch.cat([torch.zeros_like(counts[:1]), counts[max_iters:]])  # none exit before t = 0
+    return order, torch.stack([counts[:max_iters], exiting], dim=1)
+
+
+def _slice_pack(order: Tensor, count: Tensor, m: int, all_valid: bool, offset: Tensor | None = None) -> Packed:
+    """Packing for ``count`` (b,) tokens per sequence taken from ``order`` (b, n) at
+    ``offset`` (b,) [default 0] into m rows; the padding rows are the tokens that
+    follow (wrapping round to the deepest ones: rows whose cache entries the running
+    rows rewrite afterwards), so every row of a sequence is a distinct token."""
+    n = order.shape[1]
+    if offset is None:
+        pos = order[:, :m]
+    else:
+        pos = order.gather(1, (offset[:, None] + torch.arange(m, device=order.device)) % n)
+    valid = torch.arange(m, device=order.device)[None, :] < count[:, None]
+    return Packed(pos, flat_rows(pos, n), valid, all_valid)
 
 
 def build_model(

@@ -14,7 +14,6 @@ import sys
 import torch
 import torch.nn.functional as F
 
-import anira.layers as layers
 from anira.bench.inference import _core_dense, _core_fast, balanced_depths
 from anira.config import ModelConfig
 from anira.model import build_model
@@ -50,32 +49,11 @@ with torch.no_grad():
     out["core_fast_ms"] = gpu_ms(lambda: _core_fast(model, h0, depths))
     out["core_dense_ms"] = gpu_ms(lambda: _core_dense(model, h0))
 
-    # the masked attention as explicit products (anira.layers.EXPLICIT_MASKED_ATTENTION)
-    layers.EXPLICIT_MASKED_ATTENTION = ("cuda",)
-    model._drop_graphs()  # recordings hold the kernels they were recorded with
-    for _ in range(3):
-        _core_fast(model, h0, depths)
-    times = {"explicit": [], "fused": []}
-    for _ in range(10):  # alternate, so drift hits both alike
-        for name, flag in (("explicit", ("cuda",)), ("fused", ())):
-            if layers.EXPLICIT_MASKED_ATTENTION != flag:
-                layers.EXPLICIT_MASKED_ATTENTION = flag
-                model._drop_graphs()
-                for _ in range(2):
-                    _core_fast(model, h0, depths)
-            times[name].append(gpu_ms(lambda: _core_fast(model, h0, depths), repeats=1))
-    out["core_fast_explicit_attention_ms"] = statistics.median(times["explicit"])
-    out["core_fast_fused_attention_ms"] = statistics.median(times["fused"])
-    layers.EXPLICIT_MASKED_ATTENTION = ()
-    model._drop_graphs()
-    for _ in range(3):
-        _core_fast(model, h0, depths)
-
     # per-iteration GPU time inside the real fast loop (events between graph replays)
     def fast_with_events():
-        cache = model.row_cache(h0)
-        h, previous = h0, None
         plan = model.plan_layouts(depths)
+        cache = model.row_cache(h0, depths=depths)
+        h, previous = h0, torch.ones(h0.shape[:2], dtype=torch.bool, device=dev)
         evs = [torch.cuda.Event(enable_timing=True) for _ in range(D + 1)]
         evs[0].record()
         for t in range(D):
@@ -131,11 +109,6 @@ with torch.no_grad():
         q = torch.randn(B, H, m, e, device=dev)
         allowed = (pos[:, :, None] >= torch.arange(seq, device=dev))[:, None]
         masked = gpu_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
-        # the same through anira.layers.masked_attention's explicit branch ((b, m, h, e) layout)
-        qe, ke, ve = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        layers.EXPLICIT_MASKED_ATTENTION = ("cuda",)
-        explicit = gpu_ms(lambda: layers.masked_attention(qe, ke, ve, allowed[:, 0]))
-        layers.EXPLICIT_MASKED_ATTENTION = ()
         # two key halves, the second only for queries in the second half (upper bound of a
         # block-sparse kernel's saving at this block size)
         half = seq // 2
@@ -145,8 +118,7 @@ with torch.no_grad():
                                                                attn_mask=allowed[..., :half]),
                                 F.scaled_dot_product_attention(q2, k[:, :, half:], v[:, :, half:],
                                                                attn_mask=allowed[:, :, m - m2:, half:])))
-        rows.append({"rows_per_seq": m, "masked_ms": masked, "explicit_ms": explicit,
-                     "split_upper_bound_ms": split})
+        rows.append({"rows_per_seq": m, "masked_ms": masked, "split_upper_bound_ms": split})
     att["packed"] = rows
     out["attention"] = att
 

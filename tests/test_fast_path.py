@@ -214,23 +214,46 @@ def test_masked_path_with_planned_depths_reads_counts_once(monkeypatch):
     assert calls["n"] == 1
 
 
-def test_explicit_masked_attention_equals_the_fused_kernel(monkeypatch):
-    """The masked attention's explicit branch (scores, softmax, products; taken on the
-    device types in EXPLICIT_MASKED_ATTENTION) is the same function as the kernel."""
-    import anira.layers as layers
+@pytest.mark.parametrize("policy", ["anira-e", "anira-o", "pattern"])
+def test_tokens_held_back_from_the_first_iteration(policy):
+    """A hook that keeps tokens from running at t = 0: they skip that iteration, but
+    their keys and values (from the Prelude's output) are still attended to, as on
+    the masked path (their cache rows are filled as refresh rows)."""
+    cfg = preset_config("test", vocab_size=24, max_iters=4)
+    options = {"depths": [4, 2, 3, 1]} if policy == "pattern" else {}
+    model = make_model(cfg, policy, seed=1, **options)
+    tokens = torch.randint(1, 24, (2, 10), generator=torch.Generator().manual_seed(0))
 
-    g = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(2, m, 4, 8, generator=g) for m in (5, 12, 12))
-    pos = torch.tensor([[0, 3, 4, 9, 11], [1, 2, 5, 6, 7]])
-    allowed = pos[:, :, None] >= torch.arange(12)
-    fused = layers.masked_attention(q, k, v, allowed)
-    monkeypatch.setattr(layers, "EXPLICIT_MASKED_ATTENTION", ("cpu",))
-    explicit = layers.masked_attention(q, k, v, allowed)
-    assert torch.allclose(fused, explicit, atol=1e-6)
-    # and by hand for one query: softmax over the keys up to its position
-    s = torch.einsum("he,nhe->hn", q[0, 1], k[0, :4]) / 8 ** 0.5
-    assert torch.allclose(explicit[0, 1], torch.einsum("hn,nhe->he", s.softmax(-1), v[0, :4]), atol=1e-6)
-    cfg = preset_config("test", vocab_size=24, max_iters=6)
-    model = make_model(cfg, "pattern", seed=8, depths=[1, 6, 3, 2, 5, 4])
-    tokens = torch.randint(1, 24, (3, 20), generator=torch.Generator().manual_seed(3))
-    _assert_same(*_both(model, tokens))
+    def hold_back(running, hook):
+        held = running.clone()
+        held[:, 3] = False
+        held[1, 6] = False
+        return held
+
+    with model.hooks(fwd_hooks=[("loop.0.hook_running", hold_back)]):
+        fast, masked = _both(model, tokens)
+    assert not fast.running[0, :, 3].any() and not fast.running[0, 1, 6]
+    _assert_same(fast, masked)
+
+
+def test_planned_packing_with_uneven_sequences():
+    """Forced depths take the planned packing (slices of the depth order): sequences
+    whose running and exiting counts differ get padding rows, and the exiting rows'
+    padding wraps round onto running tokens; the result is still the masked loop's."""
+    import anira.model as engine
+
+    cfg = preset_config("test", vocab_size=24, max_iters=3)
+    model = make_model(cfg, "anira-e", seed=6)
+    depths = torch.tensor([[3, 3, 3, 3, 3, 3, 3, 2], [2, 2, 2, 2, 2, 2, 3, 1]])
+    tokens = torch.randint(1, 24, (2, 8), generator=torch.Generator().manual_seed(2))
+    fast, masked = _both(model, tokens, exit_depths=depths)
+    _assert_same(fast, masked)
+    assert torch.equal(fast.exit_depth, depths)
+    order, counts = engine._depth_order(depths, 3)
+    assert counts[2].tolist() == [[7, 1], [1, 6]]  # t = 2: running, exiting per sequence
+    run = engine._slice_pack(order, counts[2][0], 7, False)
+    ref = engine._slice_pack(order, counts[2][1], 6, False, offset=counts[2][0])
+    for b in range(2):  # every row of a sequence is a distinct token, the valid ones the right ones
+        assert len(set(run.pos[b].tolist())) == 7 and len(set(ref.pos[b].tolist())) == 6
+        assert set(run.pos[b][run.valid[b]].tolist()) == set((depths[b] > 2).nonzero().flatten().tolist())
+        assert set(ref.pos[b][ref.valid[b]].tolist()) == set((depths[b] == 2).nonzero().flatten().tolist())

@@ -207,3 +207,25 @@ def test_cuda_graphs_under_bf16_autocast():
     assert replayed > 0
     assert torch.equal(graphed.exit_depth, eager.exit_depth)
     assert torch.allclose(graphed.logits.float(), eager.logits.float(), atol=2e-2)
+
+
+def test_a_state_changed_in_place_between_iterations_is_copied_in():
+    """The static state buffer is reused without a copy only when the loop hands back
+    the very tensor the last iteration returned, unchanged: a hook editing it in
+    place (or under inference mode, where tensors keep no version) forces the copy."""
+    model = _model("pattern")
+    tokens = torch.randint(1, 24, (2, 40), generator=torch.Generator().manual_seed(6))
+
+    def nudge(value, hook):
+        value[:, 5] += 1.0  # in place, returns nothing
+
+    with model.hooks(fwd_hooks=[("loop.2.hook_resid_pre", nudge)]):
+        graphed = _run(model, tokens, "static")
+        eager = _run(model, tokens, "off")
+    _same(graphed, eager)
+    plain = _run(model, tokens, "static")
+    assert not torch.allclose(plain.logits, graphed.logits)  # the nudge mattered
+    with torch.inference_mode():
+        model.loop_graphs = "static"
+        under = model(tokens)
+    _same(under, plain)
