@@ -344,9 +344,11 @@ class RowCache:
     #: the key of their set and the set's buffers
     graph_key: tuple | None = None
     graph_buffers: dict[str, Tensor] | None = None
-    #: with planned exit depths: the tokens of each sequence sorted by depth, deepest
-    #: first (b, n), and for every iteration t the counts (running, exited at t) per
-    #: sequence (D, 2, b), so that an iteration's packing is a slice, not a sort
+    #: with planned exit depths (b, n): the depths, and once the second iteration asks
+    #: for them (so their kernels overlap the first), each sequence's tokens sorted by
+    #: depth, deepest first (b, n), and for every iteration t the counts (running,
+    #: exiting at t) per sequence (D, 2, b): an iteration's packing is then a slice
+    depths: Tensor | None = None
     order: Tensor | None = None
     counts: Tensor | None = None
     #: the state a graphed iteration last returned, its version and the graph store's

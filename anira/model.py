@@ -263,7 +263,7 @@ class RecurrentTransformer(HookedRootModule):
             refresh, refresh_layout = None, None
         hooks = self._h(self.loop[t])
         h = hook(hooks and hooks.hook_resid_pre, h)
-        counts = None if cache.counts is None else cache.counts[t]  # (2, b): planned packing
+        counts = self._planned_counts(cache, t) if cache.depths is not None and t > 0 else None
         if cache.graph_key is not None:
             h = self._graphed_rows(h, running, refresh, cache, run_layout, refresh_layout, counts)
         else:
@@ -342,11 +342,8 @@ class RecurrentTransformer(HookedRootModule):
         the loop must then follow exactly those depths."""
         b, n = h0.shape[:2]
         kv_shape = (b, n, self.cfg.n_heads, self.cfg.d_head)
-        order = counts = None
-        if depths is not None:
-            order, counts = _depth_order(depths, self.cfg.max_iters)
         if not self._graphs_usable(h0):
-            return RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape), order=order, counts=counts)
+            return RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape), depths=depths)
         key = ("rows", *self._graph_key(h0))
         bufs = self.graphs.buffers(key, lambda: {
             "h": torch.empty_like(h0),
@@ -357,10 +354,18 @@ class RecurrentTransformer(HookedRootModule):
             "counts": torch.zeros(2, b, dtype=torch.long, device=h0.device)})
         bufs["k"].zero_()
         bufs["v"].zero_()
-        if order is not None:
-            bufs["order"].copy_(order)
-            order = bufs["order"]
-        return RowCache(bufs["k"], bufs["v"], graph_key=key, graph_buffers=bufs, order=order, counts=counts)
+        return RowCache(bufs["k"], bufs["v"], graph_key=key, graph_buffers=bufs, depths=depths)
+
+    def _planned_counts(self, cache: RowCache, t: int) -> Tensor:
+        """Iteration t's (running, exiting) counts per sequence (2, b) from the planned
+        depths; their order is computed at the first call (iteration 1, after the
+        first has been queued) and, for graphs, placed in the static buffer."""
+        if cache.counts is None:
+            order, cache.counts = _depth_order(cache.depths, self.cfg.max_iters)
+            if cache.graph_buffers is not None:
+                order = cache.graph_buffers["order"].copy_(order)
+            cache.order = order
+        return cache.counts[t]
 
     # -- CUDA graphs of single iterations (anira/graphs.py) ---------------------------
     @property
@@ -447,7 +452,10 @@ class RecurrentTransformer(HookedRootModule):
         cache = self.row_cache(h0, depths=forced if plan is not None else None) if fast else None
         # every state is new before the first iteration: a token a hook keeps from running
         # it still needs its keys and values (from h0) in the cache, as a refresh row
-        previous = torch.ones(h0.shape[:2], dtype=torch.bool, device=h0.device) if fast else None
+        # (with a plan every token runs the first iteration: nothing to refresh)
+        previous = None
+        if fast and plan is None:
+            previous = torch.ones(h0.shape[:2], dtype=torch.bool, device=h0.device)
         for t in range(D):
             hooks = self._h(self.loop[t])
             running = (t < forced) if forced is not None else cont > 0.5

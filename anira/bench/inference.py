@@ -52,7 +52,7 @@ def _core_dense(model: RecurrentTransformer, h0: torch.Tensor) -> torch.Tensor:
 def _core_fast(model: RecurrentTransformer, h0: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
     plan = model.plan_layouts(depths)  # the depths are known: one device sync for the whole loop
     cache = model.row_cache(h0, depths=depths)  # and every iteration's packing is read off their order
-    h, previous = h0, torch.ones(h0.shape[:2], dtype=torch.bool, device=h0.device)
+    h, previous = h0, None  # planned: every token runs the first iteration
     for t in range(model.cfg.max_iters):
         if plan[t][0].most == 0:
             break
