@@ -218,7 +218,6 @@ class Attention(nn.Module):
         return self.W_o(rearrange(z, "b m h e -> b m (h e)"))
 
 
-
 def _wants_pattern(hooks: AttnHooks | None) -> bool:
     """Materialise the attention pattern only when someone listens to it."""
     if hooks is None:

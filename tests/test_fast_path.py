@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anira import build_model, preset_config
+from anira import preset_config
 from anira.model import RecurrentTransformer
 from conftest import make_model
 
