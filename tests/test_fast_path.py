@@ -39,6 +39,22 @@ def counting(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def count_reads(monkeypatch):
+    """How often row counts are read from the device (anira.model._extremes)."""
+    import anira.model as engine
+
+    calls = {"n": 0}
+    real = engine._extremes
+
+    def counting(counts):
+        calls["n"] += 1
+        return real(counts)
+
+    monkeypatch.setattr(engine, "_extremes", counting)
+    return calls
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_fast_equals_masked(policy, counting):
     cfg = preset_config("test", vocab_size=24, max_iters=6)
@@ -130,24 +146,14 @@ def test_fast_path_under_bf16_autocast():
 
 
 @pytest.mark.parametrize("policy, expected_reads", [("anira-e", 1), ("fixed", 1), ("anira-o", None)])
-def test_planned_policies_read_row_counts_once(cfg, tokens, policy, expected_reads, monkeypatch):
+def test_planned_policies_read_row_counts_once(cfg, tokens, policy, expected_reads, count_reads):
     """With exits known after ``begin`` the fast loop reads row counts from the device
     once per forward; an online policy reads them once per iteration."""
-    import anira.model as engine
-
-    calls = {"n": 0}
-    real = engine._extremes
-
-    def counting(counts):
-        calls["n"] += 1
-        return real(counts)
-
-    monkeypatch.setattr(engine, "_extremes", counting)
     model = make_model(cfg, policy, seed=2)
     out = model(tokens)
     # online: once per iteration run, plus the iteration that found every token exited
     online = out.iterations_run + (out.iterations_run < cfg.max_iters)
-    assert calls["n"] == (expected_reads if expected_reads is not None else online)
+    assert count_reads["n"] == (expected_reads if expected_reads is not None else online)
 
 
 def test_both_attention_kernels_of_the_fast_path(monkeypatch):
@@ -192,26 +198,16 @@ def test_batches_below_the_device_minimum_take_the_masked_path(counting):
     assert counting["rows"] > ran
 
 
-def test_masked_path_with_planned_depths_reads_counts_once(monkeypatch):
+def test_masked_path_with_planned_depths_reads_counts_once(count_reads):
     """The masked path learns when every token has exited from the plan too, instead
     of asking the device at every iteration."""
-    import anira.model as engine
-
-    calls = {"n": 0}
-    real = engine._extremes
-
-    def counting_reads(counts):
-        calls["n"] += 1
-        return real(counts)
-
-    monkeypatch.setattr(engine, "_extremes", counting_reads)
     cfg = preset_config("test", vocab_size=24, max_iters=6)
     model = make_model(cfg, "pattern", seed=4, depths=[1, 3, 2])
     model.fast_inference = False
     tokens = torch.randint(1, 24, (2, 9), generator=torch.Generator().manual_seed(5))
     out = model(tokens)
     assert out.iterations_run == 3  # stopped once every token had exited
-    assert calls["n"] == 1
+    assert count_reads["n"] == 1
 
 
 @pytest.mark.parametrize("policy", ["anira-e", "anira-o", "pattern"])
