@@ -161,7 +161,9 @@ def bench_inference(
         "benchmark": "inference",
         "config": {"seq": seq, "d_model": d_model, "max_iters": max_iters, "mean_fraction": mean_fraction,
                    "repeats": repeats, "device": device, "dtype": dtype, "loop_graphs": loop_graphs,
-                   "graphs_recorded": model.graphs.recorded if model.loop_graphs == "auto" else 0},
+                   "graphs_recorded": model.graphs.recorded if model.loop_graphs == "auto" else 0,
+                   # the whole forward of smaller batches takes the masked path; the core rows never
+                   "fast_path_min_tokens": dict(model.fast_path_min_tokens)},
         "machine": machine,
         "target": "core ratio <= 1.25 x ideal at d̄/D ~ 0.5",
         "results": results,
