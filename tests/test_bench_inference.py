@@ -17,7 +17,9 @@ def test_balanced_depths_hit_the_target_mean_and_include_D():
 def test_result_holds_ratios_and_row_scaling():
     r = bench_inference(batches=(2,), seq=16, d_model=32, repeats=2, warmup=1, decode_len=4, loop_graphs="off")
     assert r["config"]["loop_graphs"] == "off" and r["config"]["graphs_recorded"] == 0
-    assert r["config"]["fast_path_min_tokens"] == {"cuda": 2048}  # the default, recorded
+    from anira.model import FAST_PATH_MIN_TOKENS_CUDA
+
+    assert r["config"]["fast_path_min_tokens"] == {"cuda": FAST_PATH_MIN_TOKENS_CUDA}  # the default, recorded
     row = r["results"][0]
     assert row["ideal_ratio"] == pytest.approx(row["mean_depth"] / 8)
     assert row["core_ratio_over_ideal"] == pytest.approx(row["core"]["median_ratio"] / row["ideal_ratio"])
