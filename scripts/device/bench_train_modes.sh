@@ -6,9 +6,7 @@
 set -uo pipefail
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=16
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/anira . || exit 1
-export PYTHONPATH=/tmp/anira:/tmp/site PATH=/tmp/anira/bin:$PATH
+source "$(dirname "$0")/setup.sh"
 cd /tmp
 timeout 270 anira bench train --config mano --policy anira-o --modes default,reduce-overhead --steps 20 --warmup 3 --json > $OUT/bench_train_mano_modes.json 2> $OUT/mano.err
 echo "mano rc=$? at $(( $(date +%s) - T0 )) s" >> $OUT/timeline.txt

@@ -12,9 +12,7 @@
 set -uo pipefail
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1 ANIRA_CACHE_DIR=/tmp/anira-cache TORCHINDUCTOR_COMPILE_THREADS=8
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/anira . || exit 1
-export PYTHONPATH=/tmp/anira:/tmp/site PATH=/tmp/anira/bin:$PATH
+source "$(dirname "$0")/setup.sh"
 REPO=$(pwd); cd /tmp; mkdir -p /tmp/final
 nvidia-cuda-mps-control -d && echo "MPS on" > $OUT/timeline.txt
 TRAIN_S=${TRAIN_S:-330}

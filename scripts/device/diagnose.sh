@@ -2,9 +2,7 @@
 # 2026-12-02 (second session), first device call: gpu-marked graph tests on the
 # current code, then where the fast path's time goes (scripts/diagnose_inference.py).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/anira . || exit 1
-export PYTHONPATH=/tmp/anira:/tmp/site PATH=/tmp/anira/bin:$PATH
+source "$(dirname "$0")/setup.sh"
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv > $OUT/gpu.txt 2>&1
 timeout 120 python3 -P -m pytest -q -m gpu tests/test_loop_graphs.py tests/test_fast_path.py > $OUT/gpu_tests.txt 2>&1
 echo "tests rc=$?" >> $OUT/gpu_tests.txt

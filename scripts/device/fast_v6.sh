@@ -3,9 +3,7 @@
 # gpu tests, the inference benchmark over batch sizes (where the fast path starts
 # to pay on this GPU), and the batch-64 diagnosis.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/anira . || exit 1
-export PYTHONPATH=/tmp/anira:/tmp/site PATH=/tmp/anira/bin:$PATH
+source "$(dirname "$0")/setup.sh"
 timeout 120 python3 -P -m pytest -q -p no:warnings -m gpu tests/test_loop_graphs.py tests/test_fast_path.py > $OUT/gpu_tests.txt 2>&1
 echo "tests rc=$?" >> $OUT/gpu_tests.txt
 (cd /tmp && timeout 200 anira bench inference --device cuda --batches 1,8,64 --repeats 10 --decode-len 64 --json > $OUT/bench_inference_h200_v6.json 2> $OUT/bench.err)

@@ -2,9 +2,7 @@
 # 2026-12-02 (second session): the batch-64 inference benchmark of the fast_v6 code
 # again, twice with 30 repeats each, to see the spread of the core ratio.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/anira . || exit 1
-export PYTHONPATH=/tmp/anira:/tmp/site PATH=/tmp/anira/bin:$PATH
+source "$(dirname "$0")/setup.sh"
 cd /tmp
 for i in 1 2; do
   timeout 150 anira bench inference --device cuda --batches 64 --repeats 30 --decode-len 0 --json > $OUT/bench_inference_h200_b64_r30_$i.json 2>> $OUT/bench.err

@@ -4,9 +4,7 @@
 # Usage (device machine, repo root): bash scripts/device/probe.sh   (writes under $OUT)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 ANIRA_CACHE_DIR=/tmp/anira-cache
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/anira . || exit 1
-export PYTHONPATH=/tmp/anira:/tmp/site PATH=/tmp/anira/bin:$PATH
+source "$(dirname "$0")/setup.sh"
 REPO=$(pwd); cd /tmp
 { nvidia-smi -L; nproc; which nvidia-cuda-mps-control; python3 -c "import torch; print(torch.__version__)"; } > $OUT/env.txt 2>&1
 python3 - > $OUT/data_rates.txt 2>&1 <<'PY'

@@ -6,9 +6,7 @@
 set -uo pipefail
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1 ANIRA_CACHE_DIR=/tmp/anira-cache
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/anira . || exit 1
-export PYTHONPATH=/tmp/anira:/tmp/site PATH=/tmp/anira/bin:$PATH
+source "$(dirname "$0")/setup.sh"
 mkdir -p /tmp/job && cp scripts/run_jobs.py scripts/device/final_jobs.json scripts/device/collect.sh /tmp/job/
 cd /tmp
 { nvidia-smi; nproc; python3 -c "import torch; print(torch.__version__)"; } > $OUT/env.txt 2>&1
