@@ -277,17 +277,17 @@ class RecurrentTransformer(HookedRootModule):
         """The fast iteration on ``h``; ``*_rows`` are (packed row count m, every row real).
         ``in_place``: the running rows are written back into ``h`` itself (a graph's
         static buffer), saving a copy of the whole state. ``counts`` (2, b): this
-        iteration's running and exiting tokens per sequence when ``cache.order`` holds
-        the planned depth order (the packing is then read off it)."""
+        iteration's running and exiting tokens per sequence with planned depths, whose
+        order ``cache.order`` then holds (the packing is read off it)."""
         if refresh_rows is None and run_rows == (h.shape[1], True):
             # every token runs (the first iteration; fixed depth until the exit):
             # the dense layer, no packing, causal kernel; it also fills the cache
             return self.core_blocks[0](h, self.rotary, None, cache)
-        planned = counts is not None and cache.order is not None
+        planned = counts is not None
         run = _slice_pack(cache.order, counts[0], *run_rows) if planned else _pack(running, *run_rows)
         rows = take_rows(h, run.flat, run_rows[0])  # (b, m, d)
         extra = None
-        if refresh_rows is not None and (planned or refresh is not None):
+        if refresh_rows is not None:
             if planned:  # the tokens exiting now sit right after the running ones
                 ref = _slice_pack(cache.order, counts[1], *refresh_rows, offset=counts[0])
             else:
@@ -314,7 +314,7 @@ class RecurrentTransformer(HookedRootModule):
         bufs = cache.graph_buffers
         if not _holds(cache.last_state, h, self.graphs.runs):
             bufs["h"].copy_(h)
-        planned = counts is not None and cache.order is not None
+        planned = counts is not None  # then cache.order is the static "order" buffer
         if planned:
             bufs["counts"].copy_(counts)
         else:
