@@ -29,6 +29,11 @@ class LazySuite:
             self._impl = getattr(importlib.import_module(module), cls)()
         return self._impl
 
+    @property
+    def options(self) -> Any:
+        """The implementation's declared options (loads it)."""
+        return getattr(self.load(), "options", None)
+
     def requires(self, context: Any) -> Any:
         return self.load().requires(context)
 

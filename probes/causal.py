@@ -50,6 +50,9 @@ class CausalBatch:
     tokens: Tensor
     answer: np.ndarray
     examples: Sequence[Any] | None = None
+    #: (b, p) forced exit depths (a planted rule, ``depth_fn``): every pass, clean or
+    #: ablated, runs exactly these depths; None: the policy decides
+    exit_depths: Tensor | None = None
 
 
 @dataclass
@@ -135,7 +138,8 @@ def run_outcome(
             mask = torch.as_tensor(np.asarray(where[i], dtype=bool), device=model.device)
             U = torch.as_tensor(components, dtype=torch.float32, device=model.device)
             hooks = ablation_hooks(model, t, U, mask, record)
-        out = model.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks)
+        kwargs = {} if batch.exit_depths is None else {"exit_depths": batch.exit_depths.to(model.device)}
+        out = model.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks, **kwargs)
         shape = tuple(out.exit_depth.shape)
         running = record.get("running")
         parts["run"].append(np.ones(shape, bool).ravel() if running is None else running.bool().cpu().numpy().ravel())
@@ -323,13 +327,14 @@ def causal_check(
 
 
 def intervention_batches(
-    task: Any, model: Any, n: int, seed: int, batch_size: int
+    task: Any, model: Any, n: int, seed: int, batch_size: int, depth_fn: Any = None
 ) -> tuple[list[CausalBatch], list[Any], list[dict[str, Any]]]:
     """``n`` fresh test-split instances spread over the task's in-distribution
     difficulties (a seed stream apart from collection's, so the intervention is
-    measured on instances the probe direction was not fitted on).
+    measured on instances the probe direction was not fitted on). With a planted
+    rule ``depth_fn`` each batch carries the rule's depths.
     Returns the batches, their examples (batch-major) and skipped difficulties."""
-    from anira.probes.collect import spread
+    from anira.probes.collect import _forced_depths, spread
     from anira.task import collate
 
     ks = list(task.ranges.values("test_id"))
@@ -348,7 +353,11 @@ def intervention_batches(
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         batch = collate(chunk)
-        batches.append(CausalBatch(tokens=torch.as_tensor(batch.tokens), answer=batch.answer_mask, examples=chunk))
+        forced = None
+        if depth_fn is not None:
+            forced = torch.as_tensor(_forced_depths(depth_fn, chunk, batch.tokens.shape, int(model.cfg.max_iters)))
+        batches.append(CausalBatch(tokens=torch.as_tensor(batch.tokens), answer=batch.answer_mask, examples=chunk,
+                                   exit_depths=forced))
     return batches, examples, skipped
 
 
@@ -394,6 +403,23 @@ class CausalSuite:
         "change in exit depth and accuracy vs random directions"
     )
 
+    @property
+    def options(self) -> dict[str, Any]:
+        from anira.probes.options import Option, iteration_list
+
+        return {
+            "iterations": Option("0", "where to ablate: comma list of iterations (h0 or -1: the Prelude output)",
+                                 parse=iteration_list),
+            "features": Option("auto", "auto (the most decodable feature of each kind), all, or a comma list"),
+            "per_kind": Option(1, "features per kind when features=auto", minimum=1),
+            "n_random": Option(8, "random-direction controls", minimum=1),
+            "n_instances": Option(64, "fresh test instances for the intervention", minimum=1),
+            "batch_size": Option(64, "instances per forward pass", minimum=1),
+            "probe": Option("auto", "probe family", choices=("auto", "logistic", "ridge")),
+            "max_fit_tokens": Option(20_000, "tokens to fit the probe direction on", minimum=20),
+            "max_rank": Option(1, "directions kept from the probe", minimum=1),
+        }
+
     def _sites(self, context: Any) -> dict[int, str]:
         from anira.probes.representation import h0_site, parse_iterations
 
@@ -433,13 +459,13 @@ class CausalSuite:
         max_fit = int(context.option("max_fit_tokens", 20_000))
         batches, examples, skipped = intervention_batches(
             task, model, int(context.option("n_instances", 64)), int(context.seed),
-            int(context.option("batch_size", 64)),
+            int(context.option("batch_size", 64)), depth_fn=context.depth_fn,
         )
         if not batches:
             raise AniraError("no intervention instance fits the model's max_len")
         keep = str(table.meta.get("keep", "answer|question"))
         notes = [f"difficulty {s['difficulty']}: {s['reason']}" for s in skipped]
-        notes += _policy_notes(model, sites)
+        notes += _policy_notes(model, sites, planted=context.depth_fn is not None)
         was_training = model.training
         model.eval()
         checks: list[dict[str, Any]] = []
@@ -466,9 +492,11 @@ class CausalSuite:
         if not checks:
             raise AniraError("no feature could be checked: " + "; ".join(notes[-3:]))
         data = {"checks": checks, "n_instances": len(examples), "n_random": config.n_random, "probe": family,
-                "selection": selection}
+                "selection": selection, "depths": "planted" if context.depth_fn is not None else "policy"}
+        headline = _headline(checks)
+        headline["depths"] = data["depths"]
         return SuiteResult(
-            name=self.name, data=data, headline=_headline(checks), notes=notes,
+            name=self.name, data=data, headline=headline, notes=notes,
             figures={"effects": plot_causal(checks)},
         )
 
@@ -550,7 +578,11 @@ def pick_features(table: Any, names: list[str], site: str, t: int, per_kind: int
     return picked, scores
 
 
-def _policy_notes(model: Any, sites: dict[int, str]) -> list[str]:
+def _policy_notes(model: Any, sites: dict[int, str], planted: bool = False) -> list[str]:
+    if planted:  # the policy is not deciding: the rule's depths are forced in every pass
+        return ["planted halting rule (depth_fn): every pass, clean and ablated, runs the rule's depths, which "
+                "read the task's features, not the hidden state — exit depth cannot move by construction "
+                "(a |Δdepth| of 0 is the expected outcome); the accuracy changes are what this suite measures here"]
     policy = getattr(model, "policy", None)
     notes = []
     if policy is not None and policy.needs_full_distribution():

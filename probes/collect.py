@@ -16,12 +16,25 @@ halting rule by construction (planted-answer models): the model runs with
 ``exit_depths=`` those depths, and the table's q is the one-hot of the forced
 depth (its expected depth = the forced depth), since the rule, not the
 policy's decider, made the decision.
+
+**Selection null control** (``null_control=True``): every batch (instances
+of one size) is run a second time with its depths permuted among the
+positions of the same role (answer / question / other) across the batch —
+depths that no longer depend on any feature within a size — and the
+instances are scored again. ``table.null`` holds those rows (same rows and
+features; permuted depths and q; the correctness those depths give). A suite
+that keeps only solved instances reads the null table through the same
+filter: whatever signal it finds there, the filter made.
+
+:func:`planted_table` builds the same table without a model: depths from a
+rule, correctness from a rule — the suites' planted-truth tests use it.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,7 +42,7 @@ import numpy as np
 import torch
 
 from anira.errors import AniraError
-from anira.probes.table import BASE_COLUMNS, TokenTable, open_array, own_tempdir, write_manifest
+from anira.probes.table import BASE_COLUMNS, NULL_DIR, TokenTable, open_array, own_tempdir, write_manifest
 from anira.task import Example, Task, collate
 
 DepthFn = Callable[[Example], np.ndarray]
@@ -101,6 +114,126 @@ def _padded(examples: list[Example], width: int, get: Callable[[Example], np.nda
     return out
 
 
+# ---------------------------------------------------------------------------------------
+# Runners: what produces depths and correctness for a batch
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchOutcome:
+    """One batch's per-position results, (b, p[, D]) arrays."""
+
+    exit_depth: np.ndarray  # int, 1..D
+    q: np.ndarray  # float32 (b, p, D)
+    running: np.ndarray  # bool (b, p, D): computing at iteration t
+    correct: np.ndarray  # bool (b,): the instance is solved (task.score)
+    token_correct: np.ndarray  # bool (b, p): the prediction at i equals token i+1
+    hidden: dict[str, np.ndarray] = field(default_factory=dict)  # site -> (b, p, d_model)
+
+
+class ModelRunner:
+    """Runs the model (eval mode, no gradients); ``forced`` depths go to ``exit_depths=``."""
+
+    def __init__(self, model: Any, task: Task) -> None:
+        self.model = model
+        self.task = task
+        self.max_iters = int(model.cfg.max_iters)
+
+    @torch.no_grad()
+    def __call__(self, examples: list[Example], batch: Any, forced: np.ndarray | None,
+                 sites: Sequence[str] = ()) -> BatchOutcome:
+        model = self.model
+        tokens = torch.as_tensor(batch.tokens, device=model.device)
+        kwargs: dict[str, Any] = {}
+        if forced is not None:
+            kwargs["exit_depths"] = torch.as_tensor(forced, device=model.device)
+        if sites:
+            out, cache = model.run_with_cache(tokens, names_filter=list(sites), **kwargs)
+        else:
+            out, cache = model(tokens, **kwargs), None
+        b, p = batch.tokens.shape
+        predicted = out.logits.argmax(-1).cpu().numpy()
+        correct = np.array([self.task.score(e, predicted[i, : len(e)]) for i, e in enumerate(examples)])
+        next_token = np.zeros_like(batch.tokens)
+        next_token[:, :-1] = batch.tokens[:, 1:]
+        token_correct = (predicted == next_token) & (np.arange(p)[None, :] < (batch.lengths - 1)[:, None])
+        hidden = {s: cache[s].float().cpu().numpy() for s in sites} if cache is not None else {}
+        return BatchOutcome(
+            exit_depth=out.exit_depth.cpu().numpy(),
+            q=out.q.float().cpu().numpy(),
+            running=out.running.cpu().numpy().transpose(1, 2, 0),
+            correct=correct,
+            token_correct=token_correct,
+            hidden=hidden,
+        )
+
+
+#: ``correct_fn(example, depths) -> bool``: is the instance solved when its positions
+#: run ``depths`` iterations (planted tables, where no model decides it)
+CorrectFn = Callable[[Example, np.ndarray], bool]
+
+
+class PlantedRunner:
+    """No model: every position runs its forced depth; the instance is solved when
+    ``correct_fn(example, depths)`` says so (always, by default)."""
+
+    def __init__(self, max_iters: int, correct_fn: CorrectFn | None = None) -> None:
+        self.max_iters = int(max_iters)
+        self.correct_fn = correct_fn
+
+    def __call__(self, examples: list[Example], batch: Any, forced: np.ndarray | None,
+                 sites: Sequence[str] = ()) -> BatchOutcome:
+        if forced is None:
+            raise AniraError("a planted table needs depths (depth_fn)")
+        D = self.max_iters
+        depth = np.asarray(forced, dtype=np.int64)
+        correct = np.array([True if self.correct_fn is None else bool(self.correct_fn(e, depth[i, : len(e)]))
+                            for i, e in enumerate(examples)])
+        p = depth.shape[1]
+        token_correct = np.broadcast_to(correct[:, None], depth.shape) & (np.arange(p)[None, :] < (batch.lengths - 1)[:, None])
+        return BatchOutcome(
+            exit_depth=depth,
+            q=np.eye(D, dtype=np.float32)[depth - 1],
+            running=np.arange(D)[None, None, :] < depth[..., None],
+            correct=correct,
+            token_correct=token_correct,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# The selection null control
+# ---------------------------------------------------------------------------------------
+
+
+def position_roles(batch: Any) -> np.ndarray:
+    """(b, p) int: 1 answer positions, 2 question positions, 0 other real positions, -1 padding."""
+    real = np.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]
+    roles = np.where(batch.answer_mask, 1, np.where(batch.question_mask, 2, 0))
+    return np.where(real, roles, -1)
+
+
+def permute_within_roles(depth: np.ndarray, q: np.ndarray, roles: np.ndarray, rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle (depth, q) pairs among the positions of each role across the batch
+    (a batch holds instances of one size: the permutation is within size).
+    Padding (role -1) keeps depth 1."""
+    new_depth = np.ones_like(depth)
+    new_q = np.array(q, copy=True)
+    for role in (0, 1, 2):
+        idx = np.flatnonzero(roles.ravel() == role)
+        if idx.size == 0:
+            continue
+        src = idx[rng.permutation(idx.size)]
+        new_depth.ravel()[idx] = depth.ravel()[src]
+        new_q.reshape(-1, q.shape[-1])[idx] = q.reshape(-1, q.shape[-1])[src]
+    return new_depth, new_q
+
+
+# ---------------------------------------------------------------------------------------
+# Collection
+# ---------------------------------------------------------------------------------------
+
+
 def collect(
     model: Any,
     task: Task,
@@ -113,6 +246,7 @@ def collect(
     keep: str = "answer|question",
     hidden_sites: Sequence[str] = (),
     depth_fn: DepthFn | None = None,
+    null_control: bool = False,
     store_dir: str | Path | None = None,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
     device: str | torch.device | None = None,
@@ -126,8 +260,73 @@ def collect(
     names whose activations are stored per row (float32). ``difficulties``:
     default the task's in-distribution test range. Difficulties whose instances
     do not fit the model's ``max_len`` are skipped and listed in
-    ``table.meta["skipped"]``.
+    ``table.meta["skipped"]``. ``null_control``: also build ``table.null`` —
+    each batch re-run with its depths permuted within size (module docstring).
     """
+    sites = check_hidden_sites(model, hidden_sites)
+    if device is not None:
+        model.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        policy = getattr(model, "policy", None)
+        info = {
+            "policy": getattr(type(policy), "name", "unknown"),  # setup() shadows .name on modules
+            "timing": "planted" if depth_fn is not None else getattr(policy, "timing", "unknown"),
+            "policy_timing": getattr(policy, "timing", "unknown"),
+        }
+        return _collect(ModelRunner(model, task), task, n=n, seed=seed, split=split, difficulties=difficulties,
+                        batch_size=batch_size, keep=keep, sites=sites, d_model=int(model.cfg.d_model),
+                        max_len=int(model.cfg.max_len), depth_fn=depth_fn, null_control=null_control,
+                        store_dir=store_dir, memory_limit_bytes=memory_limit_bytes, progress=progress,
+                        meta={**info, **(meta or {})})
+    finally:
+        model.train(was_training)
+
+
+def planted_table(
+    task: Task,
+    depth_fn: DepthFn,
+    *,
+    max_iters: int,
+    n: int = 500,
+    seed: int = 0,
+    split: str = "test",
+    difficulties: Sequence[int] | None = None,
+    batch_size: int = 64,
+    keep: str = "answer|question",
+    correct_fn: CorrectFn | None = None,
+    null_control: bool = False,
+    meta: dict[str, Any] | None = None,
+) -> TokenTable:
+    """The table :func:`collect` would give for a model that halts by ``depth_fn``
+    and solves an instance when ``correct_fn(example, depths)`` (always when None),
+    built without any model: the same instances, rows, features, token ids and
+    positions, and the same null control. For validating the suites on a known
+    answer (tests/test_probe_matrix.py, docs/probes.md)."""
+    if depth_fn is None:
+        raise AniraError("planted_table needs a depth_fn")
+    info = {"policy": "planted", "timing": "planted", "policy_timing": "planted"}
+    return _collect(PlantedRunner(max_iters, correct_fn), task, n=n, seed=seed, split=split,
+                    difficulties=difficulties, batch_size=batch_size, keep=keep, sites=[], d_model=0,
+                    max_len=max(task.max_len(k) for k in _difficulties(task, difficulties)), depth_fn=depth_fn,
+                    null_control=null_control, store_dir=None, memory_limit_bytes=DEFAULT_MEMORY_LIMIT,
+                    progress=None, meta={**info, **(meta or {})})
+
+
+def _difficulties(task: Task, difficulties: Sequence[int] | None) -> list[int]:
+    ks = list(task.ranges.values("test_id")) if difficulties is None else sorted({int(k) for k in difficulties})
+    if not ks:
+        raise AniraError("no difficulty values to collect")
+    for k in ks:
+        task.check_difficulty(k)
+    return ks
+
+
+def _collect(runner: Any, task: Task, *, n: int, seed: int, split: str, difficulties: Sequence[int] | None,
+             batch_size: int, keep: str, sites: list[str], d_model: int, max_len: int, depth_fn: DepthFn | None,
+             null_control: bool, store_dir: str | Path | None, memory_limit_bytes: int,
+             progress: Progress | None, meta: dict[str, Any]) -> TokenTable:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise AniraError(f"n must be a positive integer, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -136,20 +335,12 @@ def collect(
         raise AniraError(f"keep must be answer, question, answer|question or all; got {keep!r}")
     if split not in ("train", "test"):
         raise AniraError(f"split must be 'train' or 'test', got {split!r}")
-    ks = list(task.ranges.values("test_id")) if difficulties is None else sorted({int(k) for k in difficulties})
-    if not ks:
-        raise AniraError("no difficulty values to collect")
-    for k in ks:
-        task.check_difficulty(k)
-    sites = check_hidden_sites(model, hidden_sites)
-    if device is not None:
-        model.to(device)
-    D = int(model.cfg.max_iters)
-    max_len = int(model.cfg.max_len)
+    ks = _difficulties(task, difficulties)
+    D = runner.max_iters
     specs = {spec.name: spec for spec in task.features}
 
     # memory: rows are at most n * max_len; a row costs its columns plus hidden states
-    row_bytes = 64 + 5 * D + 8 * len(specs) + 4 * int(model.cfg.d_model) * len(sites)
+    row_bytes = 64 + 5 * D + 8 * len(specs) + 4 * d_model * len(sites)
     owned = None
     if store_dir is not None:
         directory: Path | None = Path(store_dir)
@@ -162,35 +353,32 @@ def collect(
     else:
         directory = None
     sink = _Sink(directory)
+    null_sink = _Sink(None) if null_control else None
 
     counts = spread(int(n), ks)
     skipped: list[dict[str, Any]] = []
     next_id = 0
     done = 0
     total = sum(counts.values())
-    was_training = model.training
-    model.eval()
-    try:
-        for k, n_k in counts.items():
-            rng = np.random.default_rng([int(seed), int(k)])
-            left = n_k
-            while left > 0:
-                examples = [task.sample(k, rng, split=split) for _ in range(min(batch_size, left))]
-                longest = max(len(e) for e in examples)
-                if longest > max_len:
-                    skipped.append({"difficulty": k, "reason": f"instances of length {longest} exceed max_len {max_len}"})
-                    done += left
-                    if progress is not None:
-                        progress(done, total)
-                    break
-                n_rows = _collect_batch(model, task, examples, sink, specs, sites, depth_fn, next_id, keep, D)
-                next_id += len(examples)
-                left -= len(examples)
-                done += len(examples)
+    for k, n_k in counts.items():
+        rng = np.random.default_rng([int(seed), int(k)])
+        null_rng = np.random.default_rng([int(seed), int(k), NULL_STREAM])
+        left = n_k
+        while left > 0:
+            examples = [task.sample(k, rng, split=split) for _ in range(min(batch_size, left))]
+            longest = max(len(e) for e in examples)
+            if longest > max_len:
+                skipped.append({"difficulty": k, "reason": f"instances of length {longest} exceed max_len {max_len}"})
+                done += left
                 if progress is not None:
                     progress(done, total)
-    finally:
-        model.train(was_training)
+                break
+            _collect_batch(runner, examples, sink, null_sink, null_rng, specs, sites, depth_fn, next_id, keep, D)
+            next_id += len(examples)
+            left -= len(examples)
+            done += len(examples)
+            if progress is not None:
+                progress(done, total)
     if next_id == 0:
         reasons = "; ".join(f"{s['difficulty']}: {s['reason']}" for s in skipped)
         raise AniraError(f"no instance could be collected ({reasons})")
@@ -198,15 +386,12 @@ def collect(
     empty = {f"col.{c}": (np.dtype(dt), ()) for c, dt in BASE_COLUMNS.items()}
     empty.update({"q": (np.dtype("float32"), (D,)), "running": (np.dtype("bool"), (D,))})
     empty.update({f"feat.{f}": (np.dtype("float64"), ()) for f in specs})
-    empty.update({f"hidden.{s}": (np.dtype("float32"), (int(model.cfg.d_model),)) for s in sites})
-    arrays = sink.finish(empty)
-    policy = getattr(model, "policy", None)
+    hidden_empty = {f"hidden.{s}": (np.dtype("float32"), (d_model,)) for s in sites}
+    arrays = sink.finish({**empty, **hidden_empty})
     info = {
         "task": task.name,
         "knob": task.knob,
-        "policy": getattr(type(policy), "name", "unknown"),  # setup() shadows .name on modules
-        "timing": "planted" if depth_fn is not None else getattr(policy, "timing", "unknown"),
-        "policy_timing": getattr(policy, "timing", "unknown"),
+        **meta,
         "depth_override": depth_fn is not None,
         "max_iters": D,
         "seed": int(seed),
@@ -217,7 +402,7 @@ def collect(
         "n_instances": next_id,
         "skipped": skipped,
         "stored_on_disk": directory is not None,
-        **(meta or {}),
+        "null_control": bool(null_control),
     }
     table = TokenTable(
         {c: np.asarray(arrays[f"col.{c}"]) for c in BASE_COLUMNS},
@@ -228,77 +413,98 @@ def collect(
         hidden={s: arrays[f"hidden.{s}"] for s in sites},
         meta=info,
     )
+    if null_sink is not None:
+        null_arrays = null_sink.finish(empty)
+        table.null = TokenTable(
+            {c: np.asarray(null_arrays[f"col.{c}"]) for c in BASE_COLUMNS},
+            np.asarray(null_arrays["q"]),
+            np.asarray(null_arrays["running"]),
+            {f: table.feature(f) for f in specs},  # the same rows: share the feature arrays
+            specs,
+            meta={**info, "null": "depths permuted within size (and role), model re-run with them"},
+        )
     if directory is not None:
         layout = {k: {"dtype": dt.str, "shape": [rows, *trailing]} for k, (dt, trailing, rows) in sink.layout.items()}
         write_manifest(directory, layout, specs, info)
+        if table.null is not None:
+            table.null.save(directory / NULL_DIR)
     if owned is not None:
         own_tempdir(table, owned)
     return table
 
 
-@torch.no_grad()
+#: a seed stream apart from the instances' for the null control's permutations
+NULL_STREAM = 0x5E1EC7
+
+
+def _keep_mask(batch: Any, keep: str) -> np.ndarray:
+    real = np.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]
+    if keep == "answer":
+        return batch.answer_mask & real
+    if keep == "question":
+        return batch.question_mask & real
+    if keep == "answer|question":
+        return (batch.answer_mask | batch.question_mask) & real
+    return real
+
+
+def _forced_depths(depth_fn: DepthFn, examples: list[Example], shape: tuple[int, int], D: int) -> np.ndarray:
+    forced = np.ones(shape, dtype=np.int64)  # padding runs one iteration (it is never read)
+    for i, e in enumerate(examples):
+        depths = np.asarray(depth_fn(e), dtype=np.int64).reshape(-1)
+        if depths.shape != (len(e),) or depths.min() < 1 or depths.max() > D:
+            raise AniraError(f"depth_fn must return {len(e)} depths in 1..{D} per example")
+        forced[i, : len(e)] = depths
+    return forced
+
+
 def _collect_batch(
-    model: Any,
-    task: Task,
+    runner: Any,
     examples: list[Example],
     sink: _Sink,
+    null_sink: _Sink | None,
+    null_rng: np.random.Generator,
     specs: dict[str, Any],
     sites: list[str],
     depth_fn: DepthFn | None,
     first_id: int,
     keep: str,
     D: int,
-) -> int:
+) -> None:
     batch = collate(examples)
     b, p = batch.tokens.shape
-    tokens = torch.as_tensor(batch.tokens, device=model.device)
-    kwargs: dict[str, Any] = {}
-    forced = None
-    if depth_fn is not None:
-        forced = np.ones((b, p), dtype=np.int64)  # padding runs one iteration (it is never read)
-        for i, e in enumerate(examples):
-            depths = np.asarray(depth_fn(e), dtype=np.int64).reshape(-1)
-            if depths.shape != (len(e),) or depths.min() < 1 or depths.max() > D:
-                raise AniraError(f"depth_fn must return {len(e)} depths in 1..{D} per example")
-            forced[i, : len(e)] = depths
-        kwargs["exit_depths"] = torch.as_tensor(forced, device=model.device)
-    if sites:
-        out, cache = model.run_with_cache(tokens, names_filter=sites, **kwargs)
-    else:
-        out, cache = model(tokens, **kwargs), None
-
-    exit_depth = out.exit_depth.cpu().numpy()
-    q = out.q.float().cpu().numpy()
+    forced = None if depth_fn is None else _forced_depths(depth_fn, examples, (b, p), D)
+    out = runner(examples, batch, forced, sites)
+    q = out.q
     if forced is not None:  # the rule made the decision: q is its point mass
         q = np.eye(D, dtype=np.float32)[forced - 1]
+    mask = _keep_mask(batch, keep)
+    _append_rows(sink, examples, batch, mask, first_id, out.exit_depth, q, out.running, out.correct,
+                 out.token_correct, specs)
+    for site in sites:
+        sink.append(f"hidden.{site}", out.hidden[site][mask].astype(np.float32))
+    if null_sink is not None:
+        depth, q_null = permute_within_roles(np.asarray(out.exit_depth, dtype=np.int64), q, position_roles(batch), null_rng)
+        again = runner(examples, batch, depth, ())
+        running = np.arange(D)[None, None, :] < depth[..., None]
+        _append_rows(null_sink, examples, batch, mask, first_id, depth, q_null, running, again.correct,
+                     again.token_correct, specs)
+
+
+def _append_rows(sink: _Sink, examples: list[Example], batch: Any, mask: np.ndarray, first_id: int,
+                 exit_depth: np.ndarray, q: np.ndarray, running: np.ndarray, correct: np.ndarray,
+                 token_correct: np.ndarray, specs: dict[str, Any]) -> None:
+    b, p = batch.tokens.shape
+    D = q.shape[-1]
     expected = (q.astype(np.float64) * np.arange(1, D + 1)).sum(-1)
-    running = out.running.cpu().numpy().transpose(1, 2, 0)  # (b, p, D)
-    predicted = out.logits.argmax(-1).cpu().numpy()
-
-    lengths = batch.lengths
-    real = np.arange(p)[None, :] < lengths[:, None]
-    if keep == "answer":
-        mask = batch.answer_mask & real
-    elif keep == "question":
-        mask = batch.question_mask & real
-    elif keep == "answer|question":
-        mask = (batch.answer_mask | batch.question_mask) & real
-    else:
-        mask = real
-    correct = np.array([task.score(e, predicted[i, : len(e)]) for i, e in enumerate(examples)])
-    next_token = np.zeros_like(batch.tokens)
-    next_token[:, :-1] = batch.tokens[:, 1:]
-    token_correct = (predicted == next_token) & (np.arange(p)[None, :] < (lengths - 1)[:, None])
-
-    ids = np.broadcast_to((first_id + np.arange(b))[:, None], (b, p))
     columns = {
-        "instance": ids,
+        "instance": np.broadcast_to((first_id + np.arange(b))[:, None], (b, p)),
         "position": np.broadcast_to(np.arange(p)[None, :], (b, p)),
         "difficulty": np.broadcast_to(batch.difficulty[:, None], (b, p)),
         "token": batch.tokens,
         "is_answer": batch.answer_mask,
         "is_question": batch.question_mask,
-        "correct": np.broadcast_to(correct[:, None], (b, p)),
+        "correct": np.broadcast_to(np.asarray(correct)[:, None], (b, p)),
         "token_correct": token_correct,
         "exit_depth": exit_depth,
         "expected_depth": expected,
@@ -307,9 +513,6 @@ def _collect_batch(
     for name, dtype in BASE_COLUMNS.items():
         sink.append(f"col.{name}", np.asarray(columns[name])[mask].astype(dtype))
     sink.append("q", q[mask].astype(np.float32))
-    sink.append("running", running[mask].astype(bool))
+    sink.append("running", np.asarray(running)[mask].astype(bool))
     for name in specs:
         sink.append(f"feat.{name}", _padded(examples, p, lambda e: e.features.get(name), np.nan)[mask])
-    for site in sites:
-        sink.append(f"hidden.{site}", cache[site].float().cpu().numpy()[mask].astype(np.float32))
-    return int(mask.sum())

@@ -27,31 +27,52 @@ instances (a note says so).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from scipy.stats import rankdata
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from anira.errors import AniraError
-from anira.probes.featureset import parse_names, select_features
+from anira.probes.options import VERDICT_OPTIONS, Option, read_options
+from anira.probes.selection import with_selection_check
+from anira.probes.featureset import baseline_design, feature_basis, parse_baseline, parse_names, select_features
 from anira.probes.suites import Requirements, SuiteContext, SuiteResult
 from anira.probes.table import TokenTable
-from anira.probes.verdict import decide
+from anira.probes.verdict import SetScores, decide
 
 ONLINE_TIMINGS = ("online", "training-free")
 
 
-def make_probe(seed: int = 0) -> Any:
-    # newton-cholesky: many rows, few features -> a handful of exact Newton steps
-    # (several times faster than lbfgs here, same optimum)
-    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", solver="newton-cholesky",
-                                                              max_iter=500, random_state=seed))
+def make_probe(seed: int = 0, n_classes: int = 2) -> Any:
+    # the same convex optimum either way; binary (online) probes have many rows and few
+    # columns, where a handful of exact Newton steps is fastest, while the multinomial
+    # (early) probe's Newton Hessian grows with (columns × classes)², where L-BFGS wins
+    solver = "newton-cholesky" if n_classes <= 2 else "lbfgs"
+    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", solver=solver,
+                                                              max_iter=1000, random_state=seed))
+
+
+def auroc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve by the Mann–Whitney rank sum (ties count one half);
+    the same number as ``sklearn.metrics.roc_auc_score`` without its per-call
+    validation, which dominated the suite's time with many folds and classes."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def balanced_accuracy(y: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y`` (``sklearn.metrics.balanced_accuracy_score``)."""
+    return float(np.mean([np.mean(predicted[y == c] == c) for c in np.unique(y)]))
 
 
 def macro_auroc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
@@ -62,11 +83,11 @@ def macro_auroc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
         return float("nan")
     cols = {c: i for i, c in enumerate(classes)}
     if present.size == 2 and len(classes) == 2 and np.array_equal(present, np.sort(classes)):
-        return float(roc_auc_score(y == classes[1], proba[:, 1]))
+        return auroc(y == classes[1], proba[:, 1])
     aucs = []
     for c in present:
         score = proba[:, cols[c]] if c in cols else np.zeros(len(y))
-        aucs.append(roc_auc_score(y == c, score))
+        aucs.append(auroc(y == c, score))
     return float(np.mean(aucs))
 
 
@@ -83,9 +104,7 @@ def cross_validate(make: Any, X: np.ndarray, y: np.ndarray, folds: list[tuple[np
             continue
         model = make().fit(X[train], y[train])
         proba = model.predict_proba(X[test])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # predicted classes absent from the fold
-            bacc.append(float(balanced_accuracy_score(y[test], model.classes_[proba.argmax(1)])))
+        bacc.append(balanced_accuracy(y[test], model.classes_[proba.argmax(1)]))
         auc.append(macro_auroc(y[test], proba, model.classes_))
         if len(model.classes_) == 2:
             oof[test] = proba[:, 1]
@@ -116,26 +135,32 @@ def _cap_instances(groups: np.ndarray, weight: np.ndarray, max_rows: int, seed: 
 
 def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unknown", token_set: str = "auto",
                     correct_only: bool = True, n_splits: int = 5, min_coverage: float = 0.5, features: list[str] | None = None,
-                    max_rows: int = 200_000, min_effect: float = 0.02, seed: int = 0) -> tuple[dict[str, Any], list[str]]:
-    """Fit and score the decision probes; returns (JSON-able result, notes)."""
+                    max_rows: int = 200_000, min_effect: float = 0.02, min_share_gap: float = 0.2,
+                    baseline: str | tuple[str, ...] = "token,position", size_in_baseline: bool = False,
+                    seed: int = 0) -> tuple[dict[str, Any], list[str]]:
+    """Fit and score the decision probes; returns (JSON-able result, notes).
+
+    ``size_in_baseline`` adds the size one-hot to the baseline (the selection
+    null control, whose depths are permuted within size, uses it)."""
     if mode == "auto":
         mode = "online" if timing in ONLINE_TIMINGS else "early"
     if mode not in ("early", "online"):
         raise AniraError(f"mode must be auto, early or online; got {mode!r}")
     if n_splits < 2:
         raise AniraError(f"n_splits must be >= 2, got {n_splits}")
+    parts = parse_baseline(baseline)
     sel = select_features(table, token_set=token_set, correct_only=correct_only, min_coverage=min_coverage,
                           names=features)
     notes = list(sel.notes)
     rows = sel.rows
     D = table.max_iters
     depth = table["exit_depth"][rows].astype(np.int64)
-    base = {"mode": mode, "token_set": sel.token_set, "correct_only": correct_only, "n_splits": n_splits,
+    common = {"mode": mode, "token_set": sel.token_set, "correct_only": correct_only, "n_splits": n_splits,
             "features": {k: sel.of_kind(k) for k in ("static", "execution")}}
     if np.unique(depth).size < 2:
         reason = f"the halting decision is constant (every analysed token exits at depth {depth[0]}): nothing to predict"
-        verdict = {"label": "none", "reason": reason, "metric": "auroc"}
-        return {**base, "n_tokens": int(rows.size), "verdict": verdict, "sets": {}, "baselines": {}}, notes
+        verdict = {"label": "none", "reason": reason, "metric": "AUROC"}
+        return {**common, "n_tokens": int(rows.size), "verdict": verdict, "sets": {}, "baselines": {}}, notes
 
     # probe rows: one per token (early) or per (token, depth still running) (online)
     weight = np.ones(rows.size) if mode == "early" else np.minimum(depth, D - 1).astype(np.float64)
@@ -158,48 +183,87 @@ def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unk
         y = (depth[token_idx] == d).astype(np.int64)
         covariate = (d[:, None] == np.arange(2, D)[None, :]).astype(np.float64)  # one-hot of d, d=1 dropped
     g = groups[token_idx]
+    n_classes = int(np.unique(y).size)
     splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = list(splitter.split(np.zeros(len(y)), y, g))
     test_fraction = float(np.mean([len(te) / len(y) for _, te in folds]))
 
     sets: dict[str, dict[str, Any]] = {}
     cvs: dict[str, dict[str, Any]] = {}
-    feature_sets = {"static": sel.of_kind("static"), "execution": sel.of_kind("execution")}
-    feature_sets["both"] = sel.names
-    for name, names in feature_sets.items():
+    base = baseline_design(table, rows, sel.token_set, parts, size=size_in_baseline)
+    B = base.matrix[token_idx]
+    static, execution = sel.of_kind("static"), sel.of_kind("execution")
+    # without the baseline (what each kind predicts on its own), then the nested sets of the verdict
+    # without the baseline (what each kind predicts linearly on its own), then the nested
+    # sets of the verdict: the baseline plus each kind's additive basis
+    basis, owner = feature_basis(table.matrix(sel.names, rows), sel.names)
+    basis = basis[token_idx]
+    feature_sets = {"static": (static, False), "execution": (execution, False), "both": (sel.names, False),
+                    "baseline+static": (static, True), "baseline+execution": (execution, True),
+                    "baseline+both": (sel.names, True)}
+    for name, (names, nested) in feature_sets.items():
         if not names:
-            notes.append(f"no {name} features on the {sel.token_set} tokens: that probe is not fitted")
+            notes.append(f"no {name.split('+')[-1]} features on the {sel.token_set} tokens: the {name} probe is not fitted")
             continue
-        X = np.column_stack([table.matrix(names, rows)[token_idx], covariate])
-        cvs[name] = cross_validate(lambda: make_probe(seed), X, y, folds)
-        sets[name] = {"features": names, **summarize(cvs[name])}
+        if nested:
+            cols = [j for j, o in enumerate(owner) if o in names]
+            X = np.column_stack([basis[:, cols], B, covariate])
+            described = names + [f"as {len(cols)} basis columns, with the baseline ({base.n_columns} indicators)"]
+        else:
+            X = np.column_stack([table.matrix(names, rows)[token_idx], covariate])
+            described = names
+        cvs[name] = cross_validate(lambda: make_probe(seed, n_classes), X, y, folds)
+        sets[name] = {"features": described, **summarize(cvs[name])}
 
     baselines: dict[str, Any] = {}
     majority = cross_validate(lambda: DummyClassifier(strategy="most_frequent"), np.zeros((len(y), 1)), y, folds)
     baselines["majority"] = summarize(majority)
     X_both = np.column_stack([table.matrix(sel.names, rows)[token_idx], covariate])
     shuffled_y = np.random.default_rng(seed + 1).permutation(y)
-    baselines["shuffled"] = summarize(cross_validate(lambda: make_probe(seed), X_both, shuffled_y, folds))
+    baselines["shuffled"] = summarize(cross_validate(lambda: make_probe(seed, n_classes), X_both, shuffled_y, folds))
     if mode == "online":
-        ref = cross_validate(lambda: make_probe(seed), covariate, y, folds) if covariate.shape[1] else majority
+        ref = cross_validate(lambda: make_probe(seed, n_classes), covariate, y, folds) if covariate.shape[1] else majority
         baselines["iteration_only"] = summarize(ref)
-        reference = ref["auroc"]
+        reference = list(ref["auroc"])
     else:
         reference = [0.5] * len(folds)  # the majority class ranks nothing: AUROC 0.5 by definition
-    verdict = decide({k: v["auroc"] for k, v in cvs.items()}, reference, test_fraction=test_fraction,
-                     min_effect=min_effect)
+    if B.shape[1]:
+        X_base = np.column_stack([B, covariate])
+        base_cv = cross_validate(lambda: make_probe(seed, n_classes), X_base, y, folds)
+        baselines["token_position"] = summarize(base_cv)
+        base_scores = list(base_cv["auroc"])
+    else:
+        base_scores = reference
+    draws = {"reference": np.asarray(reference, dtype=np.float64), "baseline": np.asarray(base_scores, dtype=np.float64)}
+    draws.update({k: np.asarray(cvs[k]["auroc"], dtype=np.float64) for k in cvs if k.startswith("baseline+")})
+    kinds_present = [k for k in ("static", "execution") if sel.of_kind(k)]
+    if "baseline+both" not in draws:
+        draws["baseline+both"] = draws[f"baseline+{kinds_present[0]}"]
+    for kind in ("static", "execution"):
+        draws.setdefault(f"baseline+{kind}", draws["baseline"])
+    verdict = decide(SetScores(draws=draws, method="cv", test_fraction=test_fraction), metric="AUROC",
+                     kinds_present=kinds_present, min_effect=min_effect, min_share_gap=min_share_gap).to_dict()
+    margin = None
+    if "static" in cvs and "execution" in cvs:  # what the kinds predict on their own (not the verdict)
+        from anira.probes.verdict import corrected_interval
+
+        margin = corrected_interval([e - s for e, s in zip(cvs["execution"]["auroc"], cvs["static"]["auroc"])],
+                                    test_fraction).to_dict()
+    verdict["margin"] = margin
 
     per_depth: dict[str, Any] = {}
     if mode == "online":  # AUROC of the pooled probes within each depth, from out-of-fold predictions
         for name, cv in cvs.items():
+            if name not in ("static", "execution", "both", "baseline+both"):
+                continue
             per_depth[name] = {}
             for dd in range(1, D):
                 m = (d == dd) & np.isfinite(cv["oof"])
                 ok = m.any() and np.unique(y[m]).size == 2
-                per_depth[name][str(dd)] = float(roc_auc_score(y[m], cv["oof"][m])) if ok else None
+                per_depth[name][str(dd)] = auroc(y[m] == 1, cv["oof"][m]) if ok else None
     class_counts = {str(int(c)): int((y == c).sum()) for c in np.unique(y)}
     result = {
-        **base,
+        **common,
         "n_tokens": int(rows.size),
         "n_instances": n_inst,
         "n_rows": int(len(y)),
@@ -207,7 +271,8 @@ def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unk
         "sets": sets,
         "baselines": baselines,
         "per_depth_auroc": per_depth,
-        "verdict": verdict.to_dict(),
+        "baseline": base.describe(),
+        "verdict": verdict,
     }
     return result, notes
 
@@ -217,37 +282,51 @@ class DecisionSuite:
 
     name = "decision"
     description = "logistic probes of the halting decision (GroupKFold by instance) and the static/execution verdict"
+    options = {
+        **VERDICT_OPTIONS,
+        "mode": Option("auto", "early (one row per token, label = exit depth), online (one row per token and "
+                       "depth, label = exits now) or auto (by the policy's timing)", choices=("auto", "early", "online")),
+        "n_splits": Option(5, "GroupKFold folds (by instance)", minimum=2),
+        "max_rows": Option(200_000, "subsample probe rows above this, by whole instances", minimum=1),
+        "min_effect": Option(0.02, "the verdict's smallest AUROC gain that counts", minimum=0.0),
+    }
 
     def requires(self, context: SuiteContext) -> Requirements:
-        return Requirements(min_instances=int(context.option("n_splits", 5)))
+        opts = read_options(self.name, self.options, context.options)
+        return Requirements(min_instances=opts["n_splits"], null_control=opts["correct_only"] is not False)
 
     def run(self, table: TokenTable, context: SuiteContext) -> SuiteResult:
-        result, notes = decision_probes(
-            table,
-            mode=context.option("mode", "auto"),
-            timing=context.timing,
-            token_set=context.option("token_set", "auto"),
-            correct_only=context.option("correct_only", True),
-            n_splits=context.option("n_splits", 5),
-            min_coverage=context.option("min_coverage", 0.5),
-            features=parse_names(context.option("features", None)),
-            max_rows=context.option("max_rows", 200_000),
-            min_effect=context.option("min_effect", 0.02),
-            seed=context.seed,
-        )
+        opts = read_options(self.name, self.options, context.options)
+
+        def analyse(t: TokenTable, correct_only: bool, size_in_baseline: bool) -> tuple[dict[str, Any], list[str]]:
+            return decision_probes(
+                t, mode=opts["mode"], timing=context.timing, token_set=opts["token_set"], correct_only=correct_only,
+                n_splits=opts["n_splits"], min_coverage=opts["min_coverage"], features=opts["features"],
+                max_rows=opts["max_rows"], min_effect=opts["min_effect"], min_share_gap=opts["min_share_gap"],
+                baseline=opts["baseline"], size_in_baseline=size_in_baseline, seed=context.seed)
+
+        result, notes = with_selection_check(analyse, table, opts["correct_only"])
         from anira.probes.figures import decision_figure
 
         v = result["verdict"]
-        margin = v.get("margin") or {}
         sets = result["sets"]
+
+        def mean(key: str) -> Any:
+            return (v.get(key) or {}).get("mean")
+
         headline = {
             "mode": result["mode"],
             "AUROC static": sets.get("static", {}).get("auroc", {}).get("mean"),
             "AUROC execution": sets.get("execution", {}).get("auroc", {}).get("mean"),
             "AUROC both": sets.get("both", {}).get("auroc", {}).get("mean"),
-            "margin (exec − static)": margin.get("mean"),
-            "margin CI": [margin.get("low"), margin.get("high")] if margin else None,
+            "AUROC baseline": result.get("baselines", {}).get("token_position", {}).get("auroc", {}).get("mean"),
+            "beyond baseline": mean("beyond"),
+            "unique static": mean("static_unique"),
+            "unique execution": mean("execution_unique"),
+            "shared": mean("shared"),
             "verdict": v["label"],
+            "instances": result["selection"]["headline"],
+            "flags": len(result.get("flags", [])),
         }
         figures = {"scores": decision_figure(result)} if sets else {}
         return SuiteResult(name=self.name, data=result, headline=headline, notes=notes, figures=figures)

@@ -17,6 +17,7 @@ no regression or probe can use it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,144 @@ def select_features(
     if not final:
         raise AniraError(f"no usable feature on the {where} tokens{solved} (" + "; ".join(notes or ["none declared"]) + ")")
     return FeatureSelection(where, rows, final, {n: table.specs[n].kind for n in final}, notes)
+
+
+# ---------------------------------------------------------------------------------------
+# Token-identity and position baselines
+# ---------------------------------------------------------------------------------------
+
+#: what the baseline can hold (option ``baseline``: a comma list of these, or ``none``)
+BASELINE_PARTS = ("token", "position")
+
+
+def parse_baseline(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``"token,position"`` -> ("token", "position"); ``"none"`` or "" -> ()."""
+    if value is None:
+        return BASELINE_PARTS
+    parts = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if parts in (["none"], []):
+        return ()
+    unknown = [p for p in parts if p not in BASELINE_PARTS]
+    if unknown:
+        raise AniraError(f"baseline: unknown part {unknown[0]!r}; use token, position (comma list) or none")
+    return tuple(dict.fromkeys(parts))
+
+
+def step_index(table: TokenTable, token_set: str) -> np.ndarray:
+    """For every table row: its position minus the first position of the instance's
+    ``token_set`` rows (0 at the first answer step or the first question token).
+    Rows of instances without such rows keep their position."""
+    instance = table["instance"].astype(np.int64)
+    position = table["position"].astype(np.int64)
+    if instance.size == 0:
+        return position
+    start = np.zeros(int(instance.max()) + 1, dtype=np.int64)
+    rows = table.rows(token_set)
+    if rows.size:
+        big = np.iinfo(np.int64).max
+        first = np.full(start.size, big)
+        np.minimum.at(first, instance[rows], position[rows])
+        start = np.where(first == big, 0, first)
+    return position - start[instance]
+
+
+def one_hot_levels(values: np.ndarray, min_count: int, max_levels: int) -> tuple[np.ndarray, list[Any]]:
+    """Indicator columns of the most frequent levels of ``values`` (at least
+    ``min_count`` rows each, at most ``max_levels`` of them); every other value is
+    pooled into one reference level. With no pooled value the least frequent kept
+    level becomes the reference, so the columns never sum to the intercept."""
+    levels, counts = np.unique(values, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    kept = [levels[i] for i in order if counts[i] >= min_count][:max_levels]
+    if len(kept) == len(levels):  # nothing pooled: drop one level as the reference
+        kept = kept[:-1]
+    if not kept:
+        return np.zeros((len(values), 0)), []
+    columns = np.column_stack([(values == level) for level in kept]).astype(np.float64)
+    return columns, [v.item() if hasattr(v, "item") else v for v in kept]
+
+
+@dataclass
+class Baseline:
+    """The baseline design: indicator columns of token identity and position."""
+
+    matrix: np.ndarray  # (rows, k) float64
+    parts: tuple[str, ...]
+    levels: dict[str, list[Any]]  # part -> the levels that got a column
+
+    @property
+    def n_columns(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def describe(self) -> dict[str, Any]:
+        return {"parts": list(self.parts), "columns": self.n_columns,
+                "levels": {k: len(v) for k, v in self.levels.items()}}
+
+
+def baseline_design(
+    table: TokenTable,
+    rows: np.ndarray,
+    token_set: str,
+    parts: tuple[str, ...] = BASELINE_PARTS,
+    *,
+    min_count: int = 20,
+    max_levels: int = 24,
+    size: bool = False,
+) -> Baseline:
+    """Indicators of what a halting rule could read without any task structure:
+
+    * ``token`` — the identity of the input token at the row (one column per
+      frequent token id);
+    * ``position`` — the row's step within its token set (0 = the first answer
+      step / question token; :func:`step_index`);
+    * ``size`` (when asked, for the null control) — the difficulty knob.
+
+    Rare levels (fewer than ``min_count`` rows) are pooled, so a baseline never
+    memorises individual rows.
+    """
+    blocks, levels = [], {}
+    if "token" in parts:
+        cols, kept = one_hot_levels(table["token"][rows].astype(np.int64), min_count, max_levels)
+        blocks.append(cols)
+        levels["token"] = kept
+    if "position" in parts:
+        cols, kept = one_hot_levels(step_index(table, token_set)[rows], min_count, max_levels)
+        blocks.append(cols)
+        levels["position"] = kept
+    if size:
+        cols, kept = one_hot_levels(table["difficulty"][rows].astype(np.int64), 1, 10_000)
+        blocks.append(cols)
+        levels["size"] = kept
+    matrix = np.column_stack(blocks) if blocks else np.zeros((rows.size, 0))
+    return Baseline(matrix, tuple(parts) + (("size",) if size else ()), levels)
+
+
+def feature_basis(X: np.ndarray, names: list[str], max_levels: int = 6) -> tuple[np.ndarray, list[str]]:
+    """An additive basis of the features for the verdict's set comparisons, so a
+    kind's set can fit any shape of its features' effect, not only a line (a
+    rule "depth 3 when in_degree = 0" is a step, and a linear fit of it leaves
+    a residual that correlated features of the other kind would then absorb).
+
+    A feature with at most ``max_levels`` distinct values gets one indicator per
+    value (one dropped); others get z and z² (z = the standardised feature).
+    Returns (columns, the feature each column belongs to).
+    """
+    cols: list[np.ndarray] = []
+    owner: list[str] = []
+    for j, name in enumerate(names):
+        x = X[:, j]
+        levels = np.unique(x)
+        if levels.size <= max_levels:
+            for value in levels[1:]:
+                cols.append((x == value).astype(np.float64))
+                owner.append(name)
+        else:
+            sd = x.std()
+            z = (x - x.mean()) / (sd if sd > 0 else 1.0)
+            cols.extend([z, z * z])
+            owner.extend([name, name])
+    matrix = np.column_stack(cols) if cols else np.zeros((X.shape[0], 0))
+    return matrix, owner
 
 
 def parse_names(value: str | list[str] | None) -> list[str] | None:

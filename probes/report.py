@@ -77,29 +77,54 @@ def _get(result: ProbeResult, suite: str, key: str) -> Any:
     return s.headline.get(key) if s is not None and s.status == "ok" else None
 
 
+def _part(r: ProbeResult, suite: str, key: str, q: str) -> Any:
+    """Mean of the verdict quantity ``q`` (e.g. "beyond") of a suite, or None."""
+    s = r.suite(suite)
+    if s is None or s.status != "ok":
+        return None
+    return ((s.data.get("verdict") or {}).get(q) or {}).get("mean")
+
+
 def format_summary(results: Sequence[ProbeResult]) -> str:
-    """One row per checkpoint, then one line per skipped or failed suite."""
-    header = (f"{'checkpoint':<22} {'task':<6} {'policy':<8} {'n':>5} {'acc':>5}  {'R²':>5} {'static':>6} "
-              f"{'exec':>6} {'AUC s':>5} {'AUC e':>5} {'margin [95% CI]':<24} verdict")
+    """One row per checkpoint, the legend, then every flag and skipped suite."""
+    header = (f"{'checkpoint':<22} {'task':<6} {'policy':<9} {'n':>5} {'acc':>5}  {'R² base':>7} {'+feat':>6} "
+              f"{'attribution':<12} {'AUC base':>8} {'+feat':>6} {'decision':<12} {'instances':<9}")
     lines = [header, "-" * len(header)]
     problems = []
     for r in results:
-        ci = _get(r, "decision", "margin CI")
-        margin = _get(r, "decision", "margin (exec − static)")
-        m = "—" if margin is None else f"{margin:+.3f} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else f"{margin:+.3f}"
+        att = r.suite("attribution")
+        dec = r.suite("decision")
+
+        def partition(s: SuiteResult | None, set_key: str) -> Any:
+            if s is None or s.status != "ok":
+                return None
+            if s.name == "attribution":
+                return (s.data.get("partition") or {}).get("adjusted_r2", {}).get(set_key)
+            sets = {"baseline": (s.data.get("baselines") or {}).get("token_position"),
+                    "baseline+both": (s.data.get("sets") or {}).get("baseline+both")}
+            entry = sets.get(set_key)
+            return entry["auroc"]["mean"] if entry else None
+
+        heads = [s.data.get("selection", {}).get("headline") for s in (att, dec) if s is not None and s.status == "ok"]
         lines.append(
-            f"{r.label[:22]:<22} {r.task[:6]:<6} {r.policy[:8]:<8} {r.n_instances:>5} {fmt(r.accuracy, 2):>5}  "
-            f"{fmt(_get(r, 'attribution', 'R²'), 2):>5} {fmt(_get(r, 'attribution', 'share static'), 2):>6} "
-            f"{fmt(_get(r, 'attribution', 'share execution'), 2):>6} {fmt(_get(r, 'decision', 'AUROC static'), 2):>5} "
-            f"{fmt(_get(r, 'decision', 'AUROC execution'), 2):>5} {m:<24} {r.verdict or '—'}"
+            f"{r.label[:22]:<22} {r.task[:6]:<6} {r.policy[:9]:<9} {r.n_instances:>5} {fmt(r.accuracy, 2):>5}  "
+            f"{fmt(partition(att, 'baseline'), 3):>7} {fmt(partition(att, 'baseline+both'), 3):>6} "
+            f"{(_get(r, 'attribution', 'reading') or '—'):<12} "
+            f"{fmt(partition(dec, 'baseline'), 3):>8} {fmt(partition(dec, 'baseline+both'), 3):>6} "
+            f"{(r.verdict or '—'):<12} {'/'.join(dict.fromkeys(h for h in heads if h)) or '—':<9}"
         )
+        for flag in r.flags:
+            problems.append(f"{r.label}: ! {flag}")
         for s in r.suites:
             if s.status != "ok":
                 problems.append(f"{r.label}: suite {s.name} {s.status}: {s.reason}")
         for skip in r.collection.get("skipped", []):
             problems.append(f"{r.label}: difficulty {skip['difficulty']} skipped: {skip['reason']}")
-    lines.append("static/exec: share of the attribution R² (Shapley); AUC: decision-probe AUROC; "
-                 "margin: execution − static AUROC")
+    lines.append("R² / AUC base: the token-identity and position baseline; +feat: with every task feature too. "
+                 "Readings: static | execution | mixed (both carry their own part) | baseline (token and position "
+                 "explain it) | none | undetermined (the kinds share what they explain). instances: which "
+                 "instances the headline verdict reads (solved: the paper's filter, passed its null control; "
+                 "all: every instance). Details: docs/probes.md")
     return "\n".join(lines + problems)
 
 

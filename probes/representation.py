@@ -465,10 +465,25 @@ class RepresentationSuite:
         "Hewitt–Liang control tasks and selectivity"
     )
 
+    @property
+    def options(self) -> dict[str, Any]:
+        from anira.probes.options import Option, iteration_list
+
+        return {
+            "iterations": Option("all", "states probed: all, or e.g. h0,0,3", parse=iteration_list),
+            "n_splits": Option(5, "GroupKFold folds (by instance)", minimum=2),
+            "max_tokens": Option(RepresentationConfig.max_tokens, "tokens per probe (subsampled)", minimum=20),
+            "max_classes": Option(RepresentationConfig.max_classes, "discrete features with more values are "
+                                  "probed as ordinal (ridge)", minimum=2),
+            "C": Option(1.0, "inverse L2 strength of the logistic probes", minimum=1e-12),
+            "correct_only": Option(False, "probe solved instances only"),
+            "h0_site": Option("", "hook of the Prelude output (default: the model's last Prelude layer)"),
+        }
+
     def _sites(self, context: Any) -> dict[int, str]:
         model = context.model
         default_h0 = h0_site(int(model.cfg.n_prelude)) if model is not None else h0_site(1)
-        h0 = context.option("h0_site", default_h0)
+        h0 = context.option("h0_site", default_h0) or default_h0
         its = parse_iterations(str(context.option("iterations", "all")), int(context.max_iters))
         return {t: (h0 if t == H0 else f"loop.{t}.{SITE}") for t in its}
 

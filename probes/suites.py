@@ -48,6 +48,9 @@ class Requirements:
     needs_model: bool = False
     #: fewest instances the suite can work with (e.g. cross-validation folds)
     min_instances: int = 0
+    #: collection also builds the selection null control (``table.null``): every batch
+    #: re-run with depths permuted within size (see :mod:`anira.probes.selection`)
+    null_control: bool = False
 
 
 @dataclass
@@ -66,6 +69,8 @@ class SuiteContext:
     task: Any = None
     options: dict[str, Any] = field(default_factory=dict)
     progress: Progress | None = None
+    #: the planted halting rule the table was collected with (None: the policy's own)
+    depth_fn: Any = None
 
     def option(self, key: str, default: Any) -> Any:
         """An option with a default; the value is coerced to the default's type."""
@@ -190,26 +195,35 @@ def collect_requirements(
     suites: Sequence[Any], context: SuiteContext, options: dict[str, dict[str, Any]] | None = None
 ) -> Requirements:
     """The union of what ``suites`` need (hidden sites in first-requested order);
-    ``options[name]`` are each suite's options, which may change its needs."""
+    ``options[name]`` are each suite's options, which may change its needs.
+
+    A suite whose ``requires`` raises :class:`AniraError` (a bad option value,
+    e.g. an iteration beyond D) stops everything here, before any collection;
+    other exceptions are left for :func:`run_suite` to report."""
     sites: list[str] = []
     needs_model = False
+    null_control = False
     min_instances = 0
     for suite in suites:
         try:
             req = suite.requires(with_options(context, (options or {}).get(suite.name, {})))
+        except AniraError as exc:
+            raise AniraError(f"suite {suite.name}: {exc}") from None
         except Exception:  # noqa: BLE001 - run_suite calls it again and reports the failure
             continue
         sites.extend(s for s in req.hidden_sites if s not in sites)
         needs_model = needs_model or req.needs_model
+        null_control = null_control or bool(getattr(req, "null_control", False))
         min_instances = max(min_instances, req.min_instances)
-    return Requirements(hidden_sites=tuple(sites), needs_model=needs_model, min_instances=min_instances)
+    return Requirements(hidden_sites=tuple(sites), needs_model=needs_model, min_instances=min_instances,
+                        null_control=null_control)
 
 
 def with_options(context: SuiteContext, options: dict[str, Any]) -> SuiteContext:
     """A copy of ``context`` carrying one suite's options."""
     return SuiteContext(max_iters=context.max_iters, timing=context.timing, seed=context.seed,
                         model=context.model, task=context.task, options=dict(options),
-                        progress=context.progress)
+                        progress=context.progress, depth_fn=context.depth_fn)
 
 
 def run_suite(suite: Any, table: "TokenTable", context: SuiteContext) -> SuiteResult:

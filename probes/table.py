@@ -68,6 +68,7 @@ BASE_COLUMNS: dict[str, str] = {
     "complexity": "float32",
 }
 MANIFEST = "table.json"
+NULL_DIR = "null"  # a saved table's null control, itself a saved table
 SCHEMA = 1
 
 
@@ -118,6 +119,9 @@ class TokenTable:
         self._hidden_index = hidden_index
         self.meta: dict[str, Any] = dict(meta or {})
         self._tempdir: Any = None  # a TemporaryDirectory the table owns (streamed collection)
+        #: the selection null control (same rows; depths permuted within size and the
+        #: model re-run with them, so ``correct`` is what those depths give), or None
+        self.null: TokenTable | None = None
 
     # -- shape ------------------------------------------------------------------------
     @property
@@ -228,6 +232,7 @@ class TokenTable:
             meta=self.meta,
         )
         out._tempdir = self._tempdir  # keep the backing files alive while the selection lives
+        out.null = None if self.null is None else self.null.select(rows)
         return out
 
     # -- hidden states --------------------------------------------------------------------
@@ -265,6 +270,8 @@ class TokenTable:
             arr.tofile(directory / f"{key}.bin")
             entries[key] = {"dtype": arr.dtype.str, "shape": list(arr.shape)}
         write_manifest(directory, entries, self.specs, self.meta)
+        if self.null is not None:
+            self.null.save(directory / NULL_DIR)
         return directory
 
     @classmethod
@@ -283,7 +290,7 @@ class TokenTable:
         arrays = {key: open_array(directory / f"{key}.bin", e["dtype"], e["shape"])
                   for key, e in manifest["arrays"].items()}
         specs = {name: FeatureSpec(name=name, **s) for name, s in manifest["features"].items()}
-        return cls(
+        table = cls(
             {k[4:]: np.array(v) for k, v in arrays.items() if k.startswith("col.")},
             np.array(arrays["q"]),
             np.array(arrays["running"]),
@@ -292,6 +299,9 @@ class TokenTable:
             hidden={k[7:]: v for k, v in arrays.items() if k.startswith("hidden.")},
             meta=manifest.get("meta", {}),
         )
+        if (directory / NULL_DIR / MANIFEST).is_file():
+            table.null = cls.load(directory / NULL_DIR)
+        return table
 
     # -- synthetic tables (tests, planted answers) -----------------------------------------
     @classmethod
@@ -307,11 +317,14 @@ class TokenTable:
         difficulty: np.ndarray | None = None,
         where: str = "answer",
         correct: np.ndarray | None = None,
+        token: np.ndarray | None = None,
+        position: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
     ) -> TokenTable:
         """A table from the few arrays a planted-answer test controls; the rest is
         filled consistently: q is one-hot at the exit depth unless given, every row
-        is a ``where`` token ("answer" or "question") of a solved instance."""
+        is a ``where`` token ("answer" or "question") of a solved instance, token
+        ids are 0 and positions count the rows of each instance, unless given."""
         instance = np.asarray(instance, dtype=np.int64)
         n = instance.shape[0]
         depth = np.asarray(exit_depth, dtype=np.int64)
@@ -321,17 +334,20 @@ class TokenTable:
             q = np.eye(max_iters, dtype=np.float32)[depth - 1]
         q = np.asarray(q, dtype=np.float32)
         d = np.arange(1, max_iters + 1)
-        position = np.zeros(n, dtype=np.int32)
-        if n:
+        if position is not None:
+            position = np.asarray(position, dtype=np.int32)
+        elif n:
             starts = np.r_[True, instance[1:] != instance[:-1]]
             run_id = np.cumsum(starts) - 1
             first = np.flatnonzero(starts)
             position = (np.arange(n) - first[run_id]).astype(np.int32)
+        else:
+            position = np.zeros(0, dtype=np.int32)
         columns = {
             "instance": instance,
             "position": position,
             "difficulty": np.zeros(n, np.int32) if difficulty is None else np.asarray(difficulty, np.int32),
-            "token": np.zeros(n, np.int32),
+            "token": np.zeros(n, np.int32) if token is None else np.asarray(token, np.int32),
             "is_answer": np.full(n, where == "answer"),
             "is_question": np.full(n, where == "question"),
             "correct": np.ones(n, bool) if correct is None else np.asarray(correct, bool),

@@ -1,27 +1,63 @@
-"""The per-checkpoint verdict: does halting read static cues or execution state?
+"""The verdict: does halting read static cues, execution state, both, or neither?
 
-Input: per-fold scores (AUROC by default) of the decision probes trained on
-static features only, on execution features only, on both, and of a
-reference that uses neither (0.5 for the early probe; the iteration-only
-probe for the online one). All sets are scored on the same GroupKFold
-folds, so the per-fold differences are paired.
+Both built-in suites score four nested feature sets on the same resamples —
+the **baseline** B (token identity and position indicators, see
+:func:`anira.probes.featureset.baseline_design`), B + static, B + execution
+and B + both — next to a **reference** that knows nothing (R² 0 for the
+attribution regression; AUROC 0.5 for the early decision probe; the
+iteration-only probe for the online one). From these scores the verdict is a
+*commonality analysis* of what the features add beyond the baseline:
 
-Uncertainty: the fold differences are not independent (their training sets
-overlap), so the naive t interval is too narrow. We use the Nadeau–Bengio
-corrected resampled t interval: variance factor (1/k + n_test/n_train)
-instead of 1/k, with k − 1 degrees of freedom.
+* ``beyond``  = score(B+both) − score(B): what the task features add at all;
+* ``static_total`` = score(B+static) − score(B), ``execution_total`` likewise;
+* ``static_unique`` = score(B+both) − score(B+execution): what only static
+  features carry; ``execution_unique`` likewise;
+* ``shared`` = static_total + execution_total − beyond: what either kind
+  carries on its own but the other could carry too. Nothing in the data says
+  which kind the shared part belongs to.
 
-Rule (``min_effect`` = 0.02 AUROC by default):
+Rules, in order (``min_effect``: 0.01 R², 0.02 AUROC; ``min_share_gap``: 0.2):
 
-* **none** — the both-features probe does not beat the reference: the lower
-  end of the interval of (both − reference) is ≤ 0, or its mean < min_effect;
-* **execution** — margin = execution − static has an interval above 0 and a
-  mean ≥ min_effect;
-* **static** — the margin's interval is below 0 and its mean ≤ −min_effect;
-* **mixed** — there is signal, but the margin is not decisively on one side.
+1. **none** — score(B+both) does not beat the reference (interval reaching 0,
+   or a mean below ``min_effect``);
+2. **baseline** — the features add nothing beyond token identity and position
+   (``beyond`` not clearly positive, and the upper end of its interval at most
+   ``max(min_effect, max_negligible_share · lift)``) while the baseline itself
+   beats the reference: a rule on token identity or position, not on task
+   structure. When ``beyond`` is not clearly positive but not bounded either,
+   the label is **undetermined**;
+3. **static** when static dominates *however the shared part is split*: the
+   execution set's total gain is below half of ``beyond`` (interval of
+   beyond − 2·execution_total above 0) and at most 0.5 − min_share_gap/2 = 40 %
+   of it (point); **execution** symmetrically;
+4. **static** also when static *suffices*, judged each set given the other:
+   static's unique part is clearly positive and at least
+   ``min_sufficient_share`` (20 %) of ``beyond``, while execution's unique part
+   is bounded near zero (the upper end of its interval at most
+   ``max_negligible_share``, 10 %, of ``beyond``) — execution features add
+   nothing once static ones are known, static ones add a clear part once
+   execution ones are known. **execution** symmetrically. This reads a rule on
+   one kind correctly even when the other kind shares much of its variance;
+5. **mixed** — both unique parts are clearly positive (intervals above 0) and
+   each is at least ``min_unique_share`` (10 %) of ``beyond``;
+6. **undetermined** — otherwise: the shared part is too large to tell the
+   kinds apart (a rule whose feature the other kind predicts almost fully), or
+   the evidence is too thin. The reason says which.
 
-**undetermined** when the task offers no feature of one kind on the analysed
-tokens (the margin cannot be formed).
+Each kind's set enters through an additive basis of its features
+(:func:`anira.probes.featureset.feature_basis`: indicators of each value of a
+few-valued feature, z and z² otherwise), so a non-linear rule on one feature
+is fitted by its own kind and its residual cannot pass for the other kind.
+
+**undetermined** is also the label when the task has no feature of one kind on
+the analysed tokens. Every label is stated with the intervals it rests on.
+
+Intervals: the attribution suite passes bootstrap replicates (percentile
+intervals, the point estimate from the full data); the decision suite passes
+per-fold scores, for which the Nadeau–Bengio corrected resampled t interval is
+used (variance factor 1/k + n_test/n_train instead of 1/k, k − 1 degrees of
+freedom): fold differences share training data, so the naive t interval is too
+narrow.
 """
 
 from __future__ import annotations
@@ -33,7 +69,20 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-LABELS = ("static", "execution", "mixed", "none", "undetermined")
+LABELS = ("static", "execution", "mixed", "baseline", "none", "undetermined")
+#: labels that claim no feature signal (what a null control must read)
+NULL_LABELS = ("none", "baseline")
+SETS = ("reference", "baseline", "baseline+static", "baseline+execution", "baseline+both")
+
+#: one line per label: what it means (the report and the CLI show it next to the label)
+MEANINGS = {
+    "static": "halting follows static input structure, beyond token identity and position",
+    "execution": "halting follows the solver's execution state, beyond token identity and position",
+    "mixed": "both kinds carry information of their own about halting",
+    "baseline": "token identity and position explain halting as well as every task feature",
+    "none": "no feature (nor the baseline) predicts halting better than chance",
+    "undetermined": "there is signal, but the data cannot say which kind carries it",
+}
 
 
 @dataclass(frozen=True)
@@ -42,10 +91,14 @@ class Interval:
     low: float
     high: float
     se: float
-    n_folds: int
+    n_folds: int  # folds or bootstrap replicates behind the interval
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    @property
+    def positive(self) -> bool:
+        return bool(np.isfinite(self.low) and self.low > 0)
 
 
 def corrected_interval(diffs: Sequence[float], test_fraction: float, level: float = 0.95) -> Interval:
@@ -66,66 +119,144 @@ def corrected_interval(diffs: Sequence[float], test_fraction: float, level: floa
     return Interval(mean, mean - half, mean + half, se, k)
 
 
+def percentile_interval(point: float, draws: np.ndarray, level: float = 0.95) -> Interval:
+    """Bootstrap percentile interval around the full-data ``point``."""
+    d = np.asarray(draws, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return Interval(float(point), math.nan, math.nan, math.nan, int(d.size))
+    lo, hi = np.quantile(d, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return Interval(float(point), float(lo), float(hi), float(d.std(ddof=1)), int(d.size))
+
+
+@dataclass
+class SetScores:
+    """Scores of the nested feature sets (:data:`SETS`) on one resampling scheme.
+
+    ``draws[name]`` holds one value per fold (``method="cv"``) or per bootstrap
+    replicate (``method="bootstrap"``); ``point[name]`` the full-data estimate
+    (bootstrap) — for cross-validation the point is the mean over folds.
+    """
+
+    draws: dict[str, np.ndarray]
+    method: str = "cv"
+    point: dict[str, float] = field(default_factory=dict)
+    test_fraction: float = 0.2
+    level: float = 0.95
+
+    def value(self, name: str) -> float:
+        if self.method == "bootstrap":
+            return float(self.point[name])
+        d = np.asarray(self.draws[name], dtype=np.float64)
+        d = d[np.isfinite(d)]
+        return float(d.mean()) if d.size else math.nan
+
+    def interval(self, coefs: dict[str, float]) -> Interval:
+        """Interval of the linear combination Σ coef·score(set), paired by resample."""
+        combo = sum(c * np.asarray(self.draws[s], dtype=np.float64) for s, c in coefs.items())
+        if self.method == "cv":
+            return corrected_interval(np.atleast_1d(combo), self.test_fraction, self.level)
+        point = sum(c * float(self.point[s]) for s, c in coefs.items())
+        return percentile_interval(point, np.atleast_1d(combo), self.level)
+
+
+#: the quantities of the partition as combinations of set scores
+QUANTITIES: dict[str, dict[str, float]] = {
+    "lift": {"baseline+both": 1, "reference": -1},
+    "baseline_lift": {"baseline": 1, "reference": -1},
+    "beyond": {"baseline+both": 1, "baseline": -1},
+    "static_total": {"baseline+static": 1, "baseline": -1},
+    "execution_total": {"baseline+execution": 1, "baseline": -1},
+    "static_unique": {"baseline+both": 1, "baseline+execution": -1},
+    "execution_unique": {"baseline+both": 1, "baseline+static": -1},
+    "shared": {"baseline+static": 1, "baseline+execution": 1, "baseline+both": -1, "baseline": -1},
+    # static dominates however the shared part is split: beyond − 2·execution_total > 0
+    "static_dominance": {"baseline+both": 1, "baseline+execution": -2, "baseline": 1},
+    "execution_dominance": {"baseline+both": 1, "baseline+static": -2, "baseline": 1},
+}
+
+
 @dataclass
 class Verdict:
     label: str
     reason: str
     metric: str
-    margin: Interval | None = None  # execution − static
-    lift: Interval | None = None  # both − reference
-    execution_adds: Interval | None = None  # both − static
-    static_adds: Interval | None = None  # both − execution
+    quantities: dict[str, Interval] = field(default_factory=dict)
+    shares: dict[str, float] = field(default_factory=dict)  # unique/shared parts as shares of `beyond`
     min_effect: float = 0.02
     level: float = 0.95
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"label": self.label, "reason": self.reason, "metric": self.metric,
-               "min_effect": self.min_effect, "level": self.level, **self.extra}
-        for name in ("margin", "lift", "execution_adds", "static_adds"):
-            value = getattr(self, name)
-            out[name] = None if value is None else value.to_dict()
+        out = {"label": self.label, "meaning": MEANINGS.get(self.label, ""), "reason": self.reason,
+               "metric": self.metric, "min_effect": self.min_effect, "level": self.level, **self.extra}
+        out.update({name: iv.to_dict() for name, iv in self.quantities.items()})
+        out["shares"] = dict(self.shares)
         return out
 
 
-def _paired(a: Sequence[float], b: Sequence[float]) -> list[float]:
-    return [x - y for x, y in zip(a, b)]
+def _fmt(iv: Interval) -> str:
+    return f"{iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
 
 
 def decide(
-    scores: dict[str, Sequence[float]],
-    reference: Sequence[float],
+    scores: SetScores,
     *,
-    test_fraction: float,
-    metric: str = "auroc",
+    metric: str,
+    kinds_present: Sequence[str] = ("static", "execution"),
     min_effect: float = 0.02,
-    level: float = 0.95,
+    min_share_gap: float = 0.2,
+    min_unique_share: float = 0.1,
+    min_sufficient_share: float = 0.2,
+    max_negligible_share: float = 0.1,
 ) -> Verdict:
-    """The verdict from per-fold ``scores`` of the sets "static", "execution",
-    "both" (any may be missing) and the ``reference`` per-fold scores."""
-    best = scores.get("both") or scores.get("execution") or scores.get("static")
-    if best is None:
-        return Verdict("undetermined", "no feature set could be scored", metric, min_effect=min_effect, level=level)
-    lift = corrected_interval(_paired(best, reference), test_fraction, level)
-    common = dict(metric=metric, lift=lift, min_effect=min_effect, level=level)
-    if not (np.isfinite(lift.low) and lift.low > 0 and lift.mean >= min_effect):
-        return Verdict("none", f"features do not beat the reference ({metric} lift {lift.mean:+.3f}, "
-                       f"{level:.0%} CI [{lift.low:+.3f}, {lift.high:+.3f}])", **common)
-    missing = [k for k in ("static", "execution") if k not in scores]
+    """The verdict from the nested sets' scores (module docstring)."""
+    level = scores.level
+    q = {name: scores.interval(coefs) for name, coefs in QUANTITIES.items() if all(s in scores.draws for s in coefs)}
+    common: dict[str, Any] = dict(metric=metric, quantities=q, min_effect=min_effect, level=level)
+    lift = q["lift"]
+    if not (lift.positive and lift.mean >= min_effect):
+        return Verdict("none", f"baseline and features together do not beat the reference ({metric} gain "
+                       f"{_fmt(lift)}, {level:.0%} CI)", **common)
+    missing = [k for k in ("static", "execution") if k not in kinds_present]
     if missing:
-        return Verdict("undetermined", f"no {missing[0]} features on the analysed tokens: the margin cannot be formed",
+        return Verdict("undetermined", f"no {missing[0]} features on the analysed tokens: the kinds cannot be "
+                       "compared", **common)
+    beyond, base = q["beyond"], q["baseline_lift"]
+    if not (beyond.positive and beyond.mean >= min_effect):
+        bound = max(min_effect, max_negligible_share * lift.mean)
+        if base.positive and beyond.high <= bound:
+            return Verdict("baseline", f"the features add {_fmt(beyond)} {metric} beyond token identity and "
+                           f"position (at most {bound:.3f}), which alone gain {_fmt(base)} over the reference",
+                           **common)
+        return Verdict("undetermined", f"signal ({metric} gain {_fmt(lift)}) that neither the features "
+                       f"({_fmt(beyond)} beyond the baseline) nor the baseline ({_fmt(base)}) clearly carry",
                        **common)
-    margin = corrected_interval(_paired(scores["execution"], scores["static"]), test_fraction, level)
-    adds = {}
-    if "both" in scores:
-        adds = {"execution_adds": corrected_interval(_paired(scores["both"], scores["static"]), test_fraction, level),
-                "static_adds": corrected_interval(_paired(scores["both"], scores["execution"]), test_fraction, level)}
-    text = f"execution − static {metric} = {margin.mean:+.3f}, {level:.0%} CI [{margin.low:+.3f}, {margin.high:+.3f}]"
-    if margin.low > 0 and margin.mean >= min_effect:
-        label = "execution"
-    elif margin.high < 0 and margin.mean <= -min_effect:
-        label = "static"
+    total = beyond.mean
+    st, et = q["static_total"], q["execution_total"]
+    su, eu, sh = q["static_unique"], q["execution_unique"], q["shared"]
+    shares = {"static_unique": su.mean / total, "execution_unique": eu.mean / total, "shared": sh.mean / total}
+    common["shares"] = shares
+    cap = 0.5 - min_share_gap / 2
+    parts = (f"beyond the baseline {_fmt(beyond)}: static alone {_fmt(st)}, execution alone {_fmt(et)}, "
+             f"unique static {_fmt(su)}, unique execution {_fmt(eu)}, shared {sh.mean:+.3f}")
+    if q["static_dominance"].positive and et.mean <= cap * total:
+        return Verdict("static", f"static features dominate even if every shared part belonged to execution ({parts})",
+                       **common)
+    if q["execution_dominance"].positive and st.mean <= cap * total:
+        return Verdict("execution", f"execution features dominate even if every shared part belonged to static "
+                       f"({parts})", **common)
+    # each set given the other: one kind adds a clear share of its own, the other (bounded) almost nothing
+    for kind, other in (("static", "execution"), ("execution", "static")):
+        mine, theirs = q[f"{kind}_unique"], q[f"{other}_unique"]
+        if mine.positive and mine.mean >= min_sufficient_share * total and theirs.high <= max_negligible_share * total:
+            return Verdict(kind, f"{kind} features suffice: given them, {other} features add at most "
+                           f"{theirs.high:+.3f} ({max_negligible_share:.0%} of what the features add is the bound), "
+                           f"while {kind} adds {_fmt(mine)} given {other} ({parts})", **common)
+    if su.positive and eu.positive and min(su.mean, eu.mean) >= min_unique_share * total:
+        return Verdict("mixed", f"both kinds carry information the other lacks ({parts})", **common)
+    if sh.mean >= 0.5 * total:
+        why = f"shared information dominates ({shares['shared']:.0%} of what the features add)"
     else:
-        label = "mixed"
-        text += " (not decisively on one side)"
-    return Verdict(label, text, margin=margin, **common, **adds)
+        why = "neither kind dominates, neither suffices and their unique parts are not both clearly positive"
+    return Verdict("undetermined", f"{why}: the kinds cannot be told apart ({parts})", **common)

@@ -14,7 +14,7 @@ from anira.errors import AniraError
 from anira.probes.attribution import attribute, r2_from_gram, gram, shapley
 from anira.probes.decision import decision_probes
 from anira.probes.table import TokenTable
-from anira.probes.verdict import corrected_interval, decide
+from anira.probes.verdict import SetScores, corrected_interval, decide
 
 D = 6
 
@@ -151,17 +151,41 @@ def test_gram_r2_matches_sklearn_and_shapley_sums_to_r2():
     assert sum(phi.values()) == pytest.approx(r2_from_gram(G, [1, 2, 3], 4))
 
 
+def _cv_scores(**sets):
+    """SetScores from per-fold AUROCs (reference 0.5) for the nested sets."""
+    draws = {"reference": np.full(5, 0.5)}
+    draws.update({k.replace("_", "+"): np.asarray(v, dtype=float) for k, v in sets.items()})
+    return SetScores(draws=draws, method="cv", test_fraction=0.2)
+
+
 def test_corrected_interval_is_wider_than_naive_and_decide_rules():
     diffs = [0.10, 0.12, 0.08, 0.11, 0.09]
     iv = corrected_interval(diffs, test_fraction=0.2)
     naive_se = np.std(diffs, ddof=1) / np.sqrt(5)
     assert iv.se > naive_se and iv.low < 0.1 < iv.high
-    ref = [0.5] * 5
-    assert decide({"static": [0.6] * 5, "execution": [0.9, 0.92, 0.88, 0.91, 0.9], "both": [0.9] * 5}, ref,
-                  test_fraction=0.2).label == "execution"
-    assert decide({"static": [0.51, 0.5, 0.49, 0.5, 0.5], "execution": [0.5] * 5, "both": [0.5, 0.51, 0.49, 0.5, 0.5]},
-                  ref, test_fraction=0.2).label == "none"
-    assert decide({"static": [0.8] * 5, "both": [0.8] * 5}, ref, test_fraction=0.2).label == "undetermined"
+    jitter = np.array([0.0, 0.01, -0.01, 0.005, -0.005])
+    base = 0.5 + jitter
+    # execution carries it, static adds nothing once execution is known
+    ex = _cv_scores(baseline=base, baseline_static=base + 0.1, baseline_execution=base + 0.4,
+                    baseline_both=base + 0.4 + jitter / 10)
+    assert decide(ex, metric="AUROC").label == "execution"
+    # nothing beyond the reference
+    assert decide(_cv_scores(baseline=base, baseline_static=base, baseline_execution=base, baseline_both=base),
+                  metric="AUROC").label == "none"
+    # the baseline explains it and the features add nothing
+    assert decide(_cv_scores(baseline=base + 0.3, baseline_static=base + 0.3, baseline_execution=base + 0.3,
+                             baseline_both=base + 0.3), metric="AUROC").label == "baseline"
+    # each kind alone explains all of it: shared, the kinds cannot be told apart
+    shared = _cv_scores(baseline=base, baseline_static=base + 0.3, baseline_execution=base + 0.3,
+                        baseline_both=base + 0.3)
+    v = decide(shared, metric="AUROC")
+    assert v.label == "undetermined" and "shared information dominates" in v.reason
+    # both kinds add their own part
+    both = _cv_scores(baseline=base, baseline_static=base + 0.2, baseline_execution=base + 0.2,
+                      baseline_both=base + 0.35)
+    assert decide(both, metric="AUROC").label == "mixed"
+    no_exec = _cv_scores(baseline=base, baseline_static=base + 0.3, baseline_both=base + 0.3)
+    assert decide(no_exec, metric="AUROC", kinds_present=["static"]).label == "undetermined"
 
 
 def test_too_few_instances_for_the_folds_is_a_clear_error():

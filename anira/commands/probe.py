@@ -33,25 +33,32 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--batch-size", default="64", metavar="B", help="instances per forward pass (default 64)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--option", action="append", default=[], metavar="SUITE.KEY=VALUE",
-                        help="a suite option, e.g. decision.n_splits=3 or attribution.token_set=answer (repeatable)")
+                        help="a suite option, e.g. decision.n_splits=3 or attribution.token_set=answer; "
+                        "'*.KEY=VALUE' sets it on every suite that has it (repeatable; options: docs/probes.md)")
+    parser.add_argument("--depth-rule", default=None, metavar="RULE",
+                        help="replace the policy's halting by a planted rule over the task's per-token features, "
+                        "e.g. '1 + in_degree', 'where(tok(\"=\"), 4, 1)', '1 + 6 * rand()' (docs/probes.md)")
+    parser.add_argument("--policy", default=None, metavar="NAME",
+                        help="put a training-free halting policy on the checkpoint first (exit-kl, exit-latent, "
+                        "exit-entropy)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="policy.KEY=VALUE",
+                        help="an option of --policy, e.g. policy.threshold=1e-3 (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (docs/probes.md)")
     parser.add_argument("--out", metavar="DIR", default=None, help="write probe.json and probe_report.html here")
     parser.set_defaults(func=cmd_probe)
 
 
-def parse_options(raw: list[str], suites: list[str]) -> dict[str, dict[str, str]]:
-    """``["decision.n_splits=3"]`` -> ``{"decision": {"n_splits": "3"}}``; ``*.key=v`` sets every suite."""
-    out: dict[str, dict[str, str]] = {}
-    for item in raw:
+def parse_policy_sets(items: list[str]) -> dict[str, str]:
+    """``["policy.threshold=1e-3"]`` -> ``{"threshold": "1e-3"}`` (only the policy section here)."""
+    out: dict[str, str] = {}
+    for item in items:
         key, sep, value = item.partition("=")
-        suite, dot, name = key.partition(".")
-        if not sep or not dot or not suite or not name:
-            raise AniraError(f"--option must look like SUITE.KEY=VALUE, got {item!r}")
-        targets = suites if suite == "*" else [suite]
-        if suite != "*" and suite not in suites:
-            raise AniraError(f"--option {item!r}: suite {suite!r} is not being run ({', '.join(suites)})")
-        for target in targets:
-            out.setdefault(target, {})[name] = value
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise AniraError(f"--set expects policy.KEY=VALUE, got {item!r}")
+        if section != "policy":
+            raise AniraError(f"--set {key.strip()}: anira probe takes only policy.* options (of --policy)")
+        out[name] = value
     return out
 
 
@@ -59,17 +66,25 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import torch
 
     from anira.commands.eval import int_arg, tqdm_progress
+    from anira.probes.options import parse_cli_options, resolve_options
     from anira.probes.report import format_summary, to_json, write_probe_report
-    from anira.probes.run import discover_checkpoints, parse_suite_names, probe_checkpoint
+    from anira.probes.run import discover_checkpoints, parse_suite_names, preflight_checkpoint, probe_checkpoint
     from anira.probes.suites import resolve_suites
     from anira.registry import default_registry
 
+    # every check that needs no collection comes first: bad input costs nothing
     n = int_arg("--n", args.n, 1)
     seed = int_arg("--seed", args.seed, 0)
     batch_size = int_arg("--batch-size", args.batch_size, 1)
     registry = default_registry()
-    suites = [s.name for s in resolve_suites(parse_suite_names(args.suite), registry)]
-    options = parse_options(args.option, suites)
+    resolved = resolve_suites(parse_suite_names(args.suite), registry)
+    suites = [s.name for s in resolved]
+    options = resolve_options(resolved, parse_cli_options(args.option))
+    policy_options = parse_policy_sets(args.sets)
+    if policy_options and not args.policy:
+        raise AniraError("--set policy.* needs --policy NAME")
+    if args.policy is not None:
+        registry.policy(args.policy)
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise AniraError(f"{args.out}: exists and is not a directory")
     paths = [Path(p) for p in args.checkpoints] or discover_checkpoints()
@@ -79,6 +94,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for p in paths:
         if not p.exists():
             raise AniraError(f"{p}: no such checkpoint or run directory")
+        preflight_checkpoint(p, registry=registry, options=options, depth_rule=args.depth_rule,
+                             policy=args.policy, policy_options=policy_options)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     from tqdm import tqdm
@@ -99,7 +116,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         try:
             results.append(probe_checkpoint(path, suites=suites, options=options, n=n, seed=seed,
                                             batch_size=batch_size, device=device, progress=progress,
-                                            on_suite=on_suite))
+                                            on_suite=on_suite, depth_rule=args.depth_rule, policy=args.policy,
+                                            policy_options=policy_options, registry=registry))
         finally:
             close()
             bar.close()

@@ -1,0 +1,138 @@
+"""The solved-instances filter, checked.
+
+The paper analyses correctly solved instances only: its execution features
+describe the reference algorithm, which is what a model that solves the
+instance computes. But when correctness depends on depth (a shallow token
+fails more often on a hard step), keeping solved instances links depth to the
+features by selection alone: random depths can then read "mixed", "static"
+or "execution".
+
+So every verdict on solved instances is computed three more times:
+
+* on **all** instances (no filter);
+* on the **null control** (``table.null``, see
+  :mod:`anira.probes.collect`): depths permuted within instance size, the
+  model re-run with them, then the *same* filter. Within a size those depths
+  depend on no feature, so any feature signal the null shows through the
+  filter was made by the filter. The null is read with the size one-hot
+  added to the baseline (its depths still follow size by construction).
+  It **passes** when it reads ``none`` or ``baseline``;
+* the null on all instances (a sanity check: it should read ``none`` too).
+
+Option ``correct_only``:
+
+* ``auto`` (default): the headline is the solved-only verdict (the paper's
+  protocol) when the null control passes, else the all-instance verdict;
+  without a null control (a stored table collected without one) the
+  headline is the all-instance verdict;
+* ``true``: the solved-only verdict, whatever the null says (flagged when it
+  fails);
+* ``false``: every instance; no filter, nothing to check.
+
+Disagreements are flagged (``flags`` in the suite's data, the CLI summary and
+the report): the null failing, and solved-only and all-instance verdicts
+differing. When every instance is solved the filter selects nothing and one
+analysis serves both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from anira.errors import AniraError
+from anira.probes.table import TokenTable
+from anira.probes.verdict import NULL_LABELS
+
+#: analyse(table, correct_only, size_in_baseline) -> (JSON-able result with "verdict", notes)
+Analysis = Callable[[TokenTable, bool, bool], tuple[dict[str, Any], list[str]]]
+
+
+def solved_share(table: TokenTable) -> float:
+    if table.n_rows == 0:
+        return float("nan")
+    _, first = np.unique(table["instance"], return_index=True)
+    return float(np.mean(table["correct"][first]))
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    verdict = result.get("verdict") or {}
+    return {"label": verdict.get("label"), "reason": verdict.get("reason"), "n_tokens": result.get("n_tokens"),
+            "n_instances": result.get("n_instances")}
+
+
+def _attempt(analyse: Analysis, table: TokenTable, correct_only: bool, size: bool
+             ) -> tuple[dict[str, Any] | None, list[str], str | None]:
+    try:
+        result, notes = analyse(table, correct_only, size)
+        return result, notes, None
+    except AniraError as exc:
+        return None, [], str(exc)
+
+
+def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
+                         ) -> tuple[dict[str, Any], list[str]]:
+    """Run ``analyse`` under the solved filter and its checks (module docstring);
+    returns the headline result, with ``selection`` and ``flags`` added."""
+    if correct_only not in ("auto", True, False):
+        raise AniraError(f"correct_only must be auto, true or false; got {correct_only!r}")
+    if correct_only is False:
+        result, notes = analyse(table, False, False)
+        result["selection"] = {"mode": "false", "headline": "all", "solved_share": solved_share(table)}
+        result.setdefault("flags", [])
+        return result, notes
+    share = solved_share(table)
+    if share == 1.0:
+        result, notes = analyse(table, True, False)
+        result["selection"] = {"mode": str(correct_only).lower(), "headline": "solved", "solved_share": 1.0,
+                               "note": "every instance is solved: the filter selects nothing"}
+        result.setdefault("flags", [])
+        return result, notes
+
+    runs: dict[str, tuple[dict[str, Any] | None, list[str], str | None]] = {
+        "solved": _attempt(analyse, table, True, False),
+        "all": _attempt(analyse, table, False, False),
+    }
+    null = table.null
+    if null is not None:
+        runs["null_solved"] = _attempt(analyse, null, True, True)
+        runs["null_all"] = _attempt(analyse, null, False, True)
+    label = {k: (r[0]["verdict"]["label"] if r[0] is not None else None) for k, r in runs.items()}
+    passes: bool | None = None
+    if "null_solved" in runs and runs["null_solved"][0] is not None:
+        passes = label["null_solved"] in NULL_LABELS
+    if correct_only is True or passes is True:
+        headline = "solved"
+    else:
+        headline = "all"
+    if runs[headline][0] is None:  # e.g. no solved instance at all
+        other = "all" if headline == "solved" else "solved"
+        if correct_only is True or runs[other][0] is None:
+            raise AniraError(runs[headline][2] or "nothing to analyse")
+        headline = other
+    result, notes, _ = runs[headline]
+    assert result is not None
+
+    flags: list[str] = []
+    if passes is False:
+        flags.append(f"selection: the null control (depths permuted within size, model re-run) reads "
+                     f"'{label['null_solved']}' on solved instances — keeping solved instances manufactures "
+                     f"signal here" + ("; the headline uses every instance" if headline == "all" else
+                                        "; the headline still uses solved instances (correct_only=true)"))
+    if label.get("solved") and label.get("all") and label["solved"] != label["all"]:
+        flags.append(f"selection: solved instances read '{label['solved']}', all instances read "
+                     f"'{label['all']}' (headline: {headline})")
+    if null is None and correct_only == "auto":
+        flags.append("selection: no null control in this table (collected without one): the headline uses every "
+                     "instance")
+    if label.get("null_all") not in (None, *NULL_LABELS):
+        flags.append(f"selection: the null control reads '{label['null_all']}' even on all instances: chance, or "
+                     "depths that follow something the permutation kept (role, size)")
+    verdicts = {k: (_summary(r[0]) if r[0] is not None else {"label": None, "skipped": r[2]}) for k, r in runs.items()}
+    result["selection"] = {"mode": str(correct_only).lower(), "headline": headline, "solved_share": share,
+                           "null_passes": passes, "verdicts": verdicts}
+    result["flags"] = list(result.get("flags", [])) + flags
+    notes = list(notes) + [f"selection: headline from {'solved' if headline == 'solved' else 'all'} instances "
+                           f"({share:.1%} solved); " + ", ".join(f"{k} → {v['label']}" for k, v in verdicts.items())]
+    return result, notes
