@@ -212,3 +212,37 @@ def test_unknown_policy_names_the_plugin_that_failed_to_load(site, monkeypatch, 
     assert code == 2 and len(lines) == 1
     assert "failed to import" in lines[0] and "my-halting" in lines[0]
     assert not (site / "run").exists()  # nothing half-written
+
+
+def test_a_policy_bug_in_training_is_one_line_and_leaves_no_run_behind(site, capsys):
+    """A plugin whose step returns (b,) continue weights: `anira train` prints one line
+    naming the plugin and the method, and leaves no run directory, so the same command
+    can run again once the plugin is fixed."""
+    _fake_distribution(site, "bad-shape", "bad-shape", "broken_bad_shape", """
+        import torch
+        from anira.hookspecs import hookimpl
+        from anira.plugins.policies.fixed import FixedDepth
+
+        class BadShape(FixedDepth):
+            name = "bad-shape"
+
+            def step(self, state, h, t, ctx, emit):
+                return state, torch.ones(h.shape[0], dtype=h.dtype)
+
+        @hookimpl
+        def register_halting_policies(register):
+            register(BadShape)
+        """)
+    from anira.registry import default_registry
+
+    default_registry.cache_clear()
+    out = site / "run"
+    try:
+        code = main(["train", "--preset", "smoke", "--policy", "bad-shape", "--out", str(out),
+                     "--set", "train.steps=2", "--set", "train.data_pool=0"])
+    finally:
+        default_registry.cache_clear()
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("train:")]
+    assert code == 2 and len(lines) == 1, lines  # (progress bars aside)
+    assert lines[-1].startswith("anira: error: halting policy 'bad-shape' (broken_bad_shape.BadShape): step returned")
+    assert not out.exists()
