@@ -5,12 +5,15 @@ question tokens for MANO; see :mod:`anira.probes.featureset`), target =
 expected depth Σ_d d·q(d):
 
 **The verdict** (:mod:`anira.probes.verdict`): a commonality analysis of the
-adjusted R² of four nested least-squares fits — the token-identity and
+held-out R² of four nested least-squares fits — the token-identity and
 position baseline B, B + static, B + execution, B + both — which separates
 what each kind carries on its own from what both carry (the shared part),
 and reads ``undetermined`` when the shared part keeps the kinds apart. It
 uses every candidate feature: collinearity does not bias the R² of a set, it
-only moves variance into the shared part, where it belongs.
+only moves variance into the shared part, where it belongs. R² is measured on
+held-out instances (5-fold splits by instance, repeated 4 times, Nadeau–Bengio
+intervals): an in-sample R² (or its bootstrap) is biased upwards, enough to
+call random depths "signal" when the baseline has many indicator columns.
 
 **The paper's protocol** (its Table 2), for the per-feature coefficients:
 
@@ -85,16 +88,6 @@ def _solve(G: np.ndarray, cols: list[int], target: int) -> tuple[float, int]:
 def r2_from_gram(G: np.ndarray, cols: list[int], target: int) -> float:
     """R² of regressing column ``target`` on the intercept (column 0) and ``cols``."""
     return _solve(G, cols, target)[0]
-
-
-def adjusted_r2_from_gram(G: np.ndarray, cols: list[int], target: int) -> float:
-    """Adjusted R², 1 − (1 − R²)(n − 1)/(n − p − 1), with n the total weight and p
-    the rank of the design beyond the intercept (collinear columns count once)."""
-    r2, rank = _solve(G, cols, target)
-    n, p = float(G[0, 0]), rank - 1
-    if n - p - 1 <= 0:
-        return float("nan")
-    return 1.0 - (1.0 - r2) * (n - 1.0) / (n - p - 1.0)
 
 
 def shapley(groups: dict[str, list[int]], value: Any) -> dict[str, float]:
@@ -272,17 +265,51 @@ def protocol_shares(G: np.ndarray, design: Design, kept: list[str], min_delta_r2
     return selected, r2, shares
 
 
-def partition_scores(G: np.ndarray, design: Design) -> dict[str, float]:
-    """Adjusted R² of the nested sets of the verdict (reference = 0)."""
+def _sets(design: Design) -> dict[str, list[int]]:
     base = design.baseline
     static, execution = design.basis["static"], design.basis["execution"]
-    t = design.target
+    return {"reference": [], "static": static, "execution": execution, "baseline": base,
+            "baseline+static": base + static, "baseline+execution": base + execution,
+            "baseline+both": base + static + execution}
 
-    def adj(cols: list[int]) -> float:
-        return adjusted_r2_from_gram(G, cols, t) if cols else 0.0
 
-    return {"reference": 0.0, "baseline": adj(base), "baseline+static": adj(base + static),
-            "baseline+execution": adj(base + execution), "baseline+both": adj(base + static + execution)}
+def heldout_r2(G_train: np.ndarray, G_test: np.ndarray, cols: list[int], target: int) -> float:
+    """Out-of-sample R² on the test rows of the least-squares fit on the training
+    rows (both given as Gram matrices of ``[1, ..., y]``): 1 − SSE/SST, with SST
+    around the *training* mean, so predicting that mean scores about 0."""
+    S = [0, *cols]
+    beta = np.linalg.lstsq(G_train[np.ix_(S, S)], G_train[S, target], rcond=None)[0]
+    sse = G_test[target, target] - 2 * beta @ G_test[S, target] + beta @ G_test[np.ix_(S, S)] @ beta
+    mean = G_train[0, target] / G_train[0, 0]
+    sst = G_test[target, target] - 2 * mean * G_test[0, target] + mean**2 * G_test[0, 0]
+    return float(1.0 - sse / sst) if sst > 0 else float("nan")
+
+
+def partition_scores(Z: np.ndarray, design: Design, instance: np.ndarray, n_splits: int, repeats: int, seed: int
+                     ) -> tuple[dict[str, np.ndarray], float]:
+    """Held-out R² of the verdict's nested sets on ``repeats`` × ``n_splits``-fold
+    splits by instance (each repeat a fresh random assignment of instances to
+    folds): set name -> one value per split, and the mean test fraction."""
+    _, inverse = np.unique(instance, return_inverse=True)
+    n_inst = int(inverse.max()) + 1
+    rng = np.random.default_rng([seed, 0xCF])
+    G_all = gram(Z)
+    sets = _sets(design)
+    out: dict[str, list[float]] = {name: [] for name in sets}
+    fractions = []
+    for _ in range(repeats):
+        fold_of = rng.permutation(n_inst) % n_splits
+        row_fold = fold_of[inverse]
+        for f in range(n_splits):
+            test = row_fold == f
+            if not test.any() or test.all():
+                continue
+            G_test = gram(Z[test])
+            G_train = G_all - G_test
+            fractions.append(float(test.mean()))
+            for name, cols in sets.items():
+                out[name].append(heldout_r2(G_train, G_test, cols, design.target))
+    return {k: np.asarray(v) for k, v in out.items()}, float(np.mean(fractions)) if fractions else 0.2
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,10 +385,11 @@ def _varies_within(values: np.ndarray, groups: np.ndarray) -> bool:
 
 def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool = True,
               target: str = "expected_depth", corr_threshold: float = 0.8, vif_threshold: float = 5.0,
-              min_delta_r2: float = 0.005, min_share_gap: float = 0.2, min_r2: float = 0.01,
+              min_delta_r2: float = 0.005, min_sufficient_share: float = 0.2, max_negligible_share: float = 0.1,
+              max_claim_share: float = 0.5, min_unique_share: float = 0.1, min_r2: float = 0.01,
               min_coverage: float = 0.5, features: list[str] | None = None, n_boot: int = 200,
               baseline: str | tuple[str, ...] = "token,position", size_in_baseline: bool = False,
-              seed: int = 0) -> tuple[dict[str, Any], list[str]]:
+              cv_folds: int = 5, cv_repeats: int = 4, seed: int = 0) -> tuple[dict[str, Any], list[str]]:
     """Run the attribution on ``table``; returns (JSON-able result, notes).
 
     ``size_in_baseline`` adds the size one-hot to the baseline (the selection
@@ -377,7 +405,7 @@ def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool 
     y = table[target][rows].astype(np.float64)
     groups_ = table.groups(rows)
     n_inst = int(np.unique(groups_).size)
-    if rows.size < len(sel.names) + 3 or n_inst < 3:
+    if rows.size < len(sel.names) + 3 or n_inst < max(3, cv_folds):
         raise AniraError(f"too few tokens to fit ({rows.size} tokens of {n_inst} instances for {len(sel.names)} features)")
     if np.ptp(y) == 0:
         raise AniraError(f"the target {target} is constant ({y[0]:g}) on the analysed tokens: no compute variation to attribute")
@@ -405,9 +433,18 @@ def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool 
     share_static = share.get("static", 0.0 if selected else float("nan"))
     share_execution = share.get("execution", 0.0 if selected else float("nan"))
 
-    # the verdict's commonality analysis and the protocol's shares, on every replicate
-    point_scores = partition_scores(G0, design)
-    draws: dict[str, list[float]] = {name: [] for name in point_scores}
+    # the verdict: held-out R² of the nested sets (grouped cross-validation, repeated)
+    scores, test_fraction = partition_scores(Z, design, groups_, cv_folds, cv_repeats, seed)
+    kinds_present = [k for k in KINDS if design.of_kind(k)]
+    if min(len(v) for v in scores.values()) >= 2:
+        verdict = decide(SetScores(draws=scores, method="cv", test_fraction=test_fraction), metric="held-out R²",
+                         kinds_present=kinds_present, min_effect=min_r2, min_sufficient_share=min_sufficient_share,
+                         max_negligible_share=max_negligible_share, min_unique_share=min_unique_share,
+                         max_claim_share=max_claim_share).to_dict()
+    else:
+        verdict = {"label": "undetermined", "reason": "too few instances for the cross-validation", "metric": "held-out R²"}
+
+    # the paper's protocol on every bootstrap replicate: screening, selection, shares
     boot_r2, boot_static, boot_exec = [], [], []
     kept_count = dict.fromkeys(sel.names, 0)
     selected_count = dict.fromkeys(sel.names, 0)
@@ -415,8 +452,6 @@ def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool 
     candidate_kinds = {sel.kinds[n] for n in sel.names}
     if n_boot > 0:
         for G in replicate_grams(Z, groups_, n_boot, seed):
-            for name, value in partition_scores(G, design).items():
-                draws[name].append(value)
             kept_b, _, _ = screen(G, design, corr_threshold, vif_threshold)
             chosen, r2_b, shares_b = protocol_shares(G, design, kept_b, min_delta_r2)
             boot_r2.append(r2_b)
@@ -429,15 +464,6 @@ def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool 
             for kind in candidate_kinds:
                 if not design.of_kind(kind, kept_b):
                     screened_out[kind] += 1
-    scores = SetScores(draws={k: np.asarray(v) for k, v in draws.items()}, method="bootstrap",
-                       point=point_scores)
-    kinds_present = [k for k in KINDS if design.of_kind(k)]
-    if n_boot > 1:
-        verdict = decide(scores, metric="adjusted R²", kinds_present=kinds_present, min_effect=min_r2,
-                         min_share_gap=min_share_gap).to_dict()
-    else:
-        verdict = {"label": "undetermined", "reason": "no bootstrap (n_boot < 2): no interval to decide on",
-                   "metric": "adjusted R²"}
     boot: dict[str, Any] = {}
     if n_boot > 0:
         diff = np.asarray(boot_exec) - np.asarray(boot_static)
@@ -455,8 +481,9 @@ def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool 
         "n_instances": n_inst,
         "candidates": sel.names,
         "baseline": base.describe(),
-        "partition": {"adjusted_r2": point_scores,
-                      "adjusted_r2_ci": {k: _ci(np.asarray(v)) for k, v in draws.items() if k != "reference"}},
+        "partition": {"heldout_r2": {k: float(np.nanmean(v)) if len(v) else None for k, v in scores.items()},
+                      "heldout_r2_folds": {k: v.tolist() for k, v in scores.items()},
+                      "splits": f"{cv_repeats} × {cv_folds}-fold by instance"},
         "verdict": verdict,
         "reading": verdict["label"],
         "dropped_correlated": corr_dropped,
@@ -471,7 +498,8 @@ def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool 
         "bootstrap": boot,
         "flags": flags,
         "thresholds": {"corr": corr_threshold, "vif": vif_threshold, "min_delta_r2": min_delta_r2,
-                       "min_share_gap": min_share_gap, "min_r2": min_r2},
+                       "min_sufficient_share": min_sufficient_share, "max_negligible_share": max_negligible_share,
+                       "min_unique_share": min_unique_share, "max_claim_share": max_claim_share, "min_r2": min_r2},
     }
     return result, notes
 
@@ -526,7 +554,9 @@ class AttributionSuite:
         "corr_threshold": Option(0.8, "paper's screen: drop one of a pair with |r| above this", minimum=0.0, maximum=1.0),
         "vif_threshold": Option(5.0, "paper's screen: drop features until every VIF is below this", minimum=1.0),
         "min_delta_r2": Option(0.005, "paper's selection: keep features with ΔR² above this", minimum=0.0),
-        "min_r2": Option(0.01, "the verdict's smallest adjusted R² gain that counts", minimum=0.0),
+        "min_r2": Option(0.01, "the verdict's smallest held-out R² gain that counts", minimum=0.0),
+        "cv_folds": Option(5, "the verdict's folds (by instance)", minimum=2),
+        "cv_repeats": Option(4, "repeats of the folds, each a new random assignment", minimum=1),
         "n_boot": Option(200, "bootstrap replicates (by instance)", minimum=0),
     }
 
@@ -541,23 +571,26 @@ class AttributionSuite:
             return attribute(
                 t, token_set=opts["token_set"], correct_only=correct_only, target=opts["target"],
                 corr_threshold=opts["corr_threshold"], vif_threshold=opts["vif_threshold"],
-                min_delta_r2=opts["min_delta_r2"], min_share_gap=opts["min_share_gap"], min_r2=opts["min_r2"],
+                min_delta_r2=opts["min_delta_r2"], min_sufficient_share=opts["min_sufficient_share"],
+                max_negligible_share=opts["max_negligible_share"], min_unique_share=opts["min_unique_share"],
+                max_claim_share=opts["max_claim_share"], min_r2=opts["min_r2"],
                 min_coverage=opts["min_coverage"], features=opts["features"], n_boot=opts["n_boot"],
-                baseline=opts["baseline"], size_in_baseline=size_in_baseline, seed=context.seed)
+                baseline=opts["baseline"], size_in_baseline=size_in_baseline, cv_folds=opts["cv_folds"],
+                cv_repeats=opts["cv_repeats"], seed=context.seed)
 
         result, notes = with_selection_check(analyse, table, opts["correct_only"])
         from anira.probes.figures import attribution_figure
 
         ctrl = result["controlled"]
-        part = result["partition"]["adjusted_r2"]
+        part = result["partition"]["heldout_r2"]
         headline = {
             "tokens": f"{result['token_set']} ({result['n_tokens']})",
             "R²": result["selected"]["r2"],
             "R² | size": ctrl["r2"] if ctrl else None,
             "share static": result["share_static"],
             "share execution": result["share_execution"],
-            "adj. R² baseline": part["baseline"],
-            "adj. R² baseline+both": part["baseline+both"],
+            "R² baseline (held out)": part["baseline"],
+            "R² baseline+both (held out)": part["baseline+both"],
             "reading": result["reading"],
             "instances": result["selection"]["headline"],
             "flags": len(result["flags"]),

@@ -53,6 +53,9 @@ class CausalBatch:
     #: (b, p) forced exit depths (a planted rule, ``depth_fn``): every pass, clean or
     #: ablated, runs exactly these depths; None: the policy decides
     exit_depths: Tensor | None = None
+    #: the examples' per-token task features (name -> (b, p)), handed to the model as
+    #: ``features=`` so a policy that reads them (``ctx.features``) halts as in collection
+    features: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -138,7 +141,11 @@ def run_outcome(
             mask = torch.as_tensor(np.asarray(where[i], dtype=bool), device=model.device)
             U = torch.as_tensor(components, dtype=torch.float32, device=model.device)
             hooks = ablation_hooks(model, t, U, mask, record)
-        kwargs = {} if batch.exit_depths is None else {"exit_depths": batch.exit_depths.to(model.device)}
+        kwargs: dict[str, Any] = {}
+        if batch.exit_depths is not None:
+            kwargs["exit_depths"] = batch.exit_depths.to(model.device)
+        if batch.features:
+            kwargs["features"] = {k: v.to(model.device) for k, v in batch.features.items()}
         out = model.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks, **kwargs)
         shape = tuple(out.exit_depth.shape)
         running = record.get("running")
@@ -334,7 +341,7 @@ def intervention_batches(
     measured on instances the probe direction was not fitted on). With a planted
     rule ``depth_fn`` each batch carries the rule's depths.
     Returns the batches, their examples (batch-major) and skipped difficulties."""
-    from anira.probes.collect import _forced_depths, spread
+    from anira.probes.collect import _forced_depths, feature_tensors, spread
     from anira.task import collate
 
     ks = list(task.ranges.values("test_id"))
@@ -357,7 +364,7 @@ def intervention_batches(
         if depth_fn is not None:
             forced = torch.as_tensor(_forced_depths(depth_fn, chunk, batch.tokens.shape, int(model.cfg.max_iters)))
         batches.append(CausalBatch(tokens=torch.as_tensor(batch.tokens), answer=batch.answer_mask, examples=chunk,
-                                   exit_depths=forced))
+                                   exit_depths=forced, features=feature_tensors(chunk, batch.tokens.shape[1])))
     return batches, examples, skipped
 
 

@@ -144,7 +144,8 @@ class ModelRunner:
                  sites: Sequence[str] = ()) -> BatchOutcome:
         model = self.model
         tokens = torch.as_tensor(batch.tokens, device=model.device)
-        kwargs: dict[str, Any] = {}
+        # policies that read the input see the task's per-token features (ctx.features)
+        kwargs: dict[str, Any] = {"features": feature_tensors(examples, batch.tokens.shape[1], model.device)}
         if forced is not None:
             kwargs["exit_depths"] = torch.as_tensor(forced, device=model.device)
         if sites:
@@ -166,6 +167,15 @@ class ModelRunner:
             token_correct=token_correct,
             hidden=hidden,
         )
+
+
+def feature_tensors(examples: list[Example], width: int, device: Any = None) -> dict[str, torch.Tensor]:
+    """The examples' per-token task features as (b, width) float32 tensors (NaN where
+    undefined and on padding): what ``model(tokens, features=...)`` hands a policy
+    as ``ctx.features``."""
+    names = list(examples[0].features) if examples else []
+    return {name: torch.as_tensor(_padded(examples, width, lambda e, n=name: e.features.get(n), np.nan),
+                                  dtype=torch.float32, device=device) for name in names}
 
 
 #: ``correct_fn(example, depths) -> bool``: is the instance solved when its positions

@@ -1,5 +1,6 @@
 """Decision-probe suite: can a linear classifier predict the halting decision
-from static features, from execution features, or from both?
+from static features, from execution features, or from both — beyond what
+token identity and position give away?
 
 Two probes, picked by the policy's timing (option ``mode``: auto | early | online):
 
@@ -12,14 +13,21 @@ Two probes, picked by the policy's timing (option ``mode``: auto | early | onlin
   sets are judged on what they add beyond "how far the loop has got".
 
 Every probe is the stock ``make_pipeline(StandardScaler(),
-LogisticRegression(class_weight="balanced", solver="newton-cholesky"))`` (balanced so a rare exit is
-not ignored), scored by GroupKFold by instance (never by token): balanced
-accuracy and AUROC (binary, or macro one-vs-rest over the classes present in
-the test fold), mean ± std over folds. Baselines on the same folds: the
-majority class (DummyClassifier), shuffled labels (the both-features probe
-fit on labels permuted across rows: no signal by construction), and for the
-online probe the iteration-only reference. The verdict is
-:func:`anira.probes.verdict.decide` on the per-fold AUROCs.
+LogisticRegression())`` (Newton steps for binary labels, L-BFGS for
+multinomial ones), scored by GroupKFold by instance (never by token). Feature
+sets: each kind on its own and both (through the additive basis of
+:func:`anira.probes.featureset.feature_basis`), and the verdict's nested sets
+— the token-identity and position baseline, plus static, plus execution, plus
+both. Per fold: **held-out deviance explained** (McFadden's 1 − NLL / NLL of
+the training class frequencies: the information the set carries about the
+decision, additive over nested sets, which is what the verdict's commonality
+analysis needs), balanced accuracy (prior-corrected argmax) and AUROC
+(binary, or macro one-vs-rest), mean ± std over folds. Baselines on the same
+folds: the class frequencies (DummyClassifier), shuffled labels (the plain
+both-features probe fit on labels permuted across rows: no signal by
+construction), the token/position baseline, and for the online probe the
+iteration-only reference. The verdict is :func:`anira.probes.verdict.decide`
+on the per-fold deviance explained.
 
 Very large tables are subsampled to ``max_rows`` probe rows by whole
 instances (a note says so).
@@ -46,15 +54,19 @@ from anira.probes.table import TokenTable
 from anira.probes.verdict import SetScores, decide
 
 ONLINE_TIMINGS = ("online", "training-free")
+#: what the verdict compares: held-out deviance explained (additive in information, so
+#: the commonality analysis of the nested sets means what it does for R²; AUROC is not)
+METRIC = "deviance_explained"
 
 
 def make_probe(seed: int = 0, n_classes: int = 2) -> Any:
     # the same convex optimum either way; binary (online) probes have many rows and few
     # columns, where a handful of exact Newton steps is fastest, while the multinomial
     # (early) probe's Newton Hessian grows with (columns × classes)², where L-BFGS wins
+    # unweighted, so the probabilities are calibrated: the verdict scores held-out
+    # log-likelihood; balanced accuracy corrects the decision rule for class priors instead
     solver = "newton-cholesky" if n_classes <= 2 else "lbfgs"
-    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", solver=solver,
-                                                              max_iter=1000, random_state=seed))
+    return make_pipeline(StandardScaler(), LogisticRegression(solver=solver, max_iter=1000, random_state=seed))
 
 
 def auroc(positive: np.ndarray, score: np.ndarray) -> float:
@@ -91,29 +103,54 @@ def macro_auroc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     return float(np.mean(aucs))
 
 
+#: probabilities are mixed with this much of the uniform distribution before the log
+#: (a class absent from a training fold must not cost an infinite loss)
+SMOOTH = 1e-4
+
+
+def log_loss(y: np.ndarray, proba: np.ndarray, classes: np.ndarray, all_classes: np.ndarray) -> float:
+    """Mean negative log-likelihood of ``y`` under ``proba`` (columns ``classes``),
+    spread over ``all_classes`` and smoothed (:data:`SMOOTH`)."""
+    full = np.zeros((len(y), len(all_classes)))
+    index = {c: i for i, c in enumerate(all_classes)}
+    for j, c in enumerate(classes):
+        full[:, index[c]] = proba[:, j]
+    full = (1 - SMOOTH) * full + SMOOTH / len(all_classes)
+    picked = full[np.arange(len(y)), [index[c] for c in y]]
+    return float(-np.mean(np.log(picked)))
+
+
 def cross_validate(make: Any, X: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]
                    ) -> dict[str, Any]:
-    """Per-fold balanced accuracy and AUROC, plus out-of-fold P(y = positive class)
-    for binary labels (used for per-depth breakdowns)."""
-    bacc, auc = [], []
+    """Per fold: held-out deviance explained (McFadden's 1 − NLL(model) / NLL(training
+    class frequencies), what the verdict compares), balanced accuracy (argmax of
+    P(c | x) / P(c), the decision rule of a class-balanced classifier) and AUROC; plus
+    out-of-fold P(y = positive class) for binary labels (per-depth breakdowns)."""
+    bacc, auc, dev = [], [], []
     oof = np.full(len(y), np.nan)
+    all_classes = np.unique(y)
     for train, test in folds:
         if np.unique(y[train]).size < 2:
             bacc.append(np.nan)
             auc.append(np.nan)
+            dev.append(np.nan)
             continue
         model = make().fit(X[train], y[train])
         proba = model.predict_proba(X[test])
-        bacc.append(balanced_accuracy(y[test], model.classes_[proba.argmax(1)]))
-        auc.append(macro_auroc(y[test], proba, model.classes_))
-        if len(model.classes_) == 2:
+        classes = model.classes_
+        prior = np.array([np.mean(y[train] == c) for c in classes])
+        bacc.append(balanced_accuracy(y[test], classes[(proba / prior).argmax(1)]))
+        auc.append(macro_auroc(y[test], proba, classes))
+        null = log_loss(y[test], np.broadcast_to(prior, proba.shape), classes, all_classes)
+        dev.append(1.0 - log_loss(y[test], proba, classes, all_classes) / null if null > 0 else np.nan)
+        if len(classes) == 2:
             oof[test] = proba[:, 1]
-    return {"balanced_accuracy": bacc, "auroc": auc, "oof": oof}
+    return {"balanced_accuracy": bacc, "auroc": auc, "deviance_explained": dev, "oof": oof}
 
 
 def summarize(cv: dict[str, Any]) -> dict[str, Any]:
     out = {}
-    for metric in ("balanced_accuracy", "auroc"):
+    for metric in ("deviance_explained", "balanced_accuracy", "auroc"):
         values = np.asarray(cv[metric], dtype=np.float64)
         finite = values[np.isfinite(values)]
         out[metric] = {
@@ -135,7 +172,8 @@ def _cap_instances(groups: np.ndarray, weight: np.ndarray, max_rows: int, seed: 
 
 def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unknown", token_set: str = "auto",
                     correct_only: bool = True, n_splits: int = 5, min_coverage: float = 0.5, features: list[str] | None = None,
-                    max_rows: int = 200_000, min_effect: float = 0.02, min_share_gap: float = 0.2,
+                    max_rows: int = 200_000, min_effect: float = 0.01, min_sufficient_share: float = 0.2,
+                    max_negligible_share: float = 0.1, min_unique_share: float = 0.1, max_claim_share: float = 0.5,
                     baseline: str | tuple[str, ...] = "token,position", size_in_baseline: bool = False,
                     seed: int = 0) -> tuple[dict[str, Any], list[str]]:
     """Fit and score the decision probes; returns (JSON-able result, notes).
@@ -159,7 +197,7 @@ def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unk
             "features": {k: sel.of_kind(k) for k in ("static", "execution")}}
     if np.unique(depth).size < 2:
         reason = f"the halting decision is constant (every analysed token exits at depth {depth[0]}): nothing to predict"
-        verdict = {"label": "none", "reason": reason, "metric": "AUROC"}
+        verdict = {"label": "none", "reason": reason, "metric": "deviance explained"}
         return {**common, "n_tokens": int(rows.size), "verdict": verdict, "sets": {}, "baselines": {}}, notes
 
     # probe rows: one per token (early) or per (token, depth still running) (online)
@@ -205,18 +243,15 @@ def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unk
         if not names:
             notes.append(f"no {name.split('+')[-1]} features on the {sel.token_set} tokens: the {name} probe is not fitted")
             continue
-        if nested:
-            cols = [j for j, o in enumerate(owner) if o in names]
-            X = np.column_stack([basis[:, cols], B, covariate])
-            described = names + [f"as {len(cols)} basis columns, with the baseline ({base.n_columns} indicators)"]
-        else:
-            X = np.column_stack([table.matrix(names, rows)[token_idx], covariate])
-            described = names
+        cols = [j for j, o in enumerate(owner) if o in names]
+        X = np.column_stack([basis[:, cols]] + ([B] if nested else []) + [covariate])
+        described = names + [f"as {len(cols)} basis columns"
+                             + (f", with the baseline ({base.n_columns} indicators)" if nested else "")]
         cvs[name] = cross_validate(lambda: make_probe(seed, n_classes), X, y, folds)
         sets[name] = {"features": described, **summarize(cvs[name])}
 
     baselines: dict[str, Any] = {}
-    majority = cross_validate(lambda: DummyClassifier(strategy="most_frequent"), np.zeros((len(y), 1)), y, folds)
+    majority = cross_validate(lambda: DummyClassifier(strategy="prior"), np.zeros((len(y), 1)), y, folds)
     baselines["majority"] = summarize(majority)
     X_both = np.column_stack([table.matrix(sel.names, rows)[token_idx], covariate])
     shuffled_y = np.random.default_rng(seed + 1).permutation(y)
@@ -224,32 +259,35 @@ def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unk
     if mode == "online":
         ref = cross_validate(lambda: make_probe(seed, n_classes), covariate, y, folds) if covariate.shape[1] else majority
         baselines["iteration_only"] = summarize(ref)
-        reference = list(ref["auroc"])
+        reference = list(ref[METRIC])
     else:
-        reference = [0.5] * len(folds)  # the majority class ranks nothing: AUROC 0.5 by definition
+        reference = list(majority[METRIC])  # the training class frequencies
     if B.shape[1]:
         X_base = np.column_stack([B, covariate])
         base_cv = cross_validate(lambda: make_probe(seed, n_classes), X_base, y, folds)
         baselines["token_position"] = summarize(base_cv)
-        base_scores = list(base_cv["auroc"])
+        base_scores = list(base_cv[METRIC])
     else:
         base_scores = reference
     draws = {"reference": np.asarray(reference, dtype=np.float64), "baseline": np.asarray(base_scores, dtype=np.float64)}
-    draws.update({k: np.asarray(cvs[k]["auroc"], dtype=np.float64) for k in cvs if k.startswith("baseline+")})
+    draws.update({k: np.asarray(cvs[k][METRIC], dtype=np.float64) for k in cvs if k != "both"})
     kinds_present = [k for k in ("static", "execution") if sel.of_kind(k)]
     if "baseline+both" not in draws:
         draws["baseline+both"] = draws[f"baseline+{kinds_present[0]}"]
     for kind in ("static", "execution"):
         draws.setdefault(f"baseline+{kind}", draws["baseline"])
-    verdict = decide(SetScores(draws=draws, method="cv", test_fraction=test_fraction), metric="AUROC",
-                     kinds_present=kinds_present, min_effect=min_effect, min_share_gap=min_share_gap).to_dict()
+        draws.setdefault(kind, draws["reference"])
+    verdict = decide(SetScores(draws=draws, method="cv", test_fraction=test_fraction), metric="deviance explained",
+                     kinds_present=kinds_present, min_effect=min_effect, min_sufficient_share=min_sufficient_share,
+                     max_negligible_share=max_negligible_share, min_unique_share=min_unique_share,
+                     max_claim_share=max_claim_share).to_dict()
     margin = None
-    if "static" in cvs and "execution" in cvs:  # what the kinds predict on their own (not the verdict)
+    if "static" in cvs and "execution" in cvs:  # AUROC of each kind on its own (reported, not the verdict)
         from anira.probes.verdict import corrected_interval
 
         margin = corrected_interval([e - s for e, s in zip(cvs["execution"]["auroc"], cvs["static"]["auroc"])],
                                     test_fraction).to_dict()
-    verdict["margin"] = margin
+    verdict["auroc_margin"] = margin  # execution − static AUROC, each kind alone
 
     per_depth: dict[str, Any] = {}
     if mode == "online":  # AUROC of the pooled probes within each depth, from out-of-fold predictions
@@ -288,7 +326,8 @@ class DecisionSuite:
                        "depth, label = exits now) or auto (by the policy's timing)", choices=("auto", "early", "online")),
         "n_splits": Option(5, "GroupKFold folds (by instance)", minimum=2),
         "max_rows": Option(200_000, "subsample probe rows above this, by whole instances", minimum=1),
-        "min_effect": Option(0.02, "the verdict's smallest AUROC gain that counts", minimum=0.0),
+        "min_effect": Option(0.01, "the verdict's smallest held-out deviance-explained gain that counts",
+                             minimum=0.0),
     }
 
     def requires(self, context: SuiteContext) -> Requirements:
@@ -302,7 +341,9 @@ class DecisionSuite:
             return decision_probes(
                 t, mode=opts["mode"], timing=context.timing, token_set=opts["token_set"], correct_only=correct_only,
                 n_splits=opts["n_splits"], min_coverage=opts["min_coverage"], features=opts["features"],
-                max_rows=opts["max_rows"], min_effect=opts["min_effect"], min_share_gap=opts["min_share_gap"],
+                max_rows=opts["max_rows"], min_effect=opts["min_effect"], min_sufficient_share=opts["min_sufficient_share"],
+                max_negligible_share=opts["max_negligible_share"], min_unique_share=opts["min_unique_share"],
+                max_claim_share=opts["max_claim_share"],
                 baseline=opts["baseline"], size_in_baseline=size_in_baseline, seed=context.seed)
 
         result, notes = with_selection_check(analyse, table, opts["correct_only"])

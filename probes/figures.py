@@ -14,10 +14,11 @@ COLORS = {"static": "#4c72b0", "execution": "#dd8452", "both": "#55a868", "size"
 
 
 def attribution_figure(result: dict[str, Any]) -> Figure:
-    """ΔR² per feature (full model, coloured by kind; hatched = below the keep
-    threshold) and the static / execution split of explained variance."""
+    """ΔR² per feature (the paper's full model, coloured by kind; hatched = below the
+    keep threshold) and the verdict's split of what the features add beyond the
+    token/position baseline (held-out R²)."""
     fig = Figure(figsize=(9, 3.4))
-    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1.4]})
     feats = sorted(result["full"]["features"], key=lambda f: -f["delta_r2"])
     x = np.arange(len(feats))
     ax.bar(x, [100 * f["delta_r2"] for f in feats], color=[COLORS[f["kind"]] for f in feats],
@@ -33,32 +34,48 @@ def attribution_figure(result: dict[str, Any]) -> Figure:
     handles = [matplotlib.patches.Patch(color=COLORS[k], label=k) for k in ("static", "execution")]
     ax.legend(handles=handles, fontsize=8, frameon=False)
 
-    labels, unique, shares, errs = [], [], [], []
-    boot = result.get("bootstrap") or {}
-    for kind in ("static", "execution"):
-        labels.append(kind)
-        unique.append(100 * result["selected"]["delta_r2_kind"].get(kind, 0.0))
-        share = result.get(f"share_{kind}")
-        shares.append(100 * share if share is not None and np.isfinite(share) else 0.0)
-        ci = boot.get(f"share_{kind}_ci")
-        errs.append([100 * (shares[-1] / 100 - ci[0]), 100 * (ci[1] - shares[-1] / 100)] if ci and np.all(np.isfinite(ci)) else [0, 0])
-    xi = np.arange(2)
-    ax2.bar(xi - 0.2, unique, 0.4, color=[COLORS[k] for k in labels], alpha=0.55, label="unique ΔR² (%)")
-    ax2.bar(xi + 0.2, shares, 0.4, color=[COLORS[k] for k in labels], yerr=np.array(errs).T,
-            capsize=3, label="share of R² (%)", edgecolor="black", linewidth=0.5)
-    ax2.set_xticks(xi, labels)
-    ax2.set_title(f"by kind (reading: {result['reading']})", fontsize=9)
-    ax2.legend(fontsize=7, frameon=False)
+    _verdict_panel(ax2, result["verdict"], "held-out R²")
     fig.tight_layout()
     return fig
 
 
+#: the verdict's quantities, in the order the panel draws them
+_PARTS = (("static_total", "static\nalone", "static"), ("execution_total", "execution\nalone", "execution"),
+          ("static_unique", "unique\nstatic", "static"), ("execution_unique", "unique\nexecution", "execution"),
+          ("shared", "shared", "both"))
+
+
+def _verdict_panel(ax: Any, verdict: dict[str, Any], metric: str) -> None:
+    """What the features add beyond the token/position baseline, split into unique
+    and shared parts, with the intervals the verdict used."""
+    xs, labels = [], []
+    for i, (key, label, kind) in enumerate(_PARTS):
+        q = verdict.get(key)
+        if not q or q.get("mean") is None or not np.isfinite(q["mean"]):
+            continue
+        mean, low, high = q["mean"], q.get("low"), q.get("high")
+        ax.bar(i, mean, 0.6, color=COLORS[kind], alpha=0.55 if "unique" not in key else 0.9,
+               edgecolor="black", linewidth=0.5)
+        if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+            ax.errorbar(i, mean, yerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], color="black", capsize=3)
+        xs.append(i)
+        labels.append(label)
+    beyond = (verdict.get("beyond") or {}).get("mean")
+    if beyond is not None and np.isfinite(beyond):
+        ax.axhline(beyond, color="black", linestyle=":", linewidth=1, label="all features")
+        ax.legend(fontsize=7, frameon=False)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(xs, labels, fontsize=7)
+    ax.set_ylabel(f"{metric} gain beyond token/position", fontsize=8)
+    ax.set_title(f"verdict: {verdict.get('label')}", fontsize=9)
+
+
 def decision_figure(result: dict[str, Any]) -> Figure:
     """AUROC and balanced accuracy per feature set (mean ± std over folds) with baselines."""
-    fig = Figure(figsize=(7.5, 3.2))
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(10.5, 3.2))
+    axes = fig.subplots(1, 3)
     names = [n for n in ("static", "execution", "both") if n in result["sets"]]
-    for ax, metric, title in zip(axes, ("auroc", "balanced_accuracy"), ("AUROC", "balanced accuracy")):
+    for ax, metric, title in zip(axes[:2], ("auroc", "balanced_accuracy"), ("AUROC", "balanced accuracy")):
         means = [result["sets"][n][metric]["mean"] for n in names]
         stds = [np.nan_to_num(result["sets"][n][metric]["std"]) for n in names]
         ax.bar(np.arange(len(names)), means, yerr=stds, capsize=3, color=[COLORS[n] for n in names],
@@ -74,6 +91,7 @@ def decision_figure(result: dict[str, Any]) -> Figure:
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=7, frameon=False, loc="lower right")
     v = result["verdict"]
+    _verdict_panel(axes[2], v, "deviance explained")
     fig.suptitle(f"decision probes ({result['mode']}): verdict {v['label']}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -207,8 +207,14 @@ VERDICT_OPTIONS: dict[str, Option] = {
     "features": Option(None, "restrict the candidate features (comma list)", parse=name_list),
     "min_coverage": Option(0.5, "drop a feature defined on fewer analysed tokens than this share",
                            minimum=0.0, maximum=1.0),
-    "min_share_gap": Option(0.2, "a kind dominates when the other's total gain is at most (1 - gap)/2 of the joint",
-                            minimum=0.0, maximum=1.0),
+    "min_sufficient_share": Option(0.2, "a kind suffices when its unique part is at least this share of what "
+                                   "the features add beyond the baseline...", minimum=0.0, maximum=1.0),
+    "max_negligible_share": Option(0.1, "...and the other kind's unique part is bounded below this share "
+                                   "(also the bound of 'baseline')", minimum=0.0, maximum=1.0),
+    "min_unique_share": Option(0.1, "mixed: each kind's unique part is clearly positive and at least this share",
+                               minimum=0.0, maximum=1.0),
+    "max_claim_share": Option(0.5, "a kind suffices only if the other kind, on its own, explains at most this "
+                              "share of the signal", minimum=0.0, maximum=1.0),
     "baseline": Option("token,position", "what every verdict is measured beyond: token, position or none",
                        parse=baseline_parts),
 }

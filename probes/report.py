@@ -88,7 +88,7 @@ def _part(r: ProbeResult, suite: str, key: str, q: str) -> Any:
 def format_summary(results: Sequence[ProbeResult]) -> str:
     """One row per checkpoint, the legend, then every flag and skipped suite."""
     header = (f"{'checkpoint':<22} {'task':<6} {'policy':<9} {'n':>5} {'acc':>5}  {'R² base':>7} {'+feat':>6} "
-              f"{'attribution':<12} {'AUC base':>8} {'+feat':>6} {'decision':<12} {'instances':<9}")
+              f"{'attribution':<12} {'dev base':>8} {'+feat':>6} {'decision':<12} {'instances':<9}")
     lines = [header, "-" * len(header)]
     problems = []
     for r in results:
@@ -99,11 +99,11 @@ def format_summary(results: Sequence[ProbeResult]) -> str:
             if s is None or s.status != "ok":
                 return None
             if s.name == "attribution":
-                return (s.data.get("partition") or {}).get("adjusted_r2", {}).get(set_key)
+                return (s.data.get("partition") or {}).get("heldout_r2", {}).get(set_key)
             sets = {"baseline": (s.data.get("baselines") or {}).get("token_position"),
                     "baseline+both": (s.data.get("sets") or {}).get("baseline+both")}
             entry = sets.get(set_key)
-            return entry["auroc"]["mean"] if entry else None
+            return entry["deviance_explained"]["mean"] if entry else None
 
         heads = [s.data.get("selection", {}).get("headline") for s in (att, dec) if s is not None and s.status == "ok"]
         lines.append(
@@ -120,7 +120,9 @@ def format_summary(results: Sequence[ProbeResult]) -> str:
                 problems.append(f"{r.label}: suite {s.name} {s.status}: {s.reason}")
         for skip in r.collection.get("skipped", []):
             problems.append(f"{r.label}: difficulty {skip['difficulty']} skipped: {skip['reason']}")
-    lines.append("R² / AUC base: the token-identity and position baseline; +feat: with every task feature too. "
+    lines.append("R² base / dev base: held-out R² of expected depth (attribution) and deviance explained of the "
+                 "exit decision (decision) by the token-identity and position baseline; +feat: with every task "
+                 "feature too. "
                  "Readings: static | execution | mixed (both carry their own part) | baseline (token and position "
                  "explain it) | none | undetermined (the kinds share what they explain). instances: which "
                  "instances the headline verdict reads (solved: the paper's filter, passed its null control; "

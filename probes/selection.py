@@ -16,7 +16,9 @@ So every verdict on solved instances is computed three more times:
   depend on no feature, so any feature signal the null shows through the
   filter was made by the filter. The null is read with the size one-hot
   added to the baseline (its depths still follow size by construction).
-  It **passes** when it reads ``none`` or ``baseline``;
+  It **passes** when the solved instances show no feature signal, or clearly
+  more than the null under the same filter (:func:`null_passes`) — a single
+  null that reads "none" only for lack of power does not vouch for the filter;
 * the null on all instances (a sanity check: it should read ``none`` too).
 
 Option ``correct_only``:
@@ -40,6 +42,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+from scipy import stats
 
 from anira.errors import AniraError
 from anira.probes.table import TokenTable
@@ -71,6 +74,39 @@ def _attempt(analyse: Analysis, table: TokenTable, correct_only: bool, size: boo
         return None, [], str(exc)
 
 
+def null_passes(null: dict[str, Any], solved: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether the solved-instance verdict survives the null control, and why (not).
+
+    ``beyond`` is what the features add beyond the baseline, on solved instances
+    (S) and on the null under the same filter (N: what the filter alone makes).
+    The control passes when the solved instances show no feature signal at all
+    (their verdict is ``none`` or ``baseline``: the filter made nothing visible),
+    or when S exceeds N clearly — S − N above zero at the 95 % level (the two
+    intervals' standard errors combined) and N at most half of S — so the
+    filter cannot account for what the solved instances show. One permutation
+    is one draw of what the filter makes; a single null that happens to read
+    "none" does not vouch for the filter by itself.
+    """
+    solved_v = (solved or {}).get("verdict") or {}
+    null_v = null.get("verdict") or {}
+    if solved_v.get("label") in NULL_LABELS:
+        return True, f"the solved instances read '{solved_v.get('label')}': the filter made no signal visible"
+    s_b, n_b = solved_v.get("beyond") or {}, null_v.get("beyond") or {}
+    values = [s_b.get("mean"), s_b.get("se"), n_b.get("mean"), n_b.get("se")]
+    if any(v is None or not np.isfinite(v) for v in values):
+        return False, (f"the solved instances read '{solved_v.get('label')}' and the null reads "
+                       f"'{null_v.get('label')}', with nothing to compare them by")
+    s_mean, s_se, n_mean, n_se = (float(v) for v in values)
+    df = max(1, min(int(s_b.get("n_folds", 2)), int(n_b.get("n_folds", 2))) - 1)
+    low = (s_mean - n_mean) - float(stats.t.ppf(0.975, df)) * float(np.hypot(s_se, n_se))
+    metric = solved_v.get("metric", "")
+    text = (f"the features add {s_mean:+.3f} {metric} beyond the baseline on solved instances and {n_mean:+.3f} "
+            f"on the null under the same filter (difference ≥ {low:+.3f} at 95 %)")
+    if low > 0 and n_mean <= 0.5 * s_mean:
+        return True, text + ": more than the filter alone makes"
+    return False, text + ": the filter alone could make it"
+
+
 def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
                          ) -> tuple[dict[str, Any], list[str]]:
     """Run ``analyse`` under the solved filter and its checks (module docstring);
@@ -100,8 +136,9 @@ def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
         runs["null_all"] = _attempt(analyse, null, False, True)
     label = {k: (r[0]["verdict"]["label"] if r[0] is not None else None) for k, r in runs.items()}
     passes: bool | None = None
+    null_why = ""
     if "null_solved" in runs and runs["null_solved"][0] is not None:
-        passes = label["null_solved"] in NULL_LABELS
+        passes, null_why = null_passes(runs["null_solved"][0], runs["solved"][0])
     if correct_only is True or passes is True:
         headline = "solved"
     else:
@@ -116,10 +153,9 @@ def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
 
     flags: list[str] = []
     if passes is False:
-        flags.append(f"selection: the null control (depths permuted within size, model re-run) reads "
-                     f"'{label['null_solved']}' on solved instances — keeping solved instances manufactures "
-                     f"signal here" + ("; the headline uses every instance" if headline == "all" else
-                                        "; the headline still uses solved instances (correct_only=true)"))
+        flags.append(f"selection: the null control (depths permuted within size, model re-run) fails on solved "
+                     f"instances — {null_why}" + ("; the headline uses every instance" if headline == "all" else
+                                                 "; the headline still uses solved instances (correct_only=true)"))
     if label.get("solved") and label.get("all") and label["solved"] != label["all"]:
         flags.append(f"selection: solved instances read '{label['solved']}', all instances read "
                      f"'{label['all']}' (headline: {headline})")
@@ -131,7 +167,7 @@ def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
                      "depths that follow something the permutation kept (role, size)")
     verdicts = {k: (_summary(r[0]) if r[0] is not None else {"label": None, "skipped": r[2]}) for k, r in runs.items()}
     result["selection"] = {"mode": str(correct_only).lower(), "headline": headline, "solved_share": share,
-                           "null_passes": passes, "verdicts": verdicts}
+                           "null_passes": passes, "null_check": null_why, "verdicts": verdicts}
     result["flags"] = list(result.get("flags", [])) + flags
     notes = list(notes) + [f"selection: headline from {'solved' if headline == 'solved' else 'all'} instances "
                            f"({share:.1%} solved); " + ", ".join(f"{k} → {v['label']}" for k, v in verdicts.items())]

@@ -16,7 +16,7 @@ iteration-only probe for the online one). From these scores the verdict is a
   carries on its own but the other could carry too. Nothing in the data says
   which kind the shared part belongs to.
 
-Rules, in order (``min_effect``: 0.01 R², 0.02 AUROC; ``min_share_gap``: 0.2):
+Rules, in order (``min_effect``: 0.01 R², 0.02 AUROC):
 
 1. **none** — score(B+both) does not beat the reference (interval reaching 0,
    or a mean below ``min_effect``);
@@ -26,21 +26,26 @@ Rules, in order (``min_effect``: 0.01 R², 0.02 AUROC; ``min_share_gap``: 0.2):
    beats the reference: a rule on token identity or position, not on task
    structure. When ``beyond`` is not clearly positive but not bounded either,
    the label is **undetermined**;
-3. **static** when static dominates *however the shared part is split*: the
-   execution set's total gain is below half of ``beyond`` (interval of
-   beyond − 2·execution_total above 0) and at most 0.5 − min_share_gap/2 = 40 %
-   of it (point); **execution** symmetrically;
-4. **static** also when static *suffices*, judged each set given the other:
+3. **static** when static *suffices*, judged each set given the other:
    static's unique part is clearly positive and at least
    ``min_sufficient_share`` (20 %) of ``beyond``, while execution's unique part
    is bounded near zero (the upper end of its interval at most
    ``max_negligible_share``, 10 %, of ``beyond``) — execution features add
    nothing once static ones are known, static ones add a clear part once
-   execution ones are known. **execution** symmetrically. This reads a rule on
-   one kind correctly even when the other kind shares much of its variance;
-5. **mixed** — both unique parts are clearly positive (intervals above 0) and
+   execution ones are known — and execution features *on their own* (the
+   baseline not credited) explain at most ``max_claim_share`` (half) of the
+   signal, so that they are absent rather than redundant (a feature the
+   static features and the baseline predict almost fully adds nothing given
+   them, whether or not halting reads it). **execution** symmetrically. This reads a rule on
+   one kind correctly even when the other kind shares much of its variance,
+   and it compares parts that are unique *given the baseline too*, so a kind
+   whose variance token identity or position partly predict is not thereby
+   made to look smaller than it is (a comparison of each kind's total beyond
+   the baseline is fooled by exactly that, and reads a balanced mixture as
+   one kind);
+4. **mixed** — both unique parts are clearly positive (intervals above 0) and
    each is at least ``min_unique_share`` (10 %) of ``beyond``;
-6. **undetermined** — otherwise: the shared part is too large to tell the
+5. **undetermined** — otherwise: the shared part is too large to tell the
    kinds apart (a rule whose feature the other kind predicts almost fully), or
    the evidence is too thin. The reason says which.
 
@@ -52,12 +57,14 @@ is fitted by its own kind and its residual cannot pass for the other kind.
 **undetermined** is also the label when the task has no feature of one kind on
 the analysed tokens. Every label is stated with the intervals it rests on.
 
-Intervals: the attribution suite passes bootstrap replicates (percentile
-intervals, the point estimate from the full data); the decision suite passes
-per-fold scores, for which the Nadeau–Bengio corrected resampled t interval is
-used (variance factor 1/k + n_test/n_train instead of 1/k, k − 1 degrees of
-freedom): fold differences share training data, so the naive t interval is too
-narrow.
+Intervals: both suites score the sets on held-out instances (the attribution
+suite: R² over 4 × 5-fold splits; the decision suite: AUROC over 5 folds) and
+pass per-split scores, for which the Nadeau–Bengio corrected resampled t
+interval is used (variance factor 1/k + n_test/n_train instead of 1/k, k − 1
+degrees of freedom, k the number of splits): split differences share training
+data, so the naive t interval is too narrow. (:class:`SetScores` also takes
+bootstrap replicates with percentile intervals; no built-in suite uses them for
+the verdict, since an in-sample score's bootstrap is biased upwards.)
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ from scipy import stats
 LABELS = ("static", "execution", "mixed", "baseline", "none", "undetermined")
 #: labels that claim no feature signal (what a null control must read)
 NULL_LABELS = ("none", "baseline")
-SETS = ("reference", "baseline", "baseline+static", "baseline+execution", "baseline+both")
+SETS = ("reference", "static", "execution", "baseline", "baseline+static", "baseline+execution", "baseline+both")
 
 #: one line per label: what it means (the report and the CLI show it next to the label)
 MEANINGS = {
@@ -170,9 +177,9 @@ QUANTITIES: dict[str, dict[str, float]] = {
     "static_unique": {"baseline+both": 1, "baseline+execution": -1},
     "execution_unique": {"baseline+both": 1, "baseline+static": -1},
     "shared": {"baseline+static": 1, "baseline+execution": 1, "baseline+both": -1, "baseline": -1},
-    # static dominates however the shared part is split: beyond − 2·execution_total > 0
-    "static_dominance": {"baseline+both": 1, "baseline+execution": -2, "baseline": 1},
-    "execution_dominance": {"baseline+both": 1, "baseline+static": -2, "baseline": 1},
+    # each kind on its own, the baseline not credited: everything it could claim
+    "static_alone": {"static": 1, "reference": -1},
+    "execution_alone": {"execution": 1, "reference": -1},
 }
 
 
@@ -205,10 +212,10 @@ def decide(
     metric: str,
     kinds_present: Sequence[str] = ("static", "execution"),
     min_effect: float = 0.02,
-    min_share_gap: float = 0.2,
     min_unique_share: float = 0.1,
     min_sufficient_share: float = 0.2,
     max_negligible_share: float = 0.1,
+    max_claim_share: float = 0.5,
 ) -> Verdict:
     """The verdict from the nested sets' scores (module docstring)."""
     level = scores.level
@@ -229,6 +236,10 @@ def decide(
             return Verdict("baseline", f"the features add {_fmt(beyond)} {metric} beyond token identity and "
                            f"position (at most {bound:.3f}), which alone gain {_fmt(base)} over the reference",
                            **common)
+        if base.positive:
+            return Verdict("undetermined", f"token identity and position carry the signal ({_fmt(base)} over the "
+                           f"reference); whether the features add to it is unclear ({_fmt(beyond)} beyond them, "
+                           f"not bounded below {bound:.3f})", **common)
         return Verdict("undetermined", f"signal ({metric} gain {_fmt(lift)}) that neither the features "
                        f"({_fmt(beyond)} beyond the baseline) nor the baseline ({_fmt(base)}) clearly carry",
                        **common)
@@ -237,26 +248,31 @@ def decide(
     su, eu, sh = q["static_unique"], q["execution_unique"], q["shared"]
     shares = {"static_unique": su.mean / total, "execution_unique": eu.mean / total, "shared": sh.mean / total}
     common["shares"] = shares
-    cap = 0.5 - min_share_gap / 2
     parts = (f"beyond the baseline {_fmt(beyond)}: static alone {_fmt(st)}, execution alone {_fmt(et)}, "
              f"unique static {_fmt(su)}, unique execution {_fmt(eu)}, shared {sh.mean:+.3f}")
-    if q["static_dominance"].positive and et.mean <= cap * total:
-        return Verdict("static", f"static features dominate even if every shared part belonged to execution ({parts})",
-                       **common)
-    if q["execution_dominance"].positive and st.mean <= cap * total:
-        return Verdict("execution", f"execution features dominate even if every shared part belonged to static "
-                       f"({parts})", **common)
-    # each set given the other: one kind adds a clear share of its own, the other (bounded) almost nothing
+    # each set given the other: one kind adds a clear share of its own, the other (bounded) almost
+    # nothing -- and could not claim much on its own either (else it is redundant, not absent)
+    redundant = []
     for kind, other in (("static", "execution"), ("execution", "static")):
         mine, theirs = q[f"{kind}_unique"], q[f"{other}_unique"]
-        if mine.positive and mine.mean >= min_sufficient_share * total and theirs.high <= max_negligible_share * total:
-            return Verdict(kind, f"{kind} features suffice: given them, {other} features add at most "
-                           f"{theirs.high:+.3f} ({max_negligible_share:.0%} of what the features add is the bound), "
-                           f"while {kind} adds {_fmt(mine)} given {other} ({parts})", **common)
+        if not (mine.positive and mine.mean >= min_sufficient_share * total
+                and theirs.high <= max_negligible_share * total):
+            continue
+        alone = q.get(f"{other}_alone")
+        if alone is not None and np.isfinite(alone.mean) and alone.mean > max_claim_share * lift.mean:
+            redundant.append(f"{other} features add nothing given {kind} ones and the baseline, yet on their own "
+                             f"they explain {alone.mean / lift.mean:.0%} of the signal: redundant, not absent")
+            continue
+        return Verdict(kind, f"{kind} features suffice: given them, {other} features add at most "
+                       f"{theirs.high:+.3f} ({max_negligible_share:.0%} of what the features add is the bound) and "
+                       f"on their own explain {0 if alone is None else alone.mean / lift.mean:.0%} of the signal, "
+                       f"while {kind} adds {_fmt(mine)} given {other} ({parts})", **common)
     if su.positive and eu.positive and min(su.mean, eu.mean) >= min_unique_share * total:
         return Verdict("mixed", f"both kinds carry information the other lacks ({parts})", **common)
-    if sh.mean >= 0.5 * total:
+    if redundant:
+        why = redundant[0]
+    elif sh.mean >= 0.5 * total:
         why = f"shared information dominates ({shares['shared']:.0%} of what the features add)"
     else:
-        why = "neither kind dominates, neither suffices and their unique parts are not both clearly positive"
+        why = "neither kind suffices and their unique parts are not both clearly positive"
     return Verdict("undetermined", f"{why}: the kinds cannot be told apart ({parts})", **common)

@@ -45,7 +45,11 @@ def test_probe_writes_json_and_self_contained_html(ckpt, tmp_path, capsys):
     assert r["verdict"] in LABELS and r["verdicts"]["decision"] == r["verdict"]
     assert dec["data"]["token_set"] == "question"  # MANO's default token set
     page = (out / "probe_report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 2 and "http" not in page.lower().replace("http-equiv", "")
+    assert page.count("data:image/png;base64,") >= 2
+    import re
+
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)  # random base64 may spell anything
+    assert "http" not in text.lower().replace("http-equiv", "")
 
 
 def test_summary_table_and_too_few_instances(ckpt, capsys):

@@ -47,9 +47,9 @@ def test_decision_verdict_recovers_the_planted_rule(rule, mode):
     result, _ = decision_probes(planted(rule), mode=mode)
     verdict = result["verdict"]
     assert verdict["label"] == rule, verdict
-    if rule != "none":  # the margin's interval excludes 0 on the planted side
-        margin = verdict["margin"]
-        assert (margin["low"] > 0) if rule == "execution" else (margin["high"] < 0)
+    if rule != "none":  # the planted kind's unique part is clearly positive, the other's bounded near 0
+        other = "static" if rule == "execution" else "execution"
+        assert verdict[f"{rule}_unique"]["low"] > 0 and verdict[f"{other}_unique"]["high"] < 0.1 * verdict["beyond"]["mean"]
     # shuffled labels: chance level whatever the rule
     assert abs(result["baselines"]["shuffled"]["auroc"]["mean"] - 0.5) < 0.05
     assert result["baselines"]["majority"]["auroc"]["mean"] == pytest.approx(0.5)
