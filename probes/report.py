@@ -6,11 +6,12 @@ never leaves a half-written report. ``probe_sections(results)`` gives the
 same content as ``(title, html)`` pairs for ``anira.report.write_report(...,
 extra_sections=...)``.
 
-JSON (``probe.json``, and ``anira probe --json``), schema 1::
+JSON (``probe.json``, and ``anira probe --json``), schema 2::
 
-    {"schema": 1, "anira": "0.1.0",
+    {"schema": 2, "anira": "0.1.0",
      "results": [{"label", "checkpoint", "task", "policy", "timing", "max_iters",
-                  "n_instances", "n_rows", "accuracy", "verdict", "collection": {...},
+                  "n_instances", "n_rows", "accuracy", "verdict", "verdicts": {...},
+                  "flags": [...], "collection": {...},
                   "suites": {NAME: {"name", "status": "ok"|"skipped"|"error", "reason",
                                     "headline": {...}, "data": {...}, "notes": [...],
                                     "figures": [...], "seconds"}},
@@ -41,7 +42,7 @@ th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 img { max-width: 100%; height: auto; display: block; margin: 0.3em 0; }
 .note { color: #a33; font-size: 0.85em; } .meta { color: #666; font-size: 0.9em; }
 .v-static { color: #4c72b0; font-weight: bold; } .v-execution { color: #dd8452; font-weight: bold; }
-.v-mixed { color: #55a868; font-weight: bold; } .v-none, .v-undetermined { color: #777; font-weight: bold; }
+.v-mixed { color: #55a868; font-weight: bold; } .v-none, .v-undetermined, .v-baseline { color: #777; font-weight: bold; }
 details pre { font-size: 0.75em; max-height: 30em; overflow: auto; background: #f8f8f8; padding: 0.5em; }
 """
 
@@ -141,24 +142,77 @@ def _verdict(label: str | None) -> str:
 
 def summary_table(results: Sequence[ProbeResult]) -> str:
     head = ("<tr><th class=l>checkpoint</th><th class=l>task</th><th class=l>policy</th><th class=l>timing</th>"
-            "<th>instances</th><th>accuracy</th><th>attribution R²</th><th>R² | size</th><th>share static</th>"
-            "<th>share exec</th><th class=l>reading</th><th>AUROC static</th><th>AUROC exec</th><th>AUROC both</th>"
-            "<th>margin [95% CI]</th><th class=l>verdict</th></tr>")
+            "<th>instances</th><th>accuracy</th><th>R² baseline</th><th>R² + features</th>"
+            "<th class=l>attribution</th><th>deviance baseline</th><th>deviance + features</th>"
+            "<th class=l>decision</th><th class=l>read on</th><th>flags</th></tr>")
     rows = []
     for r in results:
-        ci = _get(r, "decision", "margin CI")
-        margin = _get(r, "decision", "margin (exec − static)")
-        m = "—" if margin is None else f"{margin:+.3f} {fmt(ci)}" if ci else f"{margin:+.3f}"
-        cells = [fmt(_get(r, "attribution", k)) for k in ("R²", "R² | size", "share static", "share execution")]
+        att, dec = r.suite("attribution"), r.suite("decision")
+
+        def part(s: SuiteResult | None, key: str) -> Any:
+            if s is None or s.status != "ok":
+                return None
+            if s.name == "attribution":
+                return (s.data.get("partition") or {}).get("heldout_r2", {}).get(key)
+            entry = ((s.data.get("baselines") or {}).get("token_position") if key == "baseline"
+                     else (s.data.get("sets") or {}).get(key))
+            return entry["deviance_explained"]["mean"] if entry else None
+
+        heads = [x.data.get("selection", {}).get("headline") for x in (att, dec) if x is not None and x.status == "ok"]
         rows.append(
             f"<tr><td class=l>{_e(r.label)}</td><td class=l>{_e(r.task)}</td><td class=l>{_e(r.policy)}</td>"
             f"<td class=l>{_e(r.timing)}</td><td>{r.n_instances}</td><td>{fmt(r.accuracy)}</td>"
-            + "".join(f"<td>{c}</td>" for c in cells)
-            + f"<td class=l>{_verdict(_get(r, 'attribution', 'reading'))}</td>"
-            + "".join(f"<td>{fmt(_get(r, 'decision', k))}</td>" for k in ("AUROC static", "AUROC execution", "AUROC both"))
-            + f"<td>{_e(m)}</td><td class=l>{_verdict(r.verdict)}</td></tr>"
+            f"<td>{fmt(part(att, 'baseline'))}</td><td>{fmt(part(att, 'baseline+both'))}</td>"
+            f"<td class=l>{_verdict(_get(r, 'attribution', 'reading'))}</td>"
+            f"<td>{fmt(part(dec, 'baseline'))}</td><td>{fmt(part(dec, 'baseline+both'))}</td>"
+            f"<td class=l>{_verdict(r.verdict)}</td>"
+            f"<td class=l>{_e('/'.join(dict.fromkeys(h for h in heads if h)) or '—')}</td><td>{len(r.flags)}</td></tr>"
         )
-    return f"<table>{head}{''.join(rows)}</table>"
+    legend = ("<p class=meta>Scores are held out (by instance): R² of expected depth (attribution) and deviance "
+              "explained of the exit decision (decision), by the token-identity and position baseline and with every "
+              "task feature added. Verdicts: static, execution, mixed (both carry a part of their own), baseline "
+              "(token and position explain it), none, undetermined (the kinds share what they explain). 'read on': "
+              "solved instances (the paper's filter, which passed its null control) or all instances.</p>")
+    return f"<table>{head}{''.join(rows)}</table>{legend}"
+
+
+_QUANTITIES = (("lift", "everything (baseline + features) over the reference"),
+               ("baseline_lift", "token identity and position alone"),
+               ("beyond", "what the task features add beyond them"),
+               ("static_unique", "only static features carry"),
+               ("execution_unique", "only execution features carry"),
+               ("shared", "either kind carries, the other could too"),
+               ("static_alone", "static features alone (no baseline)"),
+               ("execution_alone", "execution features alone (no baseline)"))
+
+
+def _verdict_html(d: dict[str, Any]) -> str:
+    """The verdict with its meaning and reason, the quantities it rests on, how the
+    solved-instance filter was checked, and the flags."""
+    v = d.get("verdict") or {}
+    out = [f"<p>Verdict {_verdict(v.get('label'))}: {_e(v.get('meaning', ''))}. "
+           f"<span class=meta>{_e(v.get('reason', ''))}</span></p>"]
+    rows = []
+    for key, text in _QUANTITIES:
+        q = v.get(key)
+        if isinstance(q, dict) and q.get("mean") is not None:
+            rows.append(f"<tr><td class=l>{_e(key)}</td><td class=l>{_e(text)}</td><td>{fmt(q['mean'])}</td>"
+                        f"<td>[{fmt(q.get('low'))}, {fmt(q.get('high'))}]</td></tr>")
+    if rows:
+        out.append(f"<table><tr><th class=l>quantity ({_e(v.get('metric', ''))})</th><th class=l>meaning</th>"
+                   "<th>mean</th><th>95% CI</th></tr>" + "".join(rows) + "</table>")
+    sel = d.get("selection") or {}
+    if sel.get("verdicts"):
+        cells = "".join(f"<tr><td class=l>{_e(k)}</td><td class=l>{_verdict(x.get('label'))}</td>"
+                        f"<td>{_e(x.get('n_instances', '—'))}</td></tr>" for k, x in sel["verdicts"].items())
+        out.append(f"<p class=meta>Solved instances {fmt(sel.get('solved_share'))}; headline from "
+                   f"<b>{_e(sel.get('headline'))}</b> instances (correct_only={_e(sel.get('mode'))}). Null control: "
+                   f"{_e(sel.get('null_check') or 'not run')}</p>"
+                   "<table><tr><th class=l>run</th><th class=l>verdict</th><th>instances</th></tr>" + cells + "</table>")
+    elif sel.get("note"):
+        out.append(f"<p class=meta>{_e(sel['note'])}</p>")
+    out.extend(f"<p class=note>flag: {_e(f)}</p>" for f in d.get("flags", []))
+    return "".join(out)
 
 
 def _attribution_html(s: SuiteResult) -> str:
@@ -166,45 +220,46 @@ def _attribution_html(s: SuiteResult) -> str:
     ctrl = d.get("controlled") or {}
     ctrl_coef = {f["name"]: f["coef"] for f in ctrl.get("features", [])}
     sel_coef = {f["name"]: f["coef"] for f in d["selected"]["features"]}
+    boot = d.get("bootstrap") or {}
+    kept = boot.get("screened_in_share", {})
     rows = "".join(
         f"<tr><td class=l>{_e(f['name'])}</td><td class=l>{_e(f['kind'])}</td><td>{100 * f['delta_r2']:.2f}</td>"
         f"<td>{fmt(d['vif'].get(f['name']), 2)}</td><td>{'yes' if f['kept'] else 'no'}</td>"
-        f"<td>{fmt(sel_coef.get(f['name']))}</td><td>{fmt(ctrl_coef.get(f['name']))}</td></tr>"
+        f"<td>{fmt(sel_coef.get(f['name']))}</td><td>{fmt(ctrl_coef.get(f['name']))}</td>"
+        f"<td>{fmt(kept.get(f['name']), 2)}</td></tr>"
         for f in d["full"]["features"]
     )
     dropped = [f"{x['dropped']} (|r| = {abs(x['r']):.2f} with {x['kept']})" for x in d["dropped_correlated"]]
-    dropped += [f"{x['dropped']} (VIF {x['vif']:.1f})" for x in d["dropped_vif"]]
-    boot = d.get("bootstrap") or {}
+    dropped += [f"{x['dropped']} (VIF {x['vif']:.1f}; replaced by {x.get('replaced_by')})" for x in d["dropped_vif"]]
     return (
         f"<p>{d['n_tokens']} {_e(d['token_set'])} tokens of {d['n_instances']} instances"
-        f"{' (solved only)' if d['correct_only'] else ''}; target {_e(d['target'])}. "
-        f"R² full {fmt(d['full']['r2'])}, selected {fmt(d['selected']['r2'])}, controlled for size "
-        f"{fmt(ctrl.get('r2'))}. Share of R² static {fmt(d['share_static'])} {fmt(boot.get('share_static_ci'))}, "
-        f"execution {fmt(d['share_execution'])} {fmt(boot.get('share_execution_ci'))} (95% bootstrap CI by instance); "
-        f"reading {_verdict(d['reading'])}.</p>"
+        f"{' (solved only)' if d['correct_only'] else ''}; target {_e(d['target'])}.</p>"
+        + _verdict_html(d)
+        + f"<p>The paper's protocol (screening, ΔR² > {100 * d['thresholds']['min_delta_r2']:.1f}%, refit): R² full "
+        f"{fmt(d['full']['r2'])}, selected {fmt(d['selected']['r2'])}, controlled for size {fmt(ctrl.get('r2'))}. "
+        f"Share of R² static {fmt(d['share_static'])} {fmt(boot.get('share_static_ci'))}, execution "
+        f"{fmt(d['share_execution'])} {fmt(boot.get('share_execution_ci'))} (95% bootstrap CI by instance, "
+        f"screening redone in every replicate).</p>"
         + (f"<p class=meta>screened out: {_e('; '.join(dropped))}</p>" if dropped else "")
         + "<table><tr><th class=l>feature</th><th class=l>kind</th><th>ΔR² (%)</th><th>VIF</th><th>kept</th>"
-        "<th>β selected</th><th>β | size</th></tr>" + rows + "</table>"
+        "<th>β selected</th><th>β | size</th><th>screened in (share of replicates)</th></tr>" + rows + "</table>"
     )
 
 
 def _decision_html(s: SuiteResult) -> str:
     d = s.data
-    v = d["verdict"]
     rows = []
     for name, entry in list(d.get("sets", {}).items()) + [(f"baseline: {k}", e) for k, e in d.get("baselines", {}).items()]:
-        a, b = entry["auroc"], entry["balanced_accuracy"]
-        rows.append(f"<tr><td class=l>{_e(name)}</td><td>{fmt(a['mean'])} ± {fmt(a['std'])}</td>"
-                    f"<td>{fmt(b['mean'])} ± {fmt(b['std'])}</td></tr>")
-    margin = v.get("margin") or {}
+        dv, a, b = entry.get("deviance_explained", {}), entry["auroc"], entry["balanced_accuracy"]
+        rows.append(f"<tr><td class=l>{_e(name)}</td><td>{fmt(dv.get('mean'))} ± {fmt(dv.get('std'))}</td>"
+                    f"<td>{fmt(a['mean'])} ± {fmt(a['std'])}</td><td>{fmt(b['mean'])} ± {fmt(b['std'])}</td></tr>")
     return (
         f"<p>{_e(d['mode'])} probe on {d.get('n_tokens', 0)} {_e(d['token_set'])} tokens"
-        f" ({d.get('n_rows', 0)} probe rows, {d.get('n_instances', 0)} instances, {d['n_splits']}-fold GroupKFold by instance). "
-        f"Verdict {_verdict(v['label'])}: {_e(v['reason'])}.</p>"
-        + (f"<p class=meta>execution − static AUROC {fmt(margin.get('mean'))}, 95% CI "
-           f"[{fmt(margin.get('low'))}, {fmt(margin.get('high'))}] (Nadeau–Bengio corrected)</p>" if margin else "")
-        + ("<table><tr><th class=l>feature set</th><th>AUROC</th><th>balanced accuracy</th></tr>"
-           + "".join(rows) + "</table>" if rows else "")
+        f" ({d.get('n_rows', 0)} probe rows, {d.get('n_instances', 0)} instances, {d['n_splits']}-fold GroupKFold "
+        "by instance).</p>"
+        + _verdict_html(d)
+        + ("<table><tr><th class=l>feature set</th><th>deviance explained</th><th>AUROC</th>"
+           "<th>balanced accuracy</th></tr>" + "".join(rows) + "</table>" if rows else "")
     )
 
 

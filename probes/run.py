@@ -31,7 +31,7 @@ from anira.probes.table import TokenTable
 #: where the bundled reference checkpoints live (relative to the working
 #: directory first, then to the repository that holds this package)
 CHECKPOINTS_DIR = "checkpoints"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: verdicts by commonality beyond a baseline, selection checks, flags
 DEFAULT_N = 2000
 
 

@@ -26,7 +26,10 @@ Option ``correct_only``:
 * ``auto`` (default): the headline is the solved-only verdict (the paper's
   protocol) when the null control passes, else the all-instance verdict;
   without a null control (a stored table collected without one) the
-  headline is the all-instance verdict;
+  headline is the all-instance verdict. With no solved instance to analyse
+  the suite is skipped, as the paper's protocol would be (a model that
+  solves nothing does not run the algorithm the execution features
+  describe);
 * ``true``: the solved-only verdict, whatever the null says (flagged when it
   fails);
 * ``false``: every instance; no filter, nothing to check.
@@ -143,11 +146,13 @@ def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
         headline = "solved"
     else:
         headline = "all"
-    if runs[headline][0] is None:  # e.g. no solved instance at all
-        other = "all" if headline == "solved" else "solved"
-        if correct_only is True or runs[other][0] is None:
-            raise AniraError(runs[headline][2] or "nothing to analyse")
-        headline = other
+    if runs["solved"][0] is None:
+        # no (usable) solved instance: the model does not run the algorithm whose state the
+        # execution features describe, so there is no default verdict (correct_only=false reads
+        # every instance anyway)
+        raise AniraError(runs["solved"][2] or "no solved instance to analyse")
+    if runs[headline][0] is None:
+        raise AniraError(runs[headline][2] or "nothing to analyse")
     result, notes, _ = runs[headline]
     assert result is not None
 

@@ -36,7 +36,7 @@ def test_probe_writes_json_and_self_contained_html(ckpt, tmp_path, capsys):
     assert main(["probe", str(ckpt), "--n", "40", "--json", "--out", str(out), *FAST]) == 0
     printed = json.loads(capsys.readouterr().out)
     on_disk = json.loads((out / "probe.json").read_text())
-    assert printed == on_disk and printed["schema"] == 1
+    assert printed == on_disk and printed["schema"] == 2
     r = printed["results"][0]
     assert r["task"] == "mano" and r["policy"] == "anira-e" and r["timing"] == "early"
     assert set(r["suites"]) == {"attribution", "decision"}

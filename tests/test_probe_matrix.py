@@ -223,16 +223,22 @@ def test_a_share_forced_by_screening_is_flagged_with_its_replacement():
     assert att["verdict"]["label"] in ("execution", "undetermined")  # s1 is mostly e1: never "static"
 
 
-if __name__ == "__main__":  # off-line: every case on several seeds
+if __name__ == "__main__":  # off-line: every case on several seeds, as the table in docs/probes.md
     seeds = range(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
     wrong = 0
+    print("| case | rule | attribution | decision |\n| --- | --- | --- | --- |")
     for case in CASES:
-        readings = []
+        readings: dict[str, list[str]] = {"attribution": [], "decision": []}
         for seed in seeds:
             att, dec = run_case(case, seed)
-            a, d = att["verdict"]["label"], dec["verdict"]["label"]
-            ok = a in case.attribution and d in case.decision
-            wrong += not ok
-            readings.append(f"{a}/{d}{'' if ok else ' ✗'}")
-        print(f"{case.name:40s} " + "  ".join(readings), flush=True)
-    print(f"{wrong} wrong of {len(CASES) * len(seeds)}")
+            for suite, data, accepted in (("attribution", att, case.attribution), ("decision", dec, case.decision)):
+                label = data["verdict"]["label"]
+                wrong += label not in accepted
+                readings[suite].append(label if label in accepted else f"**{label}** ✗")
+        cells = []
+        for suite in ("attribution", "decision"):
+            counts = {label: readings[suite].count(label) for label in dict.fromkeys(readings[suite])}
+            cells.append(", ".join(f"{label} {n}/{len(seeds)}" for label, n in counts.items()))
+        rule = case.rule.replace(NOISE, "noise").replace("|", "\\|")
+        print(f"| {case.name} | `{rule}` | {cells[0]} | {cells[1]} |", flush=True)
+    print(f"\n{wrong} readings outside the accepted sets, of {2 * len(CASES) * len(seeds)}")

@@ -48,6 +48,16 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=cmd_probe)
 
 
+def parse_options(raw: list[str], suites: list[str], registry: Any = None) -> dict[str, dict[str, Any]]:
+    """``--option`` items, typed and checked against the named suites (one-line errors;
+    ``*.KEY`` sets every suite that has KEY): what ``anira bench compare`` uses too."""
+    from anira.probes.options import parse_cli_options, resolve_options
+    from anira.probes.suites import resolve_suites
+    from anira.registry import default_registry
+
+    return resolve_options(resolve_suites(suites, registry or default_registry()), parse_cli_options(raw))
+
+
 def parse_policy_sets(items: list[str]) -> dict[str, str]:
     """``["policy.threshold=1e-3"]`` -> ``{"threshold": "1e-3"}`` (only the policy section here)."""
     out: dict[str, str] = {}
