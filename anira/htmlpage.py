@@ -221,6 +221,15 @@ def href(target: Path, out_dir: Path | None) -> str:
     return html.escape(target.as_uri())
 
 
+def display_path(path: str | Path) -> str:
+    """A path as the reader knows it: relative to the working directory when under it."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def doc_link(relative: str, text: str | None = None, *, out_dir: Path | None, near: Sequence[Path] = (),
              target: Path | None = None) -> str:
     """``<a>`` to a repository document, or just its name in ``<code>`` when the

@@ -33,6 +33,7 @@ from anira.errors import AniraError
 from anira.evaluate import EvalResult, Metrics, Progress, Sample, evaluate_checkpoint
 from anira.htmlpage import (
     definition_list,
+    display_path,
     doc_link,
     e,
     figure_img,
@@ -365,7 +366,8 @@ def token_depths(result: EvalResult, max_samples: int = 4) -> str:
 
 def _checkpoint_block(col: _Column) -> str:
     res = col.result
-    where = e(res.checkpoint) + (f", step {res.step}" if res.step is not None else "") if res.checkpoint else "in memory"
+    where = (e(display_path(res.checkpoint)) + (f", step {res.step}" if res.step is not None else "")
+             if res.checkpoint else "in memory")
     curves = read_training_curves(col.metrics_path) if col.metrics_path else {}
     if curves:
         dynamics = figure_img(training_dynamics_figure(curves, max_iters=res.max_iters,
@@ -424,18 +426,20 @@ def render_report(
         f"<div class=intro><div>{_what_ran(results)}{intro}</div><div>{_how_to_read(out, near)}</div></div>"
         "<div class=cards>" + "".join(_card(c, extras.get(c.label, "")) for c in cols) + "</div>"
     )
-    sections = [("Overview", overview), ("Summary", summary_table(results, labels) + _DEFINITIONS)]
+    sections = [("overview", "Overview", overview),
+                ("summary", "Summary", summary_table(results, labels) + _DEFINITIONS)]
     for task in dict.fromkeys(r.task for r in results):  # first-seen order
         task_cols = [c for c in cols if c.result.task == task]
-        sections.append((f"{task} ({task_cols[0].result.knob})", _task_section(task, task_cols)))
-    sections.extend(extra_sections)
-    ids = unique_ids([t for t, _ in sections], taken=[_block_id(label) for label in labels])
+        sections.append((f"task-{slug(task)}", f"{task} ({task_cols[0].result.knob})", _task_section(task, task_cols)))
+    taken = [sid for sid, _, _ in sections] + [_block_id(label) for label in labels]
+    extra_ids = unique_ids([t for t, _ in extra_sections], taken=taken)
+    sections.extend((sid, t, h) for sid, (t, h) in zip(extra_ids, extra_sections))
     header = (
         f"<div class=meta>anira {e(__version__)} · "
         + " · ".join(sorted({f"{r.n_per_difficulty} instances per difficulty, seed {r.seed}" for r in results}))
         + "</div>"
     )
-    return page(title, [(sid, t, h) for sid, (t, h) in zip(ids, sections)], header=header)
+    return page(title, sections, header=header)
 
 
 def write_report(

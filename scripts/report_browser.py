@@ -172,7 +172,7 @@ def screenshot(page: str | Path, out: str | Path, width: int, height: int, *, ch
     return out
 
 
-def shrink_png(path: Path, colours: int = 192) -> None:
+def shrink_png(path: Path, colours: int = 128) -> None:
     """Re-save a screenshot with a palette (a fraction of the size; text stays crisp)."""
     try:
         from PIL import Image
@@ -220,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                 if wanted is not None and s["id"] not in wanted:
                     continue
                 alone = measure(args.report, args.width, section=s["id"])
+                # the section's own bottom: the document is never shorter than the window
+                bottom = max(x["top"] + x["height"] for x in alone["sections"] if x["id"] == s["id"])
                 out = args.shots / f"{args.prefix}-{s['id']}.png"
-                screenshot(args.report, out, args.width, int(alone["height"]) + 8, section=s["id"])
+                screenshot(args.report, out, args.width, int(bottom) + 24, section=s["id"])
                 shrink_png(out)
                 print(f"{out}  ({out.stat().st_size // 1024} KiB)")
     except BrowserError as exc:

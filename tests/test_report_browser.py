@@ -71,5 +71,7 @@ def test_the_check_catches_overlaps_broken_images_and_overflow(tmp_path):
 def test_screenshot_of_one_section(reports, tmp_path):
     m = browser.measure(reports["run"], 1000, section="overview")
     assert [s["id"] for s in m["sections"] if s["height"] > 0] == ["overview"]
-    png = browser.screenshot(reports["run"], tmp_path / "overview.png", 1000, int(m["height"]), section="overview")
+    (overview,) = [s for s in m["sections"] if s["id"] == "overview"]
+    png = browser.screenshot(reports["run"], tmp_path / "overview.png", 1000, int(overview["top"] + overview["height"]),
+                             section="overview")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
