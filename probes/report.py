@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anira.errors import AniraError
-from anira.htmlpage import badge, doc_link, e, figure_img, page, scroll, slug, unique_ids
+from anira.htmlpage import badge, display_path, doc_link, e, figure_img, page, scroll, slug, unique_ids
 from anira.probes.run import SCHEMA_VERSION, ProbeResult
 from anira.probes.suites import SuiteResult
 
@@ -401,7 +401,7 @@ def probe_sections(results: Sequence[ProbeResult]) -> list[tuple[str, str]]:
     for r in results:
         meta = (f"<p class=meta>{e(r.task)} · {e(r.policy)} ({e(r.timing)}) · D = {r.max_iters} · "
                 f"{r.n_instances} instances ({r.n_rows} token rows), accuracy {fmt(r.accuracy)} · "
-                f"seed {e(r.collection.get('seed'))} · {e(r.checkpoint or 'in-memory model')}</p>")
+                f"seed {e(r.collection.get('seed'))} · {e(display_path(r.checkpoint) if r.checkpoint else 'in-memory model')}</p>")
         skipped = "".join(f"<p class=note>difficulty {e(s['difficulty'])} skipped: {e(s['reason'])}</p>"
                           for s in r.collection.get("skipped", []))
         # the anchor the tables link to sits on the section's first element
