@@ -1,6 +1,6 @@
 """anira: probe per-token adaptive computation in recurrent (looped) Transformers."""
 
-from anira.cache import stack_iterations
+from anira.cache import ActivationCache, stack_iterations
 from anira.checkpoint import load
 from anira.config import MODEL_PRESETS, ModelConfig, preset_config
 from anira.errors import AniraError, PluginError
@@ -11,6 +11,7 @@ from anira.registry import build_registry, default_registry
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationCache",
     "AniraError",
     "HaltingPolicy",
     "LoopContext",

@@ -36,6 +36,7 @@ from anira.fast import InferenceLoop
 from anira.graphs import GRAPH_MODES, IterationGraphs, autocast_key
 from anira.halting import HaltingPolicy, LoopContext, PolicyOutputChecks, build_policy, expected_depth
 from anira.layers import Block, LayerHooks, RMSNorm, Rotary, hook
+from anira.lens import LensMixin
 
 #: default of ``RecurrentTransformer.fast_path_min_tokens["cuda"]`` (H200 sweep, docs/benchmarks.md)
 FAST_PATH_MIN_TOKENS_CUDA = 2048
@@ -101,8 +102,11 @@ class IterationHooks(nn.Module):
         self.halt = SignalHooks(signal_names)
 
 
-class RecurrentTransformer(HookedRootModule):
-    """A looped, weight-shared Transformer with per-token adaptive depth."""
+class RecurrentTransformer(LensMixin, HookedRootModule):
+    """A looped, weight-shared Transformer with per-token adaptive depth.
+
+    TransformerLens conveniences (``run_with_cache`` returning an ActivationCache,
+    ``to_tokens`` / ``to_string``, ``hook.layer()``) come from :class:`LensMixin`."""
 
     def __init__(self, cfg: ModelConfig, policy: HaltingPolicy) -> None:
         super().__init__()
