@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One device call: the training runs of a jobs file (scripts/device/decider_*.json) side by
+# One device call: the training runs of a jobs file (scripts/device/*.json) side by
 # side on the GPU under CUDA MPS, each stopped (with a checkpoint) at CAP seconds, while the
 # gpu-marked tests run beside them; then the runs' latest checkpoints and metrics are packed
 # under $OUT (scripts/device/collect.sh). Usage (device, repo root, .whl carried):
-#   JOBS=scripts/device/decider_remedies.json CAP=420 bash scripts/device/decider_runs.sh
+#   JOBS=scripts/device/brevo_reference_checkpoints.json CAP=540 bash scripts/device/train_jobs.sh
 set -uo pipefail
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1 ANIRA_CACHE_DIR=/tmp/anira-cache TORCHINDUCTOR_COMPILE_THREADS=2
