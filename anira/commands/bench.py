@@ -11,6 +11,7 @@ import importlib
 import json
 from typing import Any
 
+from anira.commands.common import needs_subcommand
 from anira.errors import AniraError
 
 
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    parser.set_defaults(func=needs_subcommand(parser))
 
 
 def emit(result: dict[str, Any], as_json: bool, lines: list[str]) -> int:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from anira.commands.common import needs_subcommand
 from anira.registry import build_registry
 
 
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     listing = inner.add_parser("list", help="list every halting policy, task and probe suite")
     listing.add_argument("--json", action="store_true", help="print stable JSON instead of a table")
     listing.set_defaults(func=run_list)
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    parser.set_defaults(func=needs_subcommand(parser))
 
 
 def plugins_json(registry) -> dict:

@@ -56,8 +56,7 @@ def parse_options(raw: list[str], suites: list[str]) -> dict[str, dict[str, str]
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    import torch
-
+    from anira.commands.common import resolve_device
     from anira.commands.eval import int_arg, tqdm_progress
     from anira.probes.report import format_summary, to_json, write_probe_report
     from anira.probes.run import discover_checkpoints, parse_suite_names, probe_checkpoint
@@ -79,7 +78,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for p in paths:
         if not p.exists():
             raise AniraError(f"{p}: no such checkpoint or run directory")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
 
     from tqdm import tqdm
 

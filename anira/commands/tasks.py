@@ -6,15 +6,17 @@ The JSON printed with ``--json`` is documented in docs/tasks.md (schema 1).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from anira.commands.common import needs_subcommand
 from anira.errors import AniraError
-from anira.registry import default_registry
-from anira.task import Example, Task
+
+if TYPE_CHECKING:
+    from anira.registry import Registry
+    from anira.task import Example, Task
 
 SCHEMA_VERSION = 1
 
@@ -22,7 +24,7 @@ SCHEMA_VERSION = 1
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("tasks", help="list tasks and print generated examples")
     sub = parser.add_subparsers(dest="tasks_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda args: _usage(parser))
+    parser.set_defaults(func=needs_subcommand(parser))
 
     p_list = sub.add_parser("list", help="the registered tasks, their knobs, ranges and features")
     p_list.add_argument("--json", action="store_true", help="print JSON (schema in docs/tasks.md)")
@@ -40,9 +42,13 @@ def add_parser(subparsers: Any) -> None:
     p_sample.set_defaults(func=cmd_sample)
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+@functools.lru_cache(maxsize=1)
+def task_registry() -> Registry:
+    """The tasks of the current environment. Only the task plugins are loaded:
+    the built-in policies import torch, which `anira tasks` does not need."""
+    from anira.registry import build_registry
+
+    return build_registry(kinds=("task",))
 
 
 def _int_arg(name: str, raw: str) -> int:
@@ -104,11 +110,11 @@ def example_json(task: Task, example: Example, index: int) -> dict[str, Any]:
 
 
 def _build_task(name: str) -> Task:
-    return default_registry().task(name)()
+    return task_registry().task(name)()
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    registry = default_registry()
+    registry = task_registry()
     infos = [task_info(registry.task(name)()) for name in registry.names("task")]
     if args.json:
         print(json.dumps({"schema": SCHEMA_VERSION, "tasks": infos}, indent=2))
@@ -128,6 +134,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
     task = _build_task(args.task)
     n = _int_arg("--n", args.n)
     if n < 1:
