@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     except AniraError as exc:
         print(f"anira: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        if exc.filename is None:
+            raise  # not about a path the user named: a bug, keep the traceback
+        print(f"anira: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("anira: interrupted", file=sys.stderr)
         return 130

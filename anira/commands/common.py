@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from anira.errors import AniraError
@@ -119,3 +120,30 @@ def needs_subcommand(parser: Any) -> Callable[[Any], int]:
         raise AniraError(f"`{parser.prog}` needs a subcommand: {', '.join(choices)} (see `{parser.prog} --help`)")
 
     return fail
+
+
+def check_out_dir(raw: str, flag: str = "--out") -> Path:
+    """``raw`` as an output directory that exists or can be created, checked before
+    any long work. A missing directory is created and removed again at once (the
+    only sure test), so a command that fails later leaves no trace."""
+    path = Path(raw)
+    if path.exists():
+        if not path.is_dir():
+            raise AniraError(f"{flag} {raw}: exists and is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise AniraError(f"{flag} {raw}: the directory is not writable")
+        return path
+    missing = [path]
+    while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
+        missing.append(missing[-1].parent)
+    created = []
+    try:
+        for directory in reversed(missing):
+            directory.mkdir()
+            created.append(directory)
+    except OSError as exc:
+        raise AniraError(f"{flag} {raw}: cannot be created ({exc.strerror}: {exc.filename})") from None
+    finally:
+        for directory in reversed(created):
+            directory.rmdir()
+    return path

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from anira.commands.common import int_arg, progress_bar, resolve_device
+from anira.commands.common import check_out_dir, int_arg, progress_bar, resolve_device
 from anira.errors import AniraError
 
 EVAL_JSON = "eval.json"
@@ -74,15 +74,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     options = eval_options(args)
     path = check_checkpoint_path(args.checkpoint)
+    out = check_out_dir(args.out) if args.out else None
     progress, close = tqdm_progress(f"eval {path.name}")
     try:
         result = evaluate_checkpoint(path, progress=progress, **options)
     finally:
         close()
-    if args.out:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise AniraError(f"{out}: exists and is not a directory")
+    if out is not None:
         metrics = Path(result.checkpoint) / "metrics.jsonl" if result.checkpoint else None
         write_plots(result, out, metrics_path=metrics)
         atomic_write_bytes(out / EVAL_JSON, result.to_json().encode("utf-8"))

@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from anira.commands.common import progress_bar
+from anira.commands.common import check_out_dir, progress_bar
 from anira.errors import AniraError
 
 DEFAULT_SUITES = "attribution,decision"
@@ -96,6 +96,7 @@ def main_job(args: argparse.Namespace) -> int:
         raise AniraError("no checkpoints given and none bundled under checkpoints/; try `anira run --trace`")
     if args.n < 1 or args.probe_n < 1:
         raise AniraError("--n and --probe-n must be >= 1")
+    check_out_dir(args.out)
     from anira.checkpoint import read_config
 
     for path in paths:  # a missing or corrupt checkpoint fails before any work

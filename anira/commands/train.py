@@ -12,6 +12,7 @@ import signal
 import sys
 from typing import Any
 
+from anira.commands.common import check_out_dir
 from anira.errors import AniraError
 
 SCHEMA_VERSION = 1
@@ -135,6 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _list_presets(args.json)
     if not args.out:
         raise AniraError("--out DIR is required")
+    if not args.resume:
+        check_out_dir(args.out)  # fail before building the data, not at the first checkpoint
     registry = default_registry()
     spec = build_spec(args, registry)
     main = _is_main()
