@@ -145,6 +145,9 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Copy tensors into ``model``, naming any missing, unexpected or misshaped tensor."""
+    from anira.layers import merge_legacy_projections
+
+    tensors = merge_legacy_projections(tensors)  # checkpoints written before the fused layout
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     if missing:

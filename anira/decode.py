@@ -176,7 +176,7 @@ def step(model, state: DecodeState, token: Tensor) -> tuple[Tensor, Tensor]:
     for block, cache in zip(model.prelude_blocks, state.prelude):
         x = _plain_layer(model, block, cache, x, pos)
     h = x
-    ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=model.readout, positions=pos)
+    ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=model.readout, positions=pos, tokens=token)
     no_hook = lambda name, value: value  # noqa: E731 - decoding fires no hooks
     pstate = model.policy.begin(h, ctx, no_hook)
     running = torch.ones(b, dtype=torch.bool, device=h.device)

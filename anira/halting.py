@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
 import torch
@@ -50,6 +50,10 @@ class LoopContext:
     stochastic: bool  # training: sample exits; inference: deterministic rule
     readout: Callable[[Tensor], Tensor]  # state (b, p, d) -> logits (b, p, V), hooks bypassed
     positions: Tensor | None = None  # (b, p) positions of the tokens; None: 0 .. p-1
+    tokens: Tensor | None = None  # (b, p) long: the input token ids (None where a caller has none)
+    #: per-token inputs the caller passed (``model(tokens, features={...})``), name -> (b, p):
+    #: e.g. a task's per-token features, for policies whose rule reads the input
+    features: dict[str, Tensor] = field(default_factory=dict)
 
 
 class HaltingPolicy(nn.Module):
@@ -124,6 +128,82 @@ class HaltingPolicy(nn.Module):
     def option_names(cls) -> list[str]:
         params = inspect.signature(cls.__init__).parameters
         return [n for n, p in params.items() if n not in ("self", "cfg") and p.kind == p.KEYWORD_ONLY]
+
+
+class PolicyOutputChecks:
+    """Checks what a policy hands the engine during one forward pass, so that a plugin
+    bug is a one-line error naming the plugin and the method, never a broadcasting
+    error deep in the engine or a silently wrong result.
+
+    Shapes and dtypes are checked at once; values (continue weights 0 or 1, q a
+    distribution, depths in 1..D) are gathered on the device and read together by
+    :meth:`verify`, one synchronisation per forward pass (skipped while compiling)."""
+
+    def __init__(self, policy: HaltingPolicy, shape: torch.Size) -> None:
+        cls = type(policy)
+        self.where = f"halting policy {policy.name!r} ({cls.__module__}.{cls.__qualname__})"
+        self.shape = tuple(shape)  # (b, p)
+        self.max_iters = policy.max_iters
+        self._pending: list[tuple[str, Tensor]] = []
+
+    def _fail(self, method: str, problem: str) -> AniraError:
+        return AniraError(f"{self.where}: {method} {problem}")
+
+    def _tensor(self, value: Any, method: str, what: str, shape: tuple[int, ...], kind: str) -> Tensor:
+        if not isinstance(value, Tensor):
+            raise self._fail(method, f"returned {what} of type {type(value).__name__}, expected a tensor")
+        if tuple(value.shape) != shape:
+            raise self._fail(method, f"returned {what} of shape {tuple(value.shape)}, expected {shape}")
+        ok = value.is_floating_point() if kind == "float" else not (value.is_floating_point() or value.is_complex())
+        if not ok:
+            raise self._fail(method, f"returned {what} of dtype {value.dtype}, expected a {kind} tensor")
+        return value
+
+    def _later(self, problem: str, bad: Tensor) -> None:
+        if not torch.compiler.is_compiling():
+            self._pending.append((problem, bad.any()))
+
+    def state(self, state: Any, method: str) -> dict:
+        if not isinstance(state, dict):
+            raise self._fail(method, f"returned a {type(state).__name__}, expected the state dict")
+        return state
+
+    def depths(self, depths: Any, method: str) -> Tensor | None:
+        """Exit depths (b, p) in 1..D, or None (no plan)."""
+        if depths is None:
+            return None
+        depths = self._tensor(depths, method, "exit depths", self.shape, "integer").long()
+        self._later(f"{method} returned exit depths outside 1..{self.max_iters}",
+                    (depths < 1) | (depths > self.max_iters))
+        return depths
+
+    def step(self, result: Any, *, decides: bool) -> tuple[dict, Tensor]:
+        """``step``'s (state, continue weights (b, p) of 0 or 1); the weights' values
+        are checked only where they decide (not under forced depths)."""
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise self._fail("step", f"returned {type(result).__name__}, expected (state, continue weights)")
+        state, keep = result
+        keep = self._tensor(keep, "step", "continue weights", self.shape, "float")
+        if decides:
+            self._later("step returned continue weights other than 0 or 1", (keep != 0) & (keep != 1))
+        return self.state(state, "step"), keep
+
+    def distribution(self, q: Any) -> Tensor:
+        """``finish``'s q (b, p, D): non-negative, summing to 1 over depths."""
+        q = self._tensor(q, "finish", "q", (*self.shape, self.max_iters), "float")
+        self._later("finish returned q that is not a distribution over depths (negative, NaN, or not summing to 1)",
+                    ~(q >= 0).all(-1) | ((q.sum(-1) - 1).abs() > 1e-3))
+        return q
+
+    def verify(self) -> None:
+        """Raise the first problem gathered so far (one device synchronisation)."""
+        if not self._pending:
+            return
+        found = torch.stack([bad for _, bad in self._pending]).tolist()
+        problems = [problem for (problem, _), bad in zip(self._pending, found) if bad]
+        self._pending.clear()
+        if problems:
+            raise AniraError(f"{self.where}: {problems[0]}")
 
 
 def build_policy(policy_cls: type[HaltingPolicy], cfg: ModelConfig, options: dict[str, Any]) -> HaltingPolicy:

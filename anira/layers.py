@@ -89,76 +89,41 @@ class LayerHooks(nn.Module):
         self.hook_resid_post = HookPoint()  # (b, p, d)
 
 
-class FusedWeights:
-    """Several linear maps' weights concatenated along their outputs, so that one
-    matrix product computes them all: on a GPU one wide product fills the SMs better
-    than three narrow ones (docs/benchmarks.md), which matters most for the fast
-    path's small row counts.
+#: the separate projections of checkpoints written before the fused layout (2026-12-02):
+#: fused parameter -> its parts in output order
+LEGACY_PARTS = {
+    "attn.W_qkv.weight": ("attn.W_q.weight", "attn.W_k.weight", "attn.W_v.weight"),
+    "mlp.W_gate_up.weight": ("mlp.W_gate.weight", "mlp.W_up.weight"),
+}
 
-    Without gradients the concatenation is kept and rebuilt only when a weight
-    changes (address, in-place version, dtype, device); with gradients it is
-    concatenated afresh on every call, so autograd reaches every part. A CUDA graph
-    must never record the rebuild (it would record the copy, not make it): callers
-    that record graphs call :meth:`refresh` first, and a stale cache met while
-    recording raises (the recording then falls back to eager launches).
-    """
 
-    def __init__(self, *linears: nn.Linear) -> None:
-        self._linears = linears  # not registered as submodules: the owner has them
-        self._key: tuple | None = None
-        self._weight: Tensor | None = None
-
-    def _state(self) -> tuple | None:
-        try:
-            return tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in self._weights())
-        except RuntimeError:  # inference tensors keep no version counter: never cache
-            return None
-
-    def _weights(self) -> list[Tensor]:
-        return [linear.weight for linear in self._linears]
-
-    def refresh(self) -> Tensor:
-        """The cached concatenation, rebuilt if any weight changed."""
-        key = self._state()
-        if key is None or key != self._key:
-            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-                raise RuntimeError("fused weights changed while a CUDA graph was recording")
-            weights = self._weights()
-            shape = (sum(w.shape[0] for w in weights), *weights[0].shape[1:])
-            old = self._weight
-            with torch.no_grad():
-                if old is not None and old.shape == shape and old.dtype == weights[0].dtype \
-                        and old.device == weights[0].device:
-                    # same place: recorded graphs that read it stay valid after an in-place update
-                    torch.cat(weights, out=old)
-                else:
-                    self._weight = torch.cat(weights)
-            self._key = key
-        return self._weight
-
-    def __call__(self) -> Tensor:
-        weights = self._weights()
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
-            return torch.cat(weights)
-        return self.refresh()
-
-    def __getstate__(self) -> dict:  # copies and pickles rebuild the cache on first use
-        return {"_linears": self._linears, "_key": None, "_weight": None}
+def merge_legacy_projections(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict with the old separate q/k/v and gate/up weights concatenated into
+    the fused parameters (any prefix); other entries pass unchanged."""
+    out = dict(tensors)
+    for fused, parts in LEGACY_PARTS.items():
+        first = "." + parts[0]
+        for key in [k for k in tensors if k.endswith(first) or k == parts[0]]:
+            prefix = key[: len(key) - len(parts[0])]
+            names = [prefix + part for part in parts]
+            if all(name in out for name in names) and prefix + fused not in out:
+                out[prefix + fused] = torch.cat([out.pop(name) for name in names])
+    return out
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.W_q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.W_k = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.W_v = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        # queries, keys and values stacked along the outputs (rows 0..d-1 queries, then
+        # keys, then values): one matrix product computes all three, and as a single
+        # parameter no derived copy of the weights can go stale
+        self.W_qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.W_o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.qkv = FusedWeights(self.W_q, self.W_k, self.W_v)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Queries, keys and values (b, p, h, e) of x (b, p, d), from one matrix product."""
-        q, k, v = F.linear(x, self.qkv()).chunk(3, dim=-1)
+        q, k, v = self.W_qkv(x).chunk(3, dim=-1)
         return tuple(rearrange(t, "b p (h e) -> b p h e", h=self.n_heads) for t in (q, k, v))
 
     def forward(self, x: Tensor, rotary: Rotary, hooks: AttnHooks | None, cache: RowCache | None = None) -> Tensor:
@@ -180,7 +145,7 @@ class Attention(nn.Module):
         """Rotated queries and keys and the values of x (b, p, d) at ``positions``: the
         queries and keys sit side by side in the fused product's output, so one
         rotation serves both (no hooks can have replaced either)."""
-        qkv = F.linear(x, self.qkv())
+        qkv = self.W_qkv(x)
         d = qkv.shape[-1] // 3
         qk = rotary(rearrange(qkv[..., : 2 * d], "b p (h e) -> b p h e", h=2 * self.n_heads), positions)
         v = rearrange(qkv[..., 2 * d:], "b p (h e) -> b p h e", h=self.n_heads)
@@ -258,13 +223,12 @@ def attend(q: Tensor, k: Tensor, v: Tensor, hooks: AttnHooks | None,
 class SwiGLU(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.W_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.W_up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        # gate rows first, then up rows: one product for both
+        self.W_gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)
         self.W_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
-        self.gate_up = FusedWeights(self.W_gate, self.W_up)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = F.linear(x, self.gate_up()).chunk(2, dim=-1)
+        gate, up = self.W_gate_up(x).chunk(2, dim=-1)
         return self.W_down(F.silu(gate) * up)
 
 
@@ -277,6 +241,14 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.ln_mlp = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # state dicts written before the fused layout keep separate projections
+        for fused, parts in LEGACY_PARTS.items():
+            names = [prefix + part for part in parts]
+            if prefix + fused not in state_dict and all(name in state_dict for name in names):
+                state_dict[prefix + fused] = torch.cat([state_dict.pop(name) for name in names])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor, rotary: Rotary, hooks: LayerHooks | None, cache: RowCache | None = None) -> Tensor:
         """The layer on every token; with ``cache``, its keys and values are stored too."""

@@ -32,9 +32,10 @@ from transformer_lens.hook_points import HookPoint
 
 from anira.config import ModelConfig
 from anira.errors import AniraError
-from anira.graphs import GRAPH_MODES, IterationGraphs, autocast_key, row_bucket
-from anira.halting import HaltingPolicy, LoopContext, build_policy, expected_depth
-from anira.layers import Block, LayerHooks, Packed, RMSNorm, RowCache, Rotary, flat_rows, hook, put_rows, take_rows
+from anira.fast import InferenceLoop
+from anira.graphs import GRAPH_MODES, IterationGraphs, autocast_key
+from anira.halting import HaltingPolicy, LoopContext, PolicyOutputChecks, build_policy, expected_depth
+from anira.layers import Block, LayerHooks, RMSNorm, Rotary, hook
 
 #: default of ``RecurrentTransformer.fast_path_min_tokens["cuda"]`` (H200 sweep, docs/benchmarks.md)
 FAST_PATH_MIN_TOKENS_CUDA = 2048
@@ -143,6 +144,15 @@ class RecurrentTransformer(HookedRootModule):
         self.setup()
         # the core-internal hook points of every iteration, checked before each forward
         self._core_points = [p for it in self.loop for p in it.core.modules() if isinstance(p, HookPoint)]
+        # per iteration, the points that fire without the core (running mask, states, signals)
+        self._loop_points = [[it.hook_running, it.hook_resid_pre, it.hook_resid_post,
+                              *(p for p in it.halt.modules() if isinstance(p, HookPoint))] for it in self.loop]
+
+    def setup(self) -> None:
+        super().setup()
+        # TransformerLens names every submodule (``module.name = its path``): on the
+        # policy that would hide its registered name (a class attribute) behind 'policy'
+        self.policy.__dict__.pop("name", None)
 
     def _init_weights(self) -> None:
         deciders = self._decider_linears()
@@ -182,10 +192,14 @@ class RecurrentTransformer(HookedRootModule):
         return tokens.long().to(self.device)
 
     # ---------------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, *, exit_depths: Tensor | None = None) -> ModelOutput:
+    def forward(self, tokens: Tensor, *, exit_depths: Tensor | None = None,
+                features: dict[str, Tensor] | None = None) -> ModelOutput:
         """Run the model. ``exit_depths`` (b, p) in 1..D forces each token's depth
-        (the policy still computes its signals and q)."""
+        (the policy still computes its signals and q). ``features``: per-token
+        inputs (name -> (b, p) tensor, e.g. a task's per-token features) that
+        policies read as ``ctx.features``; they also see the ids as ``ctx.tokens``."""
         tokens = self.check_tokens(tokens)
+        features = self._check_features(features, tokens.shape)
         h0 = self.run_prelude(tokens)
         forced = None if exit_depths is None else self._check_depths(exit_depths, tokens.shape)
         if forced is None and not self.training and self.policy.needs_full_distribution():
@@ -193,11 +207,13 @@ class RecurrentTransformer(HookedRootModule):
                 enabled, self.hook_points_enabled = self.hook_points_enabled, False
                 try:
                     all_d = torch.full(tokens.shape, self.cfg.max_iters, device=self.device)
-                    scout = self.run_loop(h0, forced=all_d)
+                    scout = self.run_loop(h0, forced=all_d, tokens=tokens, features=features)
                 finally:
                     self.hook_points_enabled = enabled
-            forced = self.policy.depths_from_distribution(scout.q)
-        return self.run_loop(h0, forced=forced)
+            check = PolicyOutputChecks(self.policy, tokens.shape)
+            forced = check.depths(self.policy.depths_from_distribution(scout.q), "depths_from_distribution")
+            check.verify()
+        return self.run_loop(h0, forced=forced, tokens=tokens, features=features)
 
     def _check_depths(self, depths: Tensor, shape: torch.Size) -> Tensor:
         depths = torch.as_tensor(depths, device=self.device).long()
@@ -207,165 +223,101 @@ class RecurrentTransformer(HookedRootModule):
             raise AniraError(f"exit_depths must lie in 1..{self.cfg.max_iters}")
         return depths
 
+    def _check_features(self, features: dict[str, Tensor] | None, shape: torch.Size) -> dict[str, Tensor]:
+        if features is None:
+            return {}
+        if not isinstance(features, dict):
+            raise AniraError(f"features must be a dict of name -> (batch, pos) tensor, got {type(features).__name__}")
+        checked = {}
+        for name, value in features.items():
+            value = torch.as_tensor(value, device=self.device)
+            if tuple(value.shape) != tuple(shape):
+                raise AniraError(f"feature {name!r} has shape {tuple(value.shape)}, expected (batch, pos) = {tuple(shape)}")
+            checked[name] = value
+        return checked
+
     def run_prelude(self, tokens: Tensor) -> Tensor:
         x = hook(self._h(self.hook_embed), self.embed(tokens))  # (b, p, d)
         for l, block in enumerate(self.prelude_blocks):
             x = block(x, self.rotary, self._h(self.prelude[l]))
         return x
 
-    def iterate(self, h: Tensor, t: int, active: Tensor) -> Tensor:
-        """Exactly one iteration on every token (the masked path): the core, then freezing.
-        ``active`` (b, p) is a_i(t+1) (0/1, possibly with a straight-through gradient)."""
-        hooks = self._h(self.loop[t])
-        h = hook(hooks and hooks.hook_resid_pre, h)
-        if self._graphs_usable(h) and not self._core_hooked():
-            h_next = self._graphed_dense(h, active)
-        else:
-            h_next = self._dense_body(h, active, hooks)
-        return hook(hooks and hooks.hook_resid_post, h_next)
+    def run_loop(self, h0: Tensor, *, forced: Tensor | None = None, tokens: Tensor | None = None,
+                 features: dict[str, Tensor] | None = None) -> ModelOutput:
+        """The recurrent core, up to D iterations with per-token exit and freezing:
 
-    def _dense_body(self, h: Tensor, active: Tensor, hooks: IterationHooks | None) -> Tensor:
+            h_i(d) = a_i(d)·R(h(d-1))_i + (1 - a_i(d))·h_i(d-1),   a_i(d) = loop.{d-1}.hook_running
+
+        ``forced`` (b, p): exit depths decided before the loop. Training runs every
+        iteration on every token (a static graph); inference hands the computation
+        to an :class:`~anira.fast.InferenceLoop` (same function, frozen tokens
+        skipped) and stops once no token runs and no hook is left to change that."""
+        D = self.cfg.max_iters
+        check = PolicyOutputChecks(self.policy, h0.shape[:2])
+        ctx = LoopContext(max_iters=D, stochastic=self.training and forced is None, readout=self.readout,
+                          tokens=tokens, features=features or {})
+        state = check.state(self.policy.begin(h0, ctx, self._emitter(self.halt)), "begin")
+        if forced is None and not self.training and self.use_planned_depths:  # early policies decided already
+            forced = check.depths(self.policy.planned_exit_depths(state, ctx, h0), "planned_exit_depths")
+        executor = None if self.training else self._executor(h0, forced)
+        h, cont, ran, iterations_run = h0, h0.new_ones(h0.shape[:2]), [], 0
+        for t in range(D):
+            it = self._h(self.loop[t])
+            running = hook(it and it.hook_running, cont > 0.5)
+            # training (and inference asked to) computes every iteration, on every token
+            computes = executor is None or not self.stop_when_all_exited or executor.runs_any(t, running)
+            if not computes and not self._hooked_from(t):
+                break  # nobody runs and no hook is left to change that: every later state is frozen
+            h = self._watch(it and it.hook_resid_pre, h, executor)
+            if executor is None:  # the freeze equation on every token (a static graph)
+                # value a = running (as patched); gradient: the policy's straight-through surrogate
+                a = running.to(h.dtype) if forced is not None else running * (1 + cont - cont.detach())
+                h = self.iterate(h, t, a)
+            elif computes:  # the same function, skipping frozen tokens
+                h = executor.iterate(h, t, running)
+            h = self._watch(it and it.hook_resid_post, h, executor)
+            ran.append(running)
+            iterations_run += computes
+            state, keep = check.step(self.policy.step(state, h, t, ctx, self._emitter(self.loop[t].halt)),
+                                     decides=forced is None)
+            if forced is not None:  # exits decided before the loop: the policy's choice is not asked
+                keep = (forced > t + 1).to(h.dtype)
+            cont = keep * running  # nothing restarts a token that did not run (only a hook can)
+        running_all = torch.stack(ran + [torch.zeros_like(ran[0])] * (D - len(ran)))  # (D, b, p)
+        exit_depth = running_all.sum(0)  # the iterations each token actually ran
+        q = check.distribution(self.policy.finish(state, ctx, h0))
+        check.verify()
+        exp_depth = expected_depth(q)
+        logits = self.run_coda(self.policy.readout_state(state, h), exit_depth, exp_depth)
+        return ModelOutput(logits=logits, exit_depth=exit_depth, q=q, expected_depth=exp_depth,
+                           running=running_all, iterations_run=iterations_run, state=state)
+
+    def _executor(self, h0: Tensor, depths: Tensor | None) -> InferenceLoop:
+        # with known depths and nobody patching who runs or any state, the whole loop's
+        # row layouts are read at once
+        planned = depths is not None and not self._loop_patchable()
+        return InferenceLoop(self, h0, depths, fast=self.uses_fast_path(h0), planned=planned)
+
+    def _watch(self, point: HookPoint | None, h: Tensor, executor: InferenceLoop | None) -> Tensor:
+        """Pass the state through a hook point; at inference, tell the executor which
+        tokens' states a hook changed (it recomputes their keys and values)."""
+        if point is None or executor is None or not point.fwd_hooks:
+            return hook(point, h)
+        before = h.clone()  # a hook may also edit its argument in place
+        after = point(h)
+        executor.patched((after != before).any(-1))
+        return after
+
+    def iterate(self, h: Tensor, t: int, active: Tensor, *, hooks: bool = True) -> Tensor:
+        """Exactly one iteration on every token (the masked path): the core, then
+        freezing. ``active`` (b, p) is a_i(t+1) (0/1, possibly with a straight-through
+        gradient). Only the core's own hook points fire here."""
+        points = self._h(self.loop[t]) if hooks else None
         candidate = h
         for l, block in enumerate(self.core_blocks):
-            candidate = block(candidate, self.rotary, hooks and hooks.core[l])
+            candidate = block(candidate, self.rotary, points and points.core[l])
         a = active[..., None].to(h.dtype)
         return a * candidate + (1 - a) * h  # exact for a in {0, 1}
-
-    def _graphed_dense(self, h: Tensor, active: Tensor) -> Tensor:
-        key = ("dense", *self._graph_key(h), active.dtype)
-        bufs = self.graphs.buffers(key, lambda: {
-            "h": torch.empty_like(h), "active": torch.empty_like(active), "out": torch.empty_like(h)})
-        bufs["h"].copy_(h)
-        bufs["active"].copy_(active)
-        self.graphs.run(key, (), lambda: bufs["out"].copy_(self._dense_body(bufs["h"], bufs["active"], None)),
-                        h.device)
-        return bufs["out"].clone()
-
-    def iterate_rows(
-        self, h: Tensor, t: int, running: Tensor, refresh: Tensor | None, cache: RowCache,
-        layouts: tuple[RowLayout, RowLayout | None] | None = None,
-    ) -> Tensor:
-        """Exactly one iteration computing only the running tokens (the fast path).
-
-        Same function as :meth:`iterate` with hard exits, for a one-layer core: a
-        halted token's key and value are those of its exit state, so they are
-        computed once, at the iteration after it exits (``refresh``), and then
-        served from ``cache`` (from :meth:`row_cache`). Running tokens are gathered
-        into rows (b, m, d), m = the most running tokens of any sequence (rounded
-        up to a bucket when the iteration runs as a CUDA graph). ``layouts`` are
-        the row counts of ``running`` and ``refresh`` if already known (else read
-        here, with one device synchronisation).
-        """
-        if layouts is None:
-            layouts = iteration_layouts(running, refresh)
-        run_layout, refresh_layout = layouts
-        if refresh is None or refresh_layout is None or refresh_layout.most == 0:
-            refresh, refresh_layout = None, None
-        hooks = self._h(self.loop[t])
-        h = hook(hooks and hooks.hook_resid_pre, h)
-        counts = self._planned_counts(cache, t) if cache.depths is not None and t > 0 else None
-        if cache.graph_key is not None:
-            h = self._graphed_rows(h, running, refresh, cache, run_layout, refresh_layout, counts)
-        else:
-            h = self._rows_body(h, running, refresh, cache, (run_layout.rows, run_layout.full),
-                                refresh_layout and (refresh_layout.rows, refresh_layout.full), counts=counts)
-        return hook(hooks and hooks.hook_resid_post, h)
-
-    def _rows_body(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
-                   run_rows: tuple[int, bool], refresh_rows: tuple[int, bool] | None,
-                   in_place: bool = False, counts: Tensor | None = None) -> Tensor:
-        """The fast iteration on ``h``; ``*_rows`` are (packed row count m, every row real).
-        ``in_place``: the running rows are written back into ``h`` itself (a graph's
-        static buffer), saving a copy of the whole state. ``counts`` (2, b): this
-        iteration's running and exiting tokens per sequence with planned depths, whose
-        order ``cache.order`` then holds (the packing is read off it)."""
-        if refresh_rows is None and run_rows == (h.shape[1], True):
-            # every token runs (the first iteration; fixed depth until the exit):
-            # the dense layer, no packing, causal kernel; it also fills the cache
-            return self.core_blocks[0](h, self.rotary, None, cache)
-        planned = counts is not None
-        run = _slice_pack(cache.order, counts[0], *run_rows) if planned else _pack(running, *run_rows)
-        rows = take_rows(h, run.flat, run_rows[0])  # (b, m, d)
-        extra = None
-        if refresh_rows is not None:
-            if planned:  # the tokens exiting now sit right after the running ones
-                ref = _slice_pack(cache.order, counts[1], *refresh_rows, offset=counts[0])
-            else:
-                ref = _pack(refresh, *refresh_rows)
-            extra = (take_rows(h, ref.flat, refresh_rows[0]), ref)  # their exit states
-        x = self.core_blocks[0].forward_rows(rows, run, self.rotary, cache, extra)  # (b, m, d)
-        if not run.all_valid:
-            x = torch.where(run.valid[..., None], x, rows)  # padding rows stay as they were
-        return put_rows(h, run.flat, x, in_place=in_place)
-
-    def _graphed_rows(self, h: Tensor, running: Tensor, refresh: Tensor | None, cache: RowCache,
-                      run_layout: RowLayout, refresh_layout: RowLayout | None,
-                      counts: Tensor | None) -> Tensor:
-        b, n = h.shape[:2]
-        # buckets bound the padding of the whole batch (step·b rows at most): fine
-        # buckets, hence more distinct recordings, only where padding is costly
-        m_run = row_bucket(run_layout.rows, n, step=max(1, 8 // b))
-        run_rows = (m_run, run_layout.least == m_run)
-        refresh_rows = None
-        if refresh is not None and refresh_layout is not None:
-            # coarser buckets and always the padding-safe write: refresh counts vary
-            # more than running counts, and each distinct key is a recording
-            refresh_rows = (row_bucket(refresh_layout.rows, n, step=max(1, 32 // b)), False)
-        bufs = cache.graph_buffers
-        if not _holds(cache.last_state, h, self.graphs.runs):
-            bufs["h"].copy_(h)
-        planned = counts is not None  # then cache.order is the static "order" buffer
-        if planned:
-            bufs["counts"].copy_(counts)
-        else:
-            bufs["running"].copy_(running)
-            if refresh is not None:
-                bufs["refresh"].copy_(refresh)
-
-        def body() -> None:
-            static = RowCache(bufs["k"], bufs["v"], order=bufs["order"] if planned else None)
-            out = self._rows_body(bufs["h"], bufs["running"], bufs["refresh"] if refresh_rows else None,
-                                  static, run_rows, refresh_rows, in_place=True,
-                                  counts=bufs["counts"] if planned else None)
-            if out is not bufs["h"]:  # the all-running iteration computes a new state
-                bufs["h"].copy_(out)
-
-        self.graphs.run(cache.graph_key, (run_rows, refresh_rows, planned), body, h.device)
-        state = bufs["h"].clone()
-        cache.last_state = (state, _version(state), self.graphs.runs)
-        return state
-
-    def row_cache(self, h0: Tensor, depths: Tensor | None = None) -> RowCache:
-        """An empty key/value cache for the fast path over h0's tokens: fresh tensors,
-        or, where iterations run as CUDA graphs, the zeroed static buffers. With the
-        planned exit ``depths`` (b, n) it also holds their order (see RowCache), and
-        the loop must then follow exactly those depths."""
-        b, n = h0.shape[:2]
-        kv_shape = (b, n, self.cfg.n_heads, self.cfg.d_head)
-        if not self._graphs_usable(h0):
-            return RowCache(h0.new_zeros(kv_shape), h0.new_zeros(kv_shape), depths=depths)
-        key = ("rows", *self._graph_key(h0))
-        bufs = self.graphs.buffers(key, lambda: {
-            "h": torch.empty_like(h0),
-            "k": h0.new_zeros(kv_shape), "v": h0.new_zeros(kv_shape),
-            "running": torch.zeros(b, n, dtype=torch.bool, device=h0.device),
-            "refresh": torch.zeros(b, n, dtype=torch.bool, device=h0.device),
-            "order": torch.zeros(b, n, dtype=torch.long, device=h0.device),
-            "counts": torch.zeros(2, b, dtype=torch.long, device=h0.device)})
-        bufs["k"].zero_()
-        bufs["v"].zero_()
-        return RowCache(bufs["k"], bufs["v"], graph_key=key, graph_buffers=bufs, depths=depths)
-
-    def _planned_counts(self, cache: RowCache, t: int) -> Tensor:
-        """Iteration t's (running, exiting) counts per sequence (2, b) from the planned
-        depths; their order is computed at the first call (iteration 1, after the
-        first has been queued) and, for graphs, placed in the static buffer."""
-        if cache.counts is None:
-            order, cache.counts = _depth_order(cache.depths, self.cfg.max_iters)
-            if cache.graph_buffers is not None:
-                order = cache.graph_buffers["order"].copy_(order)
-            cache.order = order
-        return cache.counts[t]
 
     # -- CUDA graphs of single iterations (anira/graphs.py) ---------------------------
     @property
@@ -389,10 +341,10 @@ class RecurrentTransformer(HookedRootModule):
 
     def _graph_key(self, h: Tensor) -> tuple:
         # graphs read every core weight and the rotary tables at the addresses they had
-        # when recorded; inference-mode tensors cannot be updated in place outside it
-        # (the fused projections are rebuilt here if stale, never while recording)
-        fused = [f.refresh() for block in self.core_blocks for f in (block.attn.qkv, block.mlp.gate_up)]
-        tensors = [*self.core_blocks.parameters(), *fused, self.rotary.cos, self.rotary.sin]
+        # when recorded: in-place updates (however made) are seen by the next replay, a
+        # replaced tensor changes the key; inference-mode tensors cannot be updated in
+        # place outside it
+        tensors = [*self.core_blocks.parameters(), self.rotary.cos, self.rotary.sin]
         return (tuple(h.shape), h.dtype, h.device, tuple(t.data_ptr() for t in tensors), tensors[0].dtype,
                 autocast_key(h.device), torch.is_inference_mode_enabled())
 
@@ -415,111 +367,32 @@ class RecurrentTransformer(HookedRootModule):
         state["_graph_store"] = None
         return state
 
+
     def _core_hooked(self) -> bool:
         return self.hook_points_enabled and any(point.fwd_hooks or point.bwd_hooks for point in self._core_points)
 
+    def _loop_patchable(self) -> bool:
+        """Whether a hook sits where it could change who runs or a state between iterations."""
+        return self.hook_points_enabled and any(
+            point.fwd_hooks for it in self.loop for point in (it.hook_running, it.hook_resid_pre, it.hook_resid_post))
+
+    def _hooked_from(self, t: int) -> bool:
+        """Whether a forward hook sits on a loop point of iteration t or later that fires
+        without the core (running masks, states, halting signals)."""
+        return self.hook_points_enabled and any(point.fwd_hooks for points in self._loop_points[t:] for point in points)
+
     def uses_fast_path(self, h0: Tensor | None = None) -> bool:
-        """Inference skips halted tokens unless someone observes the core's internals
+        """Inference skips frozen tokens unless someone observes the core's internals
         (then the masked path runs, so every core hook sees every token), or the batch
         h0 (b, p, d) has fewer tokens than ``fast_path_min_tokens`` asks for on its
         device (too few to keep the device busy: skipping rows saves nothing there)."""
         if self.training or not self.fast_inference or self.cfg.n_core != 1:
-            # with several core layers a halted token's deeper keys/values still
+            # with several core layers a frozen token's deeper keys/values still
             # depend on running tokens, so it cannot be skipped exactly
             return False
         if h0 is not None and h0.shape[0] * h0.shape[1] < self.fast_path_min_tokens.get(h0.device.type, 0):
             return False
         return not self._core_hooked()
-
-    def run_loop(self, h0: Tensor, *, forced: Tensor | None = None) -> ModelOutput:
-        D = self.cfg.max_iters
-        ctx = LoopContext(max_iters=D, stochastic=self.training and forced is None, readout=self.readout)
-        state = self.policy.begin(h0, ctx, self._emitter(self.halt))
-        if forced is None and not self.training and self.use_planned_depths:
-            # early and fixed-depth policies have decided every exit already
-            forced = self.policy.planned_exit_depths(state, ctx, h0)
-        cont = torch.ones(h0.shape[:2], dtype=h0.dtype, device=h0.device)
-        h = h0
-        running_masks: list[Tensor] = []
-        iterations_run = 0
-        fast = self.uses_fast_path(h0)
-        # known depths and nobody patching the running masks: every iteration's row
-        # layout (and when every token has exited) in one device synchronisation
-        plan = None
-        if forced is not None and not self.training and not self._running_hooked() \
-                and (fast or self.stop_when_all_exited):
-            plan = self.plan_layouts(forced)
-        cache = self.row_cache(h0, depths=forced if plan is not None else None) if fast else None
-        # every state is new before the first iteration: a token a hook keeps from running
-        # it still needs its keys and values (from h0) in the cache, as a refresh row
-        # (with a plan every token runs the first iteration: nothing to refresh)
-        previous = None
-        if fast and plan is None:
-            previous = torch.ones(h0.shape[:2], dtype=torch.bool, device=h0.device)
-        for t in range(D):
-            hooks = self._h(self.loop[t])
-            running = (t < forced) if forced is not None else cont > 0.5
-            running = hook(hooks and hooks.hook_running, running)
-            layouts, any_running = None, True
-            if fast:
-                refresh = None if previous is None else previous & ~running  # exited last iteration
-                layouts = plan[t] if plan is not None else iteration_layouts(running, refresh)
-                any_running = layouts[0].most > 0
-            elif not self.training and self.stop_when_all_exited:
-                any_running = plan[t][0].most > 0 if plan is not None else bool(running.any())
-            if not self.training and self.stop_when_all_exited and not any_running:
-                self._fire_skipped(h, t)
-                break
-            if fast:
-                h = self.iterate_rows(h, t, running, refresh, cache, layouts)
-                previous = running
-            else:
-                active = running.to(h.dtype) if forced is not None else cont * running.to(h.dtype)
-                h = self.iterate(h, t, active)
-            running_masks.append(running)
-            iterations_run += 1
-            state, cont = self.policy.step(state, h, t, ctx, self._emitter(self.loop[t].halt))
-            cont = cont * running.to(cont.dtype)  # a stopped token never restarts
-        while len(running_masks) < D:
-            running_masks.append(torch.zeros_like(running_masks[0]))
-        running_all = torch.stack(running_masks)  # (D, b, p)
-        exit_depth = running_all.sum(0)
-        q = self.policy.finish(state, ctx, h0)
-        exp_depth = expected_depth(q)
-        logits = self.run_coda(self.policy.readout_state(state, h), exit_depth, exp_depth)
-        return ModelOutput(
-            logits=logits,
-            exit_depth=exit_depth,
-            q=q,
-            expected_depth=exp_depth,
-            running=running_all,
-            iterations_run=iterations_run,
-            state=state,
-        )
-
-    def _running_hooked(self) -> bool:
-        return self.hook_points_enabled and any(
-            it.hook_running.fwd_hooks or it.hook_running.bwd_hooks for it in self.loop)
-
-    def plan_layouts(self, depths: Tensor) -> LayoutPlan:
-        """Row layouts of every iteration's running and refresh masks for known depths
-        (1..D): running at t is ``t < d``, refresh (exited at the previous iteration)
-        is ``d == t``. The counts travel to the host while the first iteration, in
-        which every token runs, is already computing (see :class:`LayoutPlan`)."""
-        return LayoutPlan(depths, self.cfg.max_iters, self.policy.name)
-
-    def _fire_skipped(self, h: Tensor, t0: int) -> None:
-        """Iterations after the loop stopped: every token is frozen, so their
-        residual states and running masks are known exactly; report them."""
-        if not self.hook_points_enabled:
-            return
-        none_running = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
-        for t in range(t0, self.cfg.max_iters):
-            hooks = self.loop[t]
-            if t > t0:
-                hooks.hook_running(none_running)
-            hooks.hook_resid_pre(h)
-            hooks.hook_resid_post(h)
 
     def _emitter(self, signals: SignalHooks):
         enabled = self.hook_points_enabled
@@ -546,167 +419,6 @@ class RecurrentTransformer(HookedRootModule):
         for block in self.coda_blocks:
             x = block(x, self.rotary, None)
         return self.unembed(self.ln_final(x))
-
-
-@dataclass(frozen=True)
-class RowLayout:
-    """Row counts of a (b, n) selection mask, read from the device once."""
-
-    most: int  # the most selected entries of any row (0: nothing selected)
-    least: int  # the fewest
-
-    @property
-    def rows(self) -> int:
-        return max(1, self.most)
-
-    @property
-    def full(self) -> bool:
-        """Every packed row is a real token: no padding rows."""
-        return self.least == self.rows
-
-
-def _depth_counts(depths: Tensor, max_iters: int) -> Tensor:
-    """(2D-1, b): per sequence the tokens running at t = 0..D-1 (depth > t), then those
-    exiting at t = 1..D-1 (depth == t); every iteration at once, a handful of kernels."""
-    t = torch.arange(max_iters, device=depths.device)[:, None, None]
-    return torch.cat([(depths[None] > t).sum(2), (depths[None] == t[1:]).sum(2)])
-
-
-def _holds(last: tuple[Tensor, int | None, int] | None, h: Tensor, runs: int) -> bool:
-    """Whether ``h`` is the very state a graphed iteration returned, unchanged since,
-    with no graph run in between (which could have written the static buffers)."""
-    if last is None or last[0] is not h or last[2] != runs:
-        return False
-    version = _version(h)
-    return version is not None and version == last[1]
-
-
-def _version(t: Tensor) -> int | None:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors keep no version counter: never trust them
-        return None
-
-
-def _extremes(counts: Tensor) -> Tensor:
-    """(k, 2): the most and fewest selected entries of any row, from counts (k, b)."""
-    return torch.stack([counts.amax(1), counts.amin(1)], dim=1)
-
-
-def mask_layouts(masks: list[Tensor]) -> list[RowLayout]:
-    """The RowLayouts of several (b, n) masks, with one device synchronisation."""
-    counts = torch.stack([mask.sum(1) for mask in masks])  # (k, b)
-    return [RowLayout(int(hi), int(lo)) for hi, lo in _extremes(counts).tolist()]
-
-
-class LayoutPlan:
-    """Every iteration's (running, refresh) row layouts for known exit depths.
-
-    ``plan[0]`` is known without asking the device: every token runs the first
-    iteration (exit depths are at least 1). The counts of the later iterations are
-    computed when first asked for, which is after the first iteration has been
-    queued: on a GPU on a side stream that waits only for the depths, so the counts
-    reach the host while the first iteration runs and the loop's one device
-    synchronisation never leaves the GPU idle. On a CPU the counts are simply read.
-    """
-
-    def __init__(self, depths: Tensor, max_iters: int, policy: str) -> None:
-        self._D, self._policy = max_iters, policy
-        self._depths = depths
-        self._n = depths.shape[1]
-        self._ready = None
-        if depths.is_cuda:  # the point in the stream where the depths are known
-            self._ready = torch.cuda.Event()
-            self._ready.record()
-        self._layouts: list[tuple[RowLayout, RowLayout | None]] | None = None
-
-    def __len__(self) -> int:
-        return self._D
-
-    def __getitem__(self, t: int) -> tuple[RowLayout, RowLayout | None]:
-        if t == 0 and self._layouts is None:
-            return RowLayout(self._n, self._n), None
-        return self._resolve()[t]
-
-    def _counts(self) -> Tensor:
-        return _extremes(_depth_counts(self._depths, self._D))
-
-    def _read_counts(self) -> list[list[int]]:
-        if self._ready is None:
-            return self._counts().tolist()
-        side = _side_stream(self._depths.device)
-        side.wait_event(self._ready)
-        with torch.cuda.stream(side):
-            extremes = self._counts()
-            host = torch.empty(extremes.shape, dtype=extremes.dtype, pin_memory=True)
-            host.copy_(extremes, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        self._depths.record_stream(side)  # read there: keep its memory until then
-        done.synchronize()
-        return host.tolist()
-
-    def _resolve(self) -> list[tuple[RowLayout, RowLayout | None]]:
-        if self._layouts is None:
-            layouts = [RowLayout(int(hi), int(lo)) for hi, lo in self._read_counts()]
-            if layouts[0].least != self._n:
-                raise AniraError(f"halting policy {self._policy!r} planned an exit depth below 1 "
-                                 f"(planned_exit_depths must lie in 1..{self._D})")
-            D = self._D
-            self._layouts = [(layouts[t], None if t == 0 else layouts[D + t - 1]) for t in range(D)]
-            self._depths = None
-        return self._layouts
-
-
-_SIDE_STREAMS: dict[torch.device, Any] = {}
-
-
-def _side_stream(device: torch.device) -> Any:
-    """One side stream per GPU for the layout plans' counts."""
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device=device)
-    return _SIDE_STREAMS[device]
-
-
-def iteration_layouts(running: Tensor, refresh: Tensor | None) -> tuple[RowLayout, RowLayout | None]:
-    """The row layouts of one iteration's running and refresh masks (one device sync)."""
-    if refresh is None:
-        return mask_layouts([running])[0], None
-    run, ref = mask_layouts([running, refresh])
-    return run, ref
-
-
-def _pack(mask: Tensor, m: int, all_valid: bool) -> Packed:
-    """Packing for the True entries of ``mask`` (b, n) into m rows (at least the most
-    selected entries of any row), the selected positions first in each row;
-    ``all_valid``: every row has exactly m selected entries (no padding)."""
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
-    pos = order[:, :m]
-    valid = torch.arange(m, device=mask.device)[None, :] < mask.sum(1)[:, None]
-    return Packed(pos, flat_rows(pos, mask.shape[1]), valid, all_valid)
-
-
-def _depth_order(depths: Tensor, max_iters: int) -> tuple[Tensor, Tensor]:
-    """Each sequence's tokens by exit depth, deepest first (stable): (b, n); and per
-    iteration t the tokens running at t and exiting at t per sequence: (D, 2, b)."""
-    order = torch.argsort(depths, dim=1, descending=True, stable=True)
-    counts = _depth_counts(depths, max_iters)  # (2D-1, b)
-    exiting = torch.cat([torch.zeros_like(counts[:1]), counts[max_iters:]])  # none exit before t = 0
-    return order, torch.stack([counts[:max_iters], exiting], dim=1)
-
-
-def _slice_pack(order: Tensor, count: Tensor, m: int, all_valid: bool, offset: Tensor | None = None) -> Packed:
-    """Packing for ``count`` (b,) tokens per sequence taken from ``order`` (b, n) at
-    ``offset`` (b,) [default 0] into m rows; the padding rows are the tokens that
-    follow (wrapping round to the deepest ones: rows whose cache entries the running
-    rows rewrite afterwards), so every row of a sequence is a distinct token."""
-    n = order.shape[1]
-    if offset is None:
-        pos = order[:, :m]
-    else:
-        pos = order.gather(1, (offset[:, None] + torch.arange(m, device=order.device)) % n)
-    valid = torch.arange(m, device=order.device)[None, :] < count[:, None]
-    return Packed(pos, flat_rows(pos, n), valid, all_valid)
 
 
 def build_model(

@@ -86,7 +86,9 @@ class Registry:
         table = self.entries[kind]
         if name not in table:
             known = ", ".join(sorted(table)) or "none"
-            raise AniraError(f"unknown {kind} {name!r}; known: {known}")
+            # a plugin that failed to load may be what should have provided it
+            failed = f"; plugins that failed to load: {' | '.join(self.problems)}" if self.problems else ""
+            raise AniraError(f"unknown {kind} {name!r}; known: {known}{failed}")
         return table[name].obj
 
     def policy(self, name: str) -> Any:

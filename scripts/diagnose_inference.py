@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from anira.bench.inference import _core_dense, _core_fast, balanced_depths
 from anira.config import ModelConfig
+from anira.fast import InferenceLoop
 from anira.model import build_model
 
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 64
@@ -51,24 +52,21 @@ with torch.no_grad():
 
     # per-iteration GPU time inside the real fast loop (events between graph replays)
     def fast_with_events():
-        plan = model.plan_layouts(depths)
-        cache = model.row_cache(h0, depths=depths)
-        h, previous = h0, None
+        loop = InferenceLoop(model, h0, depths, fast=True, planned=True)
+        h = h0
         evs = [torch.cuda.Event(enable_timing=True) for _ in range(D + 1)]
         evs[0].record()
         for t in range(D):
-            running = t < depths
-            refresh = None if previous is None else previous & ~running
-            h = model.iterate_rows(h, t, running, refresh, cache, plan[t])
-            previous = running
+            h = loop.iterate(h, t, t < depths)
             evs[t + 1].record()
         torch.cuda.synchronize()
         return [evs[t].elapsed_time(evs[t + 1]) for t in range(D)]
 
     per = [fast_with_events() for _ in range(7)]
     out["fast_iter_ms"] = [statistics.median(p[t] for p in per) for t in range(D)]
-    ones = torch.ones(B, seq, device=dev)
-    out["dense_iter_ms"] = gpu_ms(lambda: model.iterate(h0, 1, ones))
+    dense = InferenceLoop(model, h0, None, fast=False, planned=False)
+    everyone = torch.ones(B, seq, dtype=torch.bool, device=dev)
+    out["dense_iter_ms"] = gpu_ms(lambda: dense.iterate(h0, 1, everyone))
 
     # graphs on: kernel time vs wall (is the GPU idle between replays?)
     from torch.profiler import ProfilerActivity, profile

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from anira import preset_config
-from anira.model import RecurrentTransformer
+from anira.fast import InferenceLoop
 from conftest import make_model
 
 POLICIES = ["fixed", "anira-e", "anira-o", "pattern"]
@@ -29,20 +29,20 @@ def _assert_same(fast, masked):
 @pytest.fixture
 def counting(monkeypatch):
     calls = {"rows": 0}
-    original = RecurrentTransformer.iterate_rows
+    original = InferenceLoop.iterate_rows
 
     def wrapped(self, *args, **kwargs):
         calls["rows"] += 1
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(RecurrentTransformer, "iterate_rows", wrapped)
+    monkeypatch.setattr(InferenceLoop, "iterate_rows", wrapped)
     return calls
 
 
 @pytest.fixture
 def count_reads(monkeypatch):
-    """How often row counts are read from the device (anira.model._extremes)."""
-    import anira.model as engine
+    """How often row counts are read from the device (anira.fast._extremes)."""
+    import anira.fast as engine
 
     calls = {"n": 0}
     real = engine._extremes
@@ -102,7 +102,7 @@ def test_fast_path_is_differentiable():
     tokens = torch.randint(1, 24, (2, 9))
     out = model(tokens)
     out.logits.sum().backward()
-    assert model.core_blocks[0].mlp.W_up.weight.grad.abs().sum() > 0
+    assert model.core_blocks[0].mlp.W_gate_up.weight.grad.abs().sum() > 0
 
 
 def test_hooks_stay_truthful_on_the_fast_path(counting):
@@ -236,7 +236,7 @@ def test_planned_packing_with_uneven_sequences():
     """Forced depths take the planned packing (slices of the depth order): sequences
     whose running and exiting counts differ get padding rows, and the exiting rows'
     padding wraps round onto running tokens; the result is still the masked loop's."""
-    import anira.model as engine
+    import anira.fast as engine
 
     cfg = preset_config("test", vocab_size=24, max_iters=3)
     model = make_model(cfg, "anira-e", seed=6)

@@ -12,6 +12,7 @@ import torch
 
 from anira import preset_config
 from anira.errors import AniraError
+from anira.fast import InferenceLoop
 from anira.graphs import row_bucket
 from conftest import make_model
 
@@ -103,7 +104,7 @@ def test_new_weights_or_a_move_never_reuse_old_graphs():
     _run(model, tokens, "static")
     before = model.graphs.set_keys
     block = model.core_blocks[0]
-    block.mlp.W_up.weight = torch.nn.Parameter(block.mlp.W_up.weight.detach() * 1.5)
+    block.mlp.W_gate_up.weight = torch.nn.Parameter(block.mlp.W_gate_up.weight.detach() * 1.5)
     _same(_run(model, tokens, "static"), _run(model, tokens, "off"))
     assert set(model.graphs.set_keys) - set(before)  # a new set for the new weights
     model.to(torch.float32)  # any move or cast drops every recording
@@ -122,12 +123,13 @@ def test_a_cache_whose_set_was_dropped_still_works():
     model.graphs.max_sets = 1
     with torch.no_grad():
         h_a = model.run_prelude(torch.randint(1, 24, (1, 20)))
-        cache_a = model.row_cache(h_a)
-        model.row_cache(model.run_prelude(torch.randint(1, 24, (1, 21))))  # drops cache_a's set
+        loop_a = InferenceLoop(model, h_a, None, fast=True, planned=False)
+        h_b = model.run_prelude(torch.randint(1, 24, (1, 21)))
+        InferenceLoop(model, h_b, None, fast=True, planned=False)  # drops loop_a's set
         running = torch.ones(1, 20, dtype=torch.bool)
-        out = model.iterate_rows(h_a, 0, running, None, cache_a)
+        out = loop_a.iterate(h_a, 0, running)
         model.loop_graphs = "off"
-        assert torch.allclose(out, model.iterate_rows(h_a, 0, running, None, model.row_cache(h_a)))
+        assert torch.allclose(out, InferenceLoop(model, h_a, None, fast=True, planned=False).iterate(h_a, 0, running))
 
 
 def test_no_graphs_with_gradients_or_in_training():
@@ -199,7 +201,7 @@ def test_cuda_graphs_under_bf16_autocast():
             _run(model, tokens, "auto")  # eager, then recorded
     assert model.graphs.recorded > 0
     with torch.no_grad():
-        model.core_blocks[0].attn.W_q.weight.mul_(1.5)
+        model.core_blocks[0].attn.W_qkv.weight.mul_(1.5)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         graphed = _run(model, tokens, "auto")
         replayed = model.graphs.replayed  # read now: switching loop_graphs replaces the store

@@ -190,3 +190,59 @@ def test_non_editable_install_and_example_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "fixed-k" in result.stdout and "[[3, 3, 3]]" in result.stdout
+
+
+def test_unknown_policy_names_the_plugin_that_failed_to_load(site, monkeypatch, capsys):
+    _fake_distribution(site, "my-halting", "my-halting", "broken_my_halting", "import not_a_module_anywhere\n")
+    registry = build_registry()
+    with pytest.raises(AniraError) as err:
+        registry.policy("my-halting")
+    message = str(err.value)
+    assert "unknown policy 'my-halting'" in message
+    assert "'my-halting' failed to import: ModuleNotFoundError" in message and "\n" not in message
+    # and so does every command that resolves the name
+    from anira.registry import default_registry
+
+    default_registry.cache_clear()
+    try:
+        code = main(["train", "--preset", "smoke", "--policy", "my-halting", "--out", str(site / "run")])
+    finally:
+        default_registry.cache_clear()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "failed to import" in lines[0] and "my-halting" in lines[0]
+    assert not (site / "run").exists()  # nothing half-written
+
+
+def test_a_policy_bug_in_training_is_one_line_and_leaves_no_run_behind(site, capsys):
+    """A plugin whose step returns (b,) continue weights: `anira train` prints one line
+    naming the plugin and the method, and leaves no run directory, so the same command
+    can run again once the plugin is fixed."""
+    _fake_distribution(site, "bad-shape", "bad-shape", "broken_bad_shape", """
+        import torch
+        from anira.hookspecs import hookimpl
+        from anira.plugins.policies.fixed import FixedDepth
+
+        class BadShape(FixedDepth):
+            name = "bad-shape"
+
+            def step(self, state, h, t, ctx, emit):
+                return state, torch.ones(h.shape[0], dtype=h.dtype)
+
+        @hookimpl
+        def register_halting_policies(register):
+            register(BadShape)
+        """)
+    from anira.registry import default_registry
+
+    default_registry.cache_clear()
+    out = site / "run"
+    try:
+        code = main(["train", "--preset", "smoke", "--policy", "bad-shape", "--out", str(out),
+                     "--set", "train.steps=2", "--set", "train.data_pool=0"])
+    finally:
+        default_registry.cache_clear()
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("train:")]
+    assert code == 2 and len(lines) == 1, lines  # (progress bars aside)
+    assert lines[-1].startswith("anira: error: halting policy 'bad-shape' (broken_bad_shape.BadShape): step returned")
+    assert not out.exists()

@@ -20,6 +20,7 @@ import torch
 
 from anira.bench.hooks import time_call
 from anira.config import ModelConfig
+from anira.fast import InferenceLoop, mask_layouts
 from anira.model import RecurrentTransformer, build_model
 from anira import decode
 
@@ -42,24 +43,25 @@ def balanced_depths(seq: int, max_iters: int, mean_fraction: float, seed: int) -
 
 
 def _core_dense(model: RecurrentTransformer, h0: torch.Tensor) -> torch.Tensor:
-    ones = torch.ones(h0.shape[:2], dtype=h0.dtype, device=h0.device)
+    # the masked path with every token running: fixed depth (as graphs where the fast path has them)
+    loop = InferenceLoop(model, h0, None, fast=False, planned=False)
+    running = torch.ones(h0.shape[:2], dtype=torch.bool, device=h0.device)
     h = h0
     for t in range(model.cfg.max_iters):
-        h = model.iterate(h, t, ones)
+        h = loop.iterate(h, t, running)
     return h
 
 
 def _core_fast(model: RecurrentTransformer, h0: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
-    plan = model.plan_layouts(depths)  # the depths are known: one device sync for the whole loop
-    cache = model.row_cache(h0, depths=depths)  # and every iteration's packing is read off their order
-    h, previous = h0, None  # planned: every token runs the first iteration
+    # the depths are known: one device sync for the whole loop, and every iteration's
+    # packing is read off their order
+    loop = InferenceLoop(model, h0, depths, fast=True, planned=True)
+    h = h0
     for t in range(model.cfg.max_iters):
-        if plan[t][0].most == 0:
-            break
         running = t < depths
-        refresh = None if previous is None else previous & ~running
-        h = model.iterate_rows(h, t, running, refresh, cache, plan[t])
-        previous = running
+        if not loop.runs_any(t, running):
+            break
+        h = loop.iterate(h, t, running)
     return h
 
 
@@ -69,16 +71,17 @@ def _row_scaling(model: RecurrentTransformer, h0: torch.Tensor, timer: Callable,
     follows the number of rows it computes on this machine. (m = 1 takes the fast
     path's all-running shortcut: the dense layer, also filling the cache.)"""
     b, n = h0.shape[:2]
-    ones = torch.ones(b, n, dtype=h0.dtype, device=h0.device)
-    out: dict[str, Any] = {"dense_s": statistics.median(timer(lambda: model.iterate(h0, 1, ones))
+    dense = InferenceLoop(model, h0, None, fast=False, planned=False)
+    everyone = torch.ones(b, n, dtype=torch.bool, device=h0.device)
+    out: dict[str, Any] = {"dense_s": statistics.median(timer(lambda: dense.iterate(h0, 1, everyone))
                                                         for _ in range(repeats))}
     for fraction in (1.0, 0.5, 0.25, 0.125):
         running = (torch.arange(n, device=h0.device) < max(1, int(n * fraction)))[None].expand(b, n)
-        layouts = model.plan_layouts(torch.where(running, 2, 1))[1][:1] + (None,)
-        cache = model.row_cache(h0)
+        layouts = mask_layouts([running])[0], None
+        loop = InferenceLoop(model, h0, None, fast=True, planned=False)
 
         def one() -> Any:
-            return model.iterate_rows(h0, 1, running, None, cache, layouts)
+            return loop.iterate_rows(h0, 1, running, None, layouts)
 
         one()
         out[f"rows_{fraction:g}_s"] = statistics.median(timer(one) for _ in range(repeats))

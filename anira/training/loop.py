@@ -100,6 +100,7 @@ class Trainer:
         self.registry = registry or default_registry()
         self.callbacks = list(callbacks)
         self._stop_reason: str | None = None
+        self._started_new = False  # this process wrote the run file of a new run
 
     # -- control ---------------------------------------------------------------------------
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -142,6 +143,7 @@ class Trainer:
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_run_file(self.out, spec)
+            self._started_new = self.resume_from is None and not self.resume
             metrics = self.out / ckpt.METRICS_FILE
             # the run's log restarts from the checkpoint's copy: records written after
             # the checkpoint (by a run that then died) would otherwise be duplicated
@@ -289,11 +291,25 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         t0 = time.perf_counter()
+        created = not self.out.exists()
         try:
             self._setup()
             return self._loop(t0)
+        except BaseException:
+            self._forget_failed_start(created)
+            raise
         finally:
             distributed.shutdown()
+
+    def _forget_failed_start(self, created: bool) -> None:
+        """A new run that failed before its first checkpoint (a plugin bug in the first
+        step, say) leaves nothing behind, so the same command can be run again."""
+        if not self._started_new or ckpt.latest_checkpoint(self.out) is not None:
+            return
+        for name in (ckpt.RUN_FILE, ckpt.METRICS_FILE):
+            (self.out / name).unlink(missing_ok=True)
+        if created and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
 
     def _loop(self, t0: float) -> TrainResult:
         cfg = self.spec.train

@@ -1,0 +1,47 @@
+"""GPU training paths that a CPU run never takes: fused AdamW (which updates weights
+without bumping their version counters), CUDA-graph compiled steps, bf16 autocast.
+The trainer's periodic evaluations must equal a fresh process's evaluation of the
+saved checkpoint (they read stale fused weights before 2026-12-03)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from anira.cli import main
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+FRESH_EVAL = """
+import json, sys
+import torch
+from anira import checkpoint as ckpt
+from anira.training.periodic_eval import EvalSets, evaluate_range
+c = ckpt.load_checkpoint(sys.argv[1], device="cuda")
+train = c.config["train"]
+sets = EvalSets(c.task, train["eval_examples"], train["seed"])
+print(json.dumps(evaluate_range(c.model, c.task, "test_id", sets, train["eval_batch_size"], amp=train["amp"])))
+"""
+
+
+@pytest.mark.parametrize("policy", ["fixed", "anira-o"])
+def test_periodic_eval_of_compiled_fused_training_equals_a_fresh_process(tmp_path, policy):
+    out = tmp_path / policy
+    code = main(["train", "--preset", "ref-brevo", "--policy", policy, "--device", "cuda", "--out", str(out),
+                 "--set", "train.steps=600", "--set", "train.eval_every=200", "--set", "train.checkpoint_every=600",
+                 "--set", "train.data_pool=20000", "--set", "train.eval_examples=64", "--set", "train.stop_at_acc=0"])
+    assert code == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("kind") == "eval" and r["split"] == "test_id"]
+    assert [r["step"] for r in evals] == [200, 400, 600]  # several evaluations: the later ones used to go stale
+    trainer = evals[-1]
+    fresh = json.loads(subprocess.run([sys.executable, "-c", FRESH_EVAL, str(out)], check=True,
+                                      capture_output=True, text=True).stdout)
+    assert trainer["acc"] == pytest.approx(fresh["acc"], abs=1e-9)
+    for mine, theirs in zip(trainer["per_difficulty"], fresh["per_difficulty"]):
+        assert mine["acc"] == pytest.approx(theirs["acc"], abs=1e-9)
+        assert mine["mean_expected_depth"] == pytest.approx(theirs["mean_expected_depth"], abs=1e-3)
+    train_acc = [r["token_acc"] for r in records if r.get("kind") == "train"][-1]
+    assert train_acc > 0.5  # it learned: a stale evaluation would not follow
