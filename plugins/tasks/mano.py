@@ -97,7 +97,12 @@ class Mano(Task):
         return 2 * difficulty + 5
 
     # --- generation -----------------------------------------------------------------------
-    def _generate(self, difficulty: int, rng: np.random.Generator) -> Example:
+    def _draft(self, difficulty: int, rng: np.random.Generator):
+        expr = self._draw_expression(difficulty, rng)
+        question = np.asarray(self.tokenizer.encode([BOS, *expr, "="]), dtype=np.int64)
+        return question, lambda: self.build(expr)
+
+    def _draw_expression(self, difficulty: int, rng: np.random.Generator) -> list[str]:
         L = difficulty
         marks = np.concatenate([np.ones(L, dtype=np.int64), -np.ones(L + 1, dtype=np.int64)])
         marks = marks[rng.permutation(2 * L + 1)]
@@ -116,7 +121,7 @@ class Mano(Task):
             else:
                 expr.append(str(vals[vi]))
                 vi += 1
-        return self.build(expr)
+        return expr
 
     # --- deterministic construction from an expression ------------------------------------
     def build(self, expr: list[str]) -> Example:
