@@ -5,8 +5,13 @@ every per-token array is indexed by *input position* ``i`` and describes the
 computation the model does at position ``i``, which predicts token ``i + 1``.
 So ``answer_mask[i]`` is True when token ``i + 1`` is an answer token, and the
 features at such a position describe the step of the solving algorithm that
-produces that answer token. Question positions (``question_mask``) describe
-the state of reading the input after token ``i``.
+produces that answer token. At question positions (``question_mask``) the
+features describe reading token ``i``: either the state the reader is in when
+token ``i`` arrives (MANO's stack depth ``d`` and owed operands ``r`` before
+the token, and ``s``/``s_ops``, what token ``i - 1`` completed, as the paper
+defines them) or the work that reading token ``i`` causes (MANO's
+``reductions``, LANO's parser proxies, from the chart column after token
+``i``). Each :class:`FeatureSpec` description says which.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def example_json(task: Task, example: Example, index: int) -> dict[str, Any]:
         "complexity": [_num(v) for v in example.complexity],
         "features": [
             {"name": f.name, "kind": f.kind, "where": f.where, "discrete": f.discrete,
-             "values": [_num(v) for v in example.features[f.name]]}
+             "description": f.description, "values": [_num(v) for v in example.features[f.name]]}
             for f in task.features
         ],
     }
@@ -126,10 +126,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  knob: {info['knob']}; supported {info['min_difficulty']}..{info['max_difficulty']}; "
               f"train {r['train'][0]}..{r['train'][1]}, test_id {r['test_id'][0]}..{r['test_id'][1]}, "
               f"test_ood {r['test_ood'][0]}..{r['test_ood'][1]}; D = {info['default_max_iters']}")
-        static = [f["name"] for f in info["features"] if f["kind"] == "static"]
-        execution = [f["name"] for f in info["features"] if f["kind"] == "execution"]
-        print(f"  static features: {', '.join(static) or '-'}")
-        print(f"  execution features: {', '.join(execution) or '-'}")
+        width = max((len(f["name"]) for f in info["features"]), default=0)
+        for kind in ("static", "execution"):
+            features = [f for f in info["features"] if f["kind"] == kind]
+            print(f"  {kind} features:" + ("" if features else " -"))
+            for f in features:
+                print(f"    {f['name']:<{width}}  {'[' + f['where'] + ']':<10}  {f['description']}")
     return 0
 
 
@@ -189,4 +191,9 @@ def _render(task: Task, e: Example, index: int, split: str) -> str:
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     for r in [header, *rows]:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    lines.append("  where:")
+    width = max(len(n) for n in ["complexity", *names])
+    lines.append(f"    {'complexity':<{width}}  {task.complexity_description}")
+    for f, label in zip(task.features, names):
+        lines.append(f"    {label:<{width}}  {f.description}")
     return "\n".join(lines)
