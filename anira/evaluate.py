@@ -241,7 +241,7 @@ class Metrics:
     n_answer_tokens: int
     n_complexity_tokens: int
     # Spearman of exit / expected depth with each task feature (e.g. LANO's parser
-    # proxies, PAPER.md §4), over the positions where the feature is defined
+    # proxies, docs/paper.md §4), over the positions where the feature is defined
     feature_spearman: dict[str, dict[str, float]] = field(default_factory=dict)
 
 

@@ -163,7 +163,11 @@ def test_non_editable_install_and_example_package(tmp_path):
     build = tmp_path / "src"
     shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".git", "*.egg-info", "build", "__pycache__", "runs", ".whl"))
     subprocess.run([*pip, str(build)], check=True)
-    subprocess.run([*pip, str(EXAMPLE)], check=True)
+    # pip builds a local project in place (build/, *.egg-info): build a copy, so
+    # the source tree stays clean
+    example = tmp_path / "example"
+    shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run([*pip, str(example)], check=True)
     top = {p.name for p in target.iterdir()}
     assert "anira" in top and "plugins" not in top and "probes" not in top
     assert (target / "anira" / "plugins" / "policies" / "anira_o.py").exists()
