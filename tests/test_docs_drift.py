@@ -59,3 +59,23 @@ def test_readme_output_folders_are_ignored():
         pytest.skip(f"git check-ignore failed: {check.stderr.strip()}")
     ignored = {line.split("/")[0] for line in check.stdout.split()}
     assert ignored == folders, f"not in .gitignore: {sorted(folders - ignored)}"
+
+
+def test_policies_doc_exit_criteria_command_runs(capsys):
+    """The command that produced docs/policies.md's exit-criteria table, at 2 instances
+    per difficulty instead of 256 (same calls), prints the table's rows in order."""
+    text = (ROOT / "docs" / "policies.md").read_text()
+    section = text[text.index("## Training-free exits"):text.index("## mor-token")]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (command,) = [b for b in blocks if "n_per_difficulty=256" in b]
+    header = "| policy | threshold | accuracy | mean exit depth | cost ratio | Spearman(depth, complexity) |"
+    table = section[section.index(header):].split("\n\n")[0].splitlines()[2:]
+    documented = [(row.split("|")[1].strip().strip("`"), row.split("|")[2].strip()) for row in table]
+    exec(compile(command.replace("n_per_difficulty=256", "n_per_difficulty=2"), "docs/policies.md", "exec"), {})  # noqa: S102
+    printed = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert len(printed) == len(documented) == 13
+    for (name, threshold), (doc_name, doc_threshold) in zip(printed, documented):
+        assert name == doc_name
+        assert (threshold == "None") == (doc_threshold == "—")
+        if threshold != "None":
+            assert float(threshold) == float(doc_threshold)
