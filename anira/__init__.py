@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
+    "ActivationCache": "anira.cache",
     "AniraError": "anira.errors",
     "PluginError": "anira.errors",
     "HaltingPolicy": "anira.halting",
@@ -50,7 +51,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
-    from anira.cache import stack_iterations
+    from anira.cache import ActivationCache, stack_iterations
     from anira.checkpoint import load
     from anira.config import MODEL_PRESETS, ModelConfig, preset_config
     from anira.errors import AniraError, PluginError

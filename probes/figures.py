@@ -10,13 +10,16 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from anira.plots import styled  # noqa: E402
+
 COLORS = {"static": "#4c72b0", "execution": "#dd8452", "both": "#55a868", "size": "#8c8c8c"}
 
 
+@styled
 def attribution_figure(result: dict[str, Any]) -> Figure:
     """ΔR² per feature (full model, coloured by kind; hatched = below the keep
     threshold) and the static / execution split of explained variance."""
-    fig = Figure(figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
     feats = sorted(result["full"]["features"], key=lambda f: -f["delta_r2"])
     x = np.arange(len(feats))
@@ -27,11 +30,11 @@ def attribution_figure(result: dict[str, Any]) -> Figure:
             ax.patches[i].set_hatch("//")
             ax.patches[i].set_alpha(0.5)
     ax.axhline(100 * result["thresholds"]["min_delta_r2"], color="black", linestyle=":", linewidth=1)
-    ax.set_xticks(x, [f["name"] for f in feats], rotation=40, ha="right", fontsize=8)
+    ax.set_xticks(x, [f["name"] for f in feats], rotation=40, ha="right")
     ax.set_ylabel("ΔR² (%)")
-    ax.set_title(f"ΔR² per feature (R² = {result['full']['r2']:.3f}; hatched: dropped)", fontsize=9)
+    ax.set_title(f"ΔR² per feature (R² = {result['full']['r2']:.3f}; hatched: dropped)")
     handles = [matplotlib.patches.Patch(color=COLORS[k], label=k) for k in ("static", "execution")]
-    ax.legend(handles=handles, fontsize=8, frameon=False)
+    ax.legend(handles=handles, frameon=False)
 
     labels, unique, shares, errs = [], [], [], []
     boot = result.get("bootstrap") or {}
@@ -47,15 +50,17 @@ def attribution_figure(result: dict[str, Any]) -> Figure:
     ax2.bar(xi + 0.2, shares, 0.4, color=[COLORS[k] for k in labels], yerr=np.array(errs).T,
             capsize=3, label="share of R² (%)", edgecolor="black", linewidth=0.5)
     ax2.set_xticks(xi, labels)
-    ax2.set_title(f"by kind (reading: {result['reading']})", fontsize=9)
-    ax2.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
+    ax2.set_ylim(0, 125)  # headroom for the legend above the bars (shares are at most 100 %)
+    ax2.set_yticks(range(0, 101, 20))
+    ax2.set_title(f"by kind (reading: {result['reading']})")
+    ax2.legend(frameon=False, loc="upper center", ncol=2, fontsize=7.5)
     return fig
 
 
+@styled
 def decision_figure(result: dict[str, Any]) -> Figure:
     """AUROC and balanced accuracy per feature set (mean ± std over folds) with baselines."""
-    fig = Figure(figsize=(7.5, 3.2))
+    fig = Figure(figsize=(7.5, 3.4), layout="constrained")
     axes = fig.subplots(1, 2)
     names = [n for n in ("static", "execution", "both") if n in result["sets"]]
     for ax, metric, title in zip(axes, ("auroc", "balanced_accuracy"), ("AUROC", "balanced accuracy")):
@@ -71,9 +76,8 @@ def decision_figure(result: dict[str, Any]) -> Figure:
                     ax.axhline(value, color="black", linestyle=style, linewidth=1, label=base.replace("_", " "))
         ax.set_xticks(np.arange(len(names)), names)
         ax.set_ylim(0, 1.02)
-        ax.set_title(title, fontsize=9)
-    axes[0].legend(fontsize=7, frameon=False, loc="lower right")
+        ax.set_title(title)
+    fig.legend(*axes[0].get_legend_handles_labels(), title="baselines", frameon=False, loc="outside right center")
     v = result["verdict"]
-    fig.suptitle(f"decision probes ({result['mode']}): verdict {v['label']}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"decision probes ({result['mode']}): verdict {v['label']}")
     return fig

@@ -4,7 +4,13 @@ Everything is rendered in memory first (figures to base64 PNGs), then each
 file is written atomically (temporary file + ``os.replace``), so a failure
 never leaves a half-written report. ``probe_sections(results)`` gives the
 same content as ``(title, html)`` pairs for ``anira.report.write_report(...,
-extra_sections=...)``.
+extra_sections=...)``; ``probe_intro`` and ``verdict_card`` feed its overview.
+
+Verdicts are shown generically, whatever a suite's JSON carries: a suite's
+``data["verdict"]`` (a dict with ``label`` and ``reason``; every other field
+is shown beside it as evidence or a flag) or, failing that, its
+``data["reading"]`` label (explained from the evidence in ``data`` when the
+suite gives no reason of its own). A suite that was skipped shows why.
 
 JSON (``probe.json``, and ``anira probe --json``), schema 1::
 
@@ -19,45 +25,56 @@ JSON (``probe.json``, and ``anira probe --json``), schema 1::
 
 from __future__ import annotations
 
-import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from anira.errors import AniraError
+from anira.htmlpage import badge, display_path, doc_link, e, figure_img, page, scroll, slug, unique_ids
 from anira.probes.run import SCHEMA_VERSION, ProbeResult
 from anira.probes.suites import SuiteResult
 
 JSON_FILE = "probe.json"
 REPORT_FILE = "probe_report.html"
 
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
-h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; } td.l, th.l { text-align: left; }
-img { max-width: 100%; height: auto; display: block; margin: 0.3em 0; }
-.note { color: #a33; font-size: 0.85em; } .meta { color: #666; font-size: 0.9em; }
-.v-static { color: #4c72b0; font-weight: bold; } .v-execution { color: #dd8452; font-weight: bold; }
-.v-mixed { color: #55a868; font-weight: bold; } .v-none, .v-undetermined { color: #777; font-weight: bold; }
-details pre { font-size: 0.75em; max-height: 30em; overflow: auto; background: #f8f8f8; padding: 0.5em; }
-"""
+#: what each verdict / reading label means; a label a suite adds later is shown
+#: with its own reason only
+LABEL_MEANINGS = {
+    "execution": "halting follows the state of the solving algorithm at the token: execution features "
+                 "predict depth beyond what the static cues do",
+    "static": "halting follows cues readable from the input alone: static features predict depth beyond "
+              "what the execution state does",
+    "mixed": "both kinds carry signal and neither is decisively ahead",
+    "none": "the features do not predict depth better than the reference — which includes a halting "
+            "decision that never varies (nothing to predict)",
+    "undetermined": "the evidence cannot tell the kinds apart (e.g. no feature of one kind on the analysed "
+                    "tokens, or what the kinds share outweighs what each adds)",
+    "skipped": "the suite could not run on this checkpoint; the reason is given",
+}
+
+#: verdict fields shown in the verdict's own line, not again as evidence
+_SHOWN = {"label", "reason"}
+#: settings of the rule, shown once in the guide rather than in every row
+_SETTINGS = {"metric", "min_effect", "level"}
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def fmt(value: Any, digits: int = 3) -> str:
+def _fnum(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(fmt(v, digits) for v in value) + "]"
+        return "[" + ", ".join(_fnum(v, digits) for v in value) + "]"
     return str(value)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A value for a table cell ("—" for missing or non-finite)."""
+    return _fnum(value, digits)
 
 
 def to_json(results: Sequence[ProbeResult]) -> str:
@@ -65,6 +82,148 @@ def to_json(results: Sequence[ProbeResult]) -> str:
 
     return json.dumps({"schema": SCHEMA_VERSION, "anira": __version__,
                        "results": [r.to_dict() for r in results]}, indent=2, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Verdicts, generically
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """What the report shows for one suite's conclusion on one checkpoint."""
+
+    suite: str
+    label: str
+    reason: str
+    evidence: list[tuple[str, str, bool]]  # (name, value, is a warning)
+
+
+def _is_interval(value: Any) -> bool:
+    return isinstance(value, dict) and {"mean", "low", "high"} <= set(value)
+
+
+def _signed(value: Any) -> str:
+    return f"{value:+.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else "—"
+
+
+def _evidence(fields: dict[str, Any], prefix: str = "") -> list[tuple[str, str, bool]]:
+    """Every field of a verdict as (name, value, warning) for display: intervals as
+    mean [low, high], flags (booleans) as yes/no, lists joined, dicts one level down."""
+    out: list[tuple[str, str, bool]] = []
+    for key, value in fields.items():
+        name = prefix + str(key).replace("_", " ")
+        if value is None:
+            continue
+        if _is_interval(value):
+            out.append((name, f"{_signed(value['mean'])} [{_signed(value['low'])}, {_signed(value['high'])}]", False))
+        elif isinstance(value, bool):
+            out.append((name, "yes" if value else "no", value and _warning_name(str(key))))
+        elif isinstance(value, dict):
+            out.extend(_evidence(value, prefix=name + " › ") if prefix == "" else [(name, _compact(value), False)])
+        elif isinstance(value, (list, tuple)):
+            if value:
+                out.append((name, "; ".join(_fnum(v) for v in value), _warning_name(str(key))))
+        else:
+            out.append((name, _fnum(value), False))
+    return out
+
+
+def _warning_name(key: str) -> bool:
+    # fields named like problems are drawn as warnings when set
+    return any(w in key.lower() for w in ("flag", "warn", "disagree", "fail", "unstable", "caution"))
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "), default=str)[:160]
+
+
+def _reading_reason(data: dict[str, Any]) -> str:
+    """Why the attribution reads as it does, from the evidence it stored."""
+    boot = data.get("bootstrap") or {}
+    selected = data.get("selected") or {}
+    r2, r2_ci = selected.get("r2"), boot.get("r2_ci")
+    label = data.get("reading")
+    fit = f"R² of the selected features {_fnum(r2)}" + (f", 95% CI {_fnum(r2_ci)}" if r2_ci else "")
+    if label == "none":
+        return f"{fit}: the features explain too little of the depth variation to attribute it"
+    shares = (f"share of explained variance static {_fnum(data.get('share_static'))} {_fnum(boot.get('share_static_ci'))}, "
+              f"execution {_fnum(data.get('share_execution'))} {_fnum(boot.get('share_execution_ci'))}")
+    tail = " — neither kind decisively ahead" if label == "mixed" else ""
+    return f"{shares}; {fit}{tail}"
+
+
+def suite_verdict(s: SuiteResult) -> Verdict | None:
+    """The conclusion a suite reached (None when it reaches none, e.g. representation)."""
+    if s.status != "ok":
+        return Verdict(s.name, s.status, s.reason, [])
+    data = s.data or {}
+    v = data.get("verdict")
+    if isinstance(v, dict) and "label" in v:
+        fields = {k: x for k, x in v.items() if k not in _SHOWN | _SETTINGS}
+        evidence = _evidence(fields)
+        if isinstance(data.get("flags"), list) and data["flags"]:
+            evidence.append(("flags", "; ".join(map(str, data["flags"])), True))
+        return Verdict(s.name, str(v["label"]), str(v.get("reason", "")), evidence)
+    if isinstance(data.get("reading"), str):
+        reason = data.get("reading_reason") or data.get("reason") or _reading_reason(data)
+        evidence = []
+        if isinstance(data.get("flags"), list) and data["flags"]:
+            evidence.append(("flags", "; ".join(map(str, data["flags"])), True))
+        return Verdict(s.name, data["reading"], str(reason), evidence)
+    return None
+
+
+def verdict_html(v: Verdict, *, evidence: bool = True) -> str:
+    """The label, its explanation beside it, and every other field it carries."""
+    meaning = LABEL_MEANINGS.get(v.label, "")
+    parts = [f"<div class=verdict>{badge(v.label, meaning)} <span class=why>{e(v.reason) or e(meaning)}</span>"]
+    if evidence and v.evidence:
+        chips = "".join(f"<li{' class=warn' if warn else ''}>{e(name)}: {e(value)}</li>" for name, value, warn in v.evidence)
+        parts.append(f"<ul class=flags>{chips}</ul>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def verdicts(result: ProbeResult) -> list[Verdict]:
+    return [v for v in (suite_verdict(s) for s in result.suites) if v is not None]
+
+
+def verdict_card(result: ProbeResult) -> str:
+    """A checkpoint's verdicts for its overview card: each suite's label and reason."""
+    rows = "".join(f"<div class=meta>{e(v.suite)}</div>{verdict_html(v, evidence=False)}" for v in verdicts(result))
+    return rows
+
+
+def verdict_guide(results: Sequence[ProbeResult] = ()) -> str:
+    """What each label means, and the rule settings the verdicts were reached with."""
+    labels = list(LABEL_MEANINGS)
+    for r in results:
+        labels.extend(v.label for v in verdicts(r) if v.label not in labels)
+    items = "".join(f"<li>{badge(lab)} {e(LABEL_MEANINGS.get(lab, 'see the explanation beside it'))}</li>"
+                    for lab in labels)
+    settings = sorted({
+        f"{k.replace('_', ' ')} {_fnum(val)}"
+        for r in results for s in r.suites if s.status == "ok" and isinstance((s.data or {}).get("verdict"), dict)
+        for k, val in s.data["verdict"].items() if k in _SETTINGS
+    })
+    tail = f"<p class=meta>decision rule settings: {e(', '.join(settings))}</p>" if settings else ""
+    return f"<ul class=guide>{items}</ul>{tail}"
+
+
+def probe_intro(results: Sequence[ProbeResult], out_dir: Path | None = None) -> str:
+    """What the probe suites did on these checkpoints, and how to read a verdict."""
+    if not results:
+        return ""
+    suites = list(dict.fromkeys(s.name for r in results for s in r.suites))
+    sizes = sorted({r.n_instances for r in results})
+    near = [Path(r.checkpoint) for r in results if r.checkpoint]
+    return (
+        f"<p>Then ran the probe suites <b>{e(', '.join(suites))}</b> on {e(' / '.join(map(str, sizes)))} fresh "
+        "instances per checkpoint: each asks whether a token's depth follows <i>static</i> cues (readable from "
+        "the input) or the <i>execution</i> state of the algorithm solving the task, and reaches a verdict "
+        f"({doc_link('docs/probes.md', 'how', out_dir=out_dir, near=near)}):</p>" + verdict_guide(results)
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,11 +237,12 @@ def _get(result: ProbeResult, suite: str, key: str) -> Any:
 
 
 def format_summary(results: Sequence[ProbeResult]) -> str:
-    """One row per checkpoint, then one line per skipped or failed suite."""
+    """One row per checkpoint, then why each verdict reads as it does, then one
+    line per skipped or failed suite."""
     header = (f"{'checkpoint':<22} {'task':<6} {'policy':<8} {'n':>5} {'acc':>5}  {'R²':>5} {'static':>6} "
               f"{'exec':>6} {'AUC s':>5} {'AUC e':>5} {'margin [95% CI]':<24} verdict")
     lines = [header, "-" * len(header)]
-    problems = []
+    why, problems = [], []
     for r in results:
         ci = _get(r, "decision", "margin CI")
         margin = _get(r, "decision", "margin (exec − static)")
@@ -93,6 +253,10 @@ def format_summary(results: Sequence[ProbeResult]) -> str:
             f"{fmt(_get(r, 'attribution', 'share execution'), 2):>6} {fmt(_get(r, 'decision', 'AUROC static'), 2):>5} "
             f"{fmt(_get(r, 'decision', 'AUROC execution'), 2):>5} {m:<24} {r.verdict or '—'}"
         )
+        decision = r.suite("decision")
+        v = suite_verdict(decision) if decision is not None and decision.status == "ok" else None
+        if v is not None and v.reason:
+            why.append(f"{r.label}: {v.label}: {v.reason}")
         for s in r.suites:
             if s.status != "ok":
                 problems.append(f"{r.label}: suite {s.name} {s.status}: {s.reason}")
@@ -100,7 +264,7 @@ def format_summary(results: Sequence[ProbeResult]) -> str:
             problems.append(f"{r.label}: difficulty {skip['difficulty']} skipped: {skip['reason']}")
     lines.append("static/exec: share of the attribution R² (Shapley); AUC: decision-probe AUROC; "
                  "margin: execution − static AUROC")
-    return "\n".join(lines + problems)
+    return "\n".join(lines + (["", "why each verdict:"] + why if why else []) + problems)
 
 
 # ---------------------------------------------------------------------------------------
@@ -108,30 +272,42 @@ def format_summary(results: Sequence[ProbeResult]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _verdict(label: str | None) -> str:
-    return f'<span class="v-{_e(label or "none")}">{_e(label or "—")}</span>'
-
-
 def summary_table(results: Sequence[ProbeResult]) -> str:
-    head = ("<tr><th class=l>checkpoint</th><th class=l>task</th><th class=l>policy</th><th class=l>timing</th>"
-            "<th>instances</th><th>accuracy</th><th>attribution R²</th><th>R² | size</th><th>share static</th>"
-            "<th>share exec</th><th class=l>reading</th><th>AUROC static</th><th>AUROC exec</th><th>AUROC both</th>"
-            "<th>margin [95% CI]</th><th class=l>verdict</th></tr>")
+    """The headline numbers, one row per checkpoint."""
+    head = ("<tr><th class=l rowspan=2>checkpoint</th><th class=l rowspan=2>task</th><th class=l rowspan=2>policy</th>"
+            "<th class=l rowspan=2>timing</th><th rowspan=2>instances</th><th rowspan=2>accuracy</th>"
+            "<th class=group colspan=4>attribution</th><th class=group colspan=4>decision probes</th></tr>"
+            "<tr><th>R²</th><th>R² | size</th><th>share static</th><th>share exec</th>"
+            "<th>AUROC static</th><th>AUROC exec</th><th>AUROC both</th><th>margin [95% CI]</th></tr>")
     rows = []
     for r in results:
         ci = _get(r, "decision", "margin CI")
         margin = _get(r, "decision", "margin (exec − static)")
         m = "—" if margin is None else f"{margin:+.3f} {fmt(ci)}" if ci else f"{margin:+.3f}"
         cells = [fmt(_get(r, "attribution", k)) for k in ("R²", "R² | size", "share static", "share execution")]
+        cells += [fmt(_get(r, "decision", k)) for k in ("AUROC static", "AUROC execution", "AUROC both")]
         rows.append(
-            f"<tr><td class=l>{_e(r.label)}</td><td class=l>{_e(r.task)}</td><td class=l>{_e(r.policy)}</td>"
-            f"<td class=l>{_e(r.timing)}</td><td>{r.n_instances}</td><td>{fmt(r.accuracy)}</td>"
-            + "".join(f"<td>{c}</td>" for c in cells)
-            + f"<td class=l>{_verdict(_get(r, 'attribution', 'reading'))}</td>"
-            + "".join(f"<td>{fmt(_get(r, 'decision', k))}</td>" for k in ("AUROC static", "AUROC execution", "AUROC both"))
-            + f"<td>{_e(m)}</td><td class=l>{_verdict(r.verdict)}</td></tr>"
+            f'<tr><td class=l><a href="#{e(section_id(r.label))}">{e(r.label)}</a></td><td class=l>{e(r.task)}</td>'
+            f"<td class=l>{e(r.policy)}</td><td class=l>{e(r.timing)}</td><td>{r.n_instances}</td>"
+            f"<td>{fmt(r.accuracy)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{e(m)}</td></tr>"
         )
-    return f"<table>{head}{''.join(rows)}</table>"
+    return scroll(f"<table>{head}{''.join(rows)}</table>")
+
+
+def verdict_table(results: Sequence[ProbeResult]) -> str:
+    """One row per checkpoint, one column per suite that reaches a verdict; each
+    cell the label with its explanation and every flag it carries."""
+    suites = list(dict.fromkeys(v.suite for r in results for v in verdicts(r)))
+    if not suites:
+        return ""
+    head = "<tr><th class=l>checkpoint</th>" + "".join(f"<th class=l>{e(s)}</th>" for s in suites) + "</tr>"
+    rows = []
+    for r in results:
+        by_suite = {v.suite: v for v in verdicts(r)}
+        cells = "".join(f"<td class=text>{verdict_html(by_suite[s]) if s in by_suite else '—'}</td>" for s in suites)
+        rows.append(f'<tr><td class=l><a href="#{e(section_id(r.label))}">{e(r.label)}</a>'
+                    f"<div class=meta>{e(r.task)} · {e(r.policy)}</div></td>{cells}</tr>")
+    return scroll(f"<table>{head}{''.join(rows)}</table>")
 
 
 def _attribution_html(s: SuiteResult) -> str:
@@ -140,7 +316,7 @@ def _attribution_html(s: SuiteResult) -> str:
     ctrl_coef = {f["name"]: f["coef"] for f in ctrl.get("features", [])}
     sel_coef = {f["name"]: f["coef"] for f in d["selected"]["features"]}
     rows = "".join(
-        f"<tr><td class=l>{_e(f['name'])}</td><td class=l>{_e(f['kind'])}</td><td>{100 * f['delta_r2']:.2f}</td>"
+        f"<tr><td class=l>{e(f['name'])}</td><td class=l>{e(f['kind'])}</td><td>{100 * f['delta_r2']:.2f}</td>"
         f"<td>{fmt(d['vif'].get(f['name']), 2)}</td><td>{'yes' if f['kept'] else 'no'}</td>"
         f"<td>{fmt(sel_coef.get(f['name']))}</td><td>{fmt(ctrl_coef.get(f['name']))}</td></tr>"
         for f in d["full"]["features"]
@@ -149,51 +325,54 @@ def _attribution_html(s: SuiteResult) -> str:
     dropped += [f"{x['dropped']} (VIF {x['vif']:.1f})" for x in d["dropped_vif"]]
     boot = d.get("bootstrap") or {}
     return (
-        f"<p>{d['n_tokens']} {_e(d['token_set'])} tokens of {d['n_instances']} instances"
-        f"{' (solved only)' if d['correct_only'] else ''}; target {_e(d['target'])}. "
-        f"R² full {fmt(d['full']['r2'])}, selected {fmt(d['selected']['r2'])}, controlled for size "
-        f"{fmt(ctrl.get('r2'))}. Share of R² static {fmt(d['share_static'])} {fmt(boot.get('share_static_ci'))}, "
-        f"execution {fmt(d['share_execution'])} {fmt(boot.get('share_execution_ci'))} (95% bootstrap CI by instance); "
-        f"reading {_verdict(d['reading'])}.</p>"
-        + (f"<p class=meta>screened out: {_e('; '.join(dropped))}</p>" if dropped else "")
-        + "<table><tr><th class=l>feature</th><th class=l>kind</th><th>ΔR² (%)</th><th>VIF</th><th>kept</th>"
-        "<th>β selected</th><th>β | size</th></tr>" + rows + "</table>"
+        f"<p>Regression of {e(d['target'])} on {d['n_tokens']} {e(d['token_set'])} tokens of {d['n_instances']} "
+        f"instances{' (solved only)' if d['correct_only'] else ''}. R² full {fmt(d['full']['r2'])}, selected "
+        f"{fmt(d['selected']['r2'])}, controlled for size {fmt(ctrl.get('r2'))}. Share of R² static "
+        f"{fmt(d['share_static'])} {fmt(boot.get('share_static_ci'))}, execution {fmt(d['share_execution'])} "
+        f"{fmt(boot.get('share_execution_ci'))} (95% bootstrap CI by instance).</p>"
+        + (f"<p class=meta>screened out: {e('; '.join(dropped))}</p>" if dropped else "")
+        + scroll("<table><tr><th class=l>feature</th><th class=l>kind</th><th>ΔR² (%)</th><th>VIF</th><th>kept</th>"
+                 "<th>β selected</th><th>β | size</th></tr>" + rows + "</table>")
     )
 
 
 def _decision_html(s: SuiteResult) -> str:
     d = s.data
-    v = d["verdict"]
     rows = []
-    for name, entry in list(d.get("sets", {}).items()) + [(f"baseline: {k}", e) for k, e in d.get("baselines", {}).items()]:
+    for name, entry in list(d.get("sets", {}).items()) + [(f"baseline: {k}", x) for k, x in d.get("baselines", {}).items()]:
         a, b = entry["auroc"], entry["balanced_accuracy"]
-        rows.append(f"<tr><td class=l>{_e(name)}</td><td>{fmt(a['mean'])} ± {fmt(a['std'])}</td>"
+        rows.append(f"<tr><td class=l>{e(name)}</td><td>{fmt(a['mean'])} ± {fmt(a['std'])}</td>"
                     f"<td>{fmt(b['mean'])} ± {fmt(b['std'])}</td></tr>")
-    margin = v.get("margin") or {}
+    # the data may lack any count (a constant decision fits nothing): say only what is there
+    tokens = " ".join(str(x) for x in (d.get("n_tokens"), d.get("token_set")) if x is not None)
+    tokens = f" on {e(tokens)} tokens" if tokens else ""
+    if "n_rows" in d:  # a probe was fitted
+        folds = f", {d['n_splits']}-fold GroupKFold by instance" if "n_splits" in d else ""
+        fitted = f" ({d['n_rows']} probe rows from {d.get('n_instances', '?')} instances{folds})"
+    else:
+        fitted = ": no probe was fitted"
     return (
-        f"<p>{_e(d['mode'])} probe on {d.get('n_tokens', 0)} {_e(d['token_set'])} tokens"
-        f" ({d.get('n_rows', 0)} probe rows, {d.get('n_instances', 0)} instances, {d['n_splits']}-fold GroupKFold by instance). "
-        f"Verdict {_verdict(v['label'])}: {_e(v['reason'])}.</p>"
-        + (f"<p class=meta>execution − static AUROC {fmt(margin.get('mean'))}, 95% CI "
-           f"[{fmt(margin.get('low'))}, {fmt(margin.get('high'))}] (Nadeau–Bengio corrected)</p>" if margin else "")
-        + ("<table><tr><th class=l>feature set</th><th>AUROC</th><th>balanced accuracy</th></tr>"
-           + "".join(rows) + "</table>" if rows else "")
+        f"<p>{e(d.get('mode', ''))} probe of the halting decision{tokens}{fitted}.</p>"
+        + (scroll("<table><tr><th class=l>feature set</th><th>AUROC</th><th>balanced accuracy</th></tr>"
+                  + "".join(rows) + "</table>") if rows else "")
     )
 
 
 def _generic_html(s: SuiteResult) -> str:
-    rows = "".join(f"<tr><td class=l>{_e(k)}</td><td>{_e(fmt(v))}</td></tr>" for k, v in s.headline.items())
-    return f"<table>{rows}</table>" if rows else ""
+    rows = "".join(f"<tr><td class=l>{e(k)}</td><td>{e(fmt(v))}</td></tr>" for k, v in s.headline.items())
+    return scroll(f"<table>{rows}</table>") if rows else ""
 
 
 def suite_html(s: SuiteResult) -> str:
-    """One suite's block: status, tables, figures, notes, raw data."""
+    """One suite's block: its verdict with the reason, tables, figures, notes, raw data."""
     from anira.probes.suites import json_safe
-    from anira.report import figure_img
 
-    out = [f"<h3>{_e(s.name)}</h3>"]
+    out = [f"<div class=block><h3>{e(s.name)}</h3>"]
+    v = suite_verdict(s)
+    if v is not None:
+        out.append(verdict_html(v))
     if s.status != "ok":
-        out.append(f"<p class=note>{_e(s.status)}: {_e(s.reason)}</p>")
+        out.append("</div>")
         return "".join(out)
     if s.html is not None:
         out.append(s.html)
@@ -204,32 +383,50 @@ def suite_html(s: SuiteResult) -> str:
     else:
         out.append(_generic_html(s))
     out.extend(figure_img(fig, f"{s.name}: {key}") for key, fig in s.figures.items())
-    out.extend(f"<p class=note>{_e(n)}</p>" for n in s.notes)
+    out.extend(f"<p class=note>{e(n)}</p>" for n in s.notes)
     data = json.dumps(json_safe(s.data), indent=1)
-    out.append(f"<details><summary>data</summary><pre>{_e(data)}</pre></details>")
+    out.append(f"<details><summary>raw data</summary><pre>{e(data)}</pre></details></div>")
     return "".join(out)
 
 
+def section_id(label: str) -> str:
+    return "probe-" + slug(label)
+
+
 def probe_sections(results: Sequence[ProbeResult]) -> list[tuple[str, str]]:
-    """``(title, html)`` per checkpoint, plus the summary first."""
-    sections = [("Probes: summary", summary_table(results))]
+    """``(title, html)``: the verdicts and headline numbers of every checkpoint
+    first, then one section per checkpoint."""
+    sections = [("Probes: verdicts", verdict_table(results)
+                 + "<h3>Headline numbers</h3>" + summary_table(results))]
     for r in results:
-        meta = (f"<p class=meta>{_e(r.task)} · {_e(r.policy)} ({_e(r.timing)}) · D = {r.max_iters} · "
+        meta = (f"<p class=meta>{e(r.task)} · {e(r.policy)} ({e(r.timing)}) · D = {r.max_iters} · "
                 f"{r.n_instances} instances ({r.n_rows} token rows), accuracy {fmt(r.accuracy)} · "
-                f"seed {_e(r.collection.get('seed'))} · {_e(r.checkpoint or 'in-memory model')}</p>")
-        skipped = "".join(f"<p class=note>difficulty {_e(s['difficulty'])} skipped: {_e(s['reason'])}</p>"
+                f"seed {e(r.collection.get('seed'))} · {e(display_path(r.checkpoint) if r.checkpoint else 'in-memory model')}</p>")
+        skipped = "".join(f"<p class=note>difficulty {e(s['difficulty'])} skipped: {e(s['reason'])}</p>"
                           for s in r.collection.get("skipped", []))
-        sections.append((f"Probes: {r.label}", meta + skipped + "".join(suite_html(s) for s in r.suites)))
+        # the anchor the tables link to sits on the section's first element
+        anchor = f'<div id="{e(section_id(r.label))}"></div>'
+        sections.append((f"Probes: {r.label}", anchor + meta + skipped + "".join(suite_html(s) for s in r.suites)))
     return sections
 
 
-def render_probe_report(results: Sequence[ProbeResult], title: str = "anira probe report") -> str:
+def render_probe_report(results: Sequence[ProbeResult], title: str = "anira probe report",
+                        out_dir: str | Path | None = None) -> str:
     from anira import __version__
 
-    body = [f"<h1>{_e(title)}</h1>", f"<div class=meta>anira {_e(__version__)}</div>"]
-    body.extend(f"<section><h2>{_e(t)}</h2>{h}</section>" for t, h in probe_sections(results))
-    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    out = Path(out_dir) if out_dir is not None else None
+    near = [Path(r.checkpoint) for r in results if r.checkpoint]
+    intro = (
+        "<div class=intro><div>" + probe_intro(results, out).replace("<p>Then ran", "<p>Ran", 1) + "</div>"
+        "<div><p><b>Further reading.</b></p><ul>"
+        f"<li>{doc_link('docs/probes.md', out_dir=out, near=near)} — each suite, its options and its rule</li>"
+        f"<li>{doc_link('docs/findings.md', out_dir=out, near=near)} — what the bundled checkpoints show</li>"
+        "</ul></div></div>"
+    )
+    sections = [("Overview", intro), *probe_sections(results)]
+    ids = unique_ids([t for t, _ in sections], taken=[section_id(r.label) for r in results])
+    header = f"<div class=meta>anira {e(__version__)}</div>"
+    return page(title, [(sid, t, h) for sid, (t, h) in zip(ids, sections)], header=header)
 
 
 def write_probe_report(results: Sequence[ProbeResult], out_dir: str | Path, title: str = "anira probe report"
@@ -244,6 +441,6 @@ def write_probe_report(results: Sequence[ProbeResult], out_dir: str | Path, titl
     if out.exists() and not out.is_dir():
         raise AniraError(f"{out}: exists and is not a directory")
     payload = to_json(results).encode("utf-8")
-    page = render_probe_report(results, title).encode("utf-8")
+    page_text = render_probe_report(results, title, out_dir=out).encode("utf-8")
     return {"json": atomic_write_bytes(out / JSON_FILE, payload),
-            "html": atomic_write_bytes(out / REPORT_FILE, page)}
+            "html": atomic_write_bytes(out / REPORT_FILE, page_text)}

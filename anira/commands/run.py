@@ -86,7 +86,7 @@ def trace_lines(task_name: str, policy: str, difficulty: int, seed: int) -> list
 
 def main_job(args: argparse.Namespace) -> int:
     from anira.evaluate import evaluate_checkpoint
-    from anira.probes.report import probe_sections
+    from anira.probes.report import probe_intro, probe_sections, verdict_card
     from anira.probes.run import discover_checkpoints, probe_checkpoint
     from anira.registry import default_registry
     from anira.report import write_report
@@ -122,7 +122,9 @@ def main_job(args: argparse.Namespace) -> int:
             finally:
                 close()
     report = write_report(evals, args.out, title="anira: reference checkpoints",
-                          extra_sections=probe_sections(probes) if probes else ())
+                          extra_sections=probe_sections(probes) if probes else (),
+                          intro=probe_intro(probes, Path(args.out)),
+                          card_extras={p.label: verdict_card(p) for p in probes})
     print(f"{'checkpoint':<16} {'acc ID':>7} {'acc OOD':>8} {'depth ID':>9} {'cost/D':>7} {'ρ(depth,cx)':>12}  probe verdict")
     verdicts = {p.label: _verdict(p) for p in probes}
     for r in evals:
@@ -130,6 +132,10 @@ def main_job(args: argparse.Namespace) -> int:
         m_ood = r.ood.metrics if r.ood else None
         print(f"{r.label:<16} {_f(m_id, 'accuracy'):>7} {_f(m_ood, 'accuracy'):>8} {_f(m_id, 'mean_exit_depth', 2):>9} "
               f"{_f(m_id, 'cost_ratio'):>7} {_f(m_id, 'spearman_exit_depth'):>12}  {verdicts.get(r.label, '-')}")
+    why = [f"  {p.label}: {_verdict(p)}: {_reason(p)}" for p in probes if _reason(p)]
+    if why:
+        print("\nwhy each verdict:")
+        print("\n".join(why))
     print(f"\nreport: {report}  ({time.perf_counter() - start:.0f} s)")
     return 0
 
@@ -151,6 +157,15 @@ def _verdict(result) -> str:
     if isinstance(verdict, dict):
         return str(verdict.get("label", "-"))
     return f"{decision.status}: {decision.reason}"[:60]
+
+
+def _reason(result) -> str:
+    """The decision verdict's explanation ("" when the suite did not conclude)."""
+    decision = result.suite("decision")
+    if decision is None or decision.status != "ok":
+        return ""
+    verdict = (decision.data or {}).get("verdict")
+    return str(verdict.get("reason", "")) if isinstance(verdict, dict) else ""
 
 
 def run(args: argparse.Namespace) -> int:
