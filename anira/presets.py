@@ -1,6 +1,6 @@
 """Named training presets: task + ranges, model size, policy options, TrainConfig.
 
-``paper-*`` presets carry the paper's hyper-parameters (PAPER.md §3 table;
+``paper-*`` presets carry the paper's hyper-parameters (docs/paper.md §3 table;
 250k steps, AdamW, constant LR after 1,000 warm-up steps). ``tiny-*`` presets use
 small difficulty ranges and a small model so that they learn something real on
 a 2-core CPU in minutes. The policy options (gamma, prior base b) apply to the
@@ -73,7 +73,7 @@ def _add(preset: TrainPreset) -> None:
     PRESETS[preset.name] = preset
 
 
-# -- the paper (PAPER.md §3 hyper-parameter table) -------------------------------------------
+# -- the paper (docs/paper.md §3 hyper-parameter table) -------------------------------------------
 _add(_paper("mano", lr=1e-4, batch=512, gamma=0.1, base=1.25, max_len=64, model_preset="paper-mano", d=14))
 _add(_paper("brevo", lr=1e-3, batch=64, gamma=0.1, base=2.0, max_len=256, model_preset="paper", d=6))
 _add(_paper("depo", lr=3e-4, batch=64, gamma=0.1, base=2.0, max_len=256, model_preset="paper", d=6))
@@ -165,8 +165,9 @@ _add(dataclasses.replace(
 _add(TrainPreset(
     name="smoke",
     task="mano",
-    description="a few steps of a very small model; checks the pipeline, learns nothing",
+    description="a few steps of a very small model (D 4); checks the pipeline, learns nothing",
     model_preset="test",
+    model={"max_iters": 4},  # not MANO's D of 14: seconds, not minutes, on a CPU
     train={"steps": 20, "batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "eval_every": 10,
            "eval_examples": 8, "checkpoint_every": 10, "log_every": 5},
 ))

@@ -56,8 +56,7 @@ def parse_options(raw: list[str], suites: list[str]) -> dict[str, dict[str, str]
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    import torch
-
+    from anira.commands.common import check_out_dir, resolve_device
     from anira.commands.eval import int_arg, tqdm_progress
     from anira.probes.report import format_summary, to_json, write_probe_report
     from anira.probes.run import discover_checkpoints, parse_suite_names, probe_checkpoint
@@ -70,8 +69,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     registry = default_registry()
     suites = [s.name for s in resolve_suites(parse_suite_names(args.suite), registry)]
     options = parse_options(args.option, suites)
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise AniraError(f"{args.out}: exists and is not a directory")
+    if args.out:
+        check_out_dir(args.out)
     paths = [Path(p) for p in args.checkpoints] or discover_checkpoints()
     if not paths:
         raise AniraError("no checkpoint given and no bundled checkpoints (subdirectories of checkpoints/ "
@@ -79,7 +78,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for p in paths:
         if not p.exists():
             raise AniraError(f"{p}: no such checkpoint or run directory")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
 
     from tqdm import tqdm
 
