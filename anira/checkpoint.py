@@ -444,6 +444,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", reg
     files = config.get("files") or {}
     tensors, _ = _load_tensors(ck / MODEL_FILE, files.get(MODEL_FILE))
     load_model_tensors(model, tensors, ck / MODEL_FILE)
+    model.set_tokenizer(task)  # model.to_tokens / to_string read the task's vocabulary
     model.to(device)
     model.eval()
     return Checkpoint(path=ck, model=model, task=task, config=config)

@@ -1,4 +1,4 @@
-"""Autoregressive decoding with the allocation-aware key/value cache (PAPER.md §2, Cost).
+"""Autoregressive decoding with the allocation-aware key/value cache (docs/paper.md §2, Cost).
 
 In the static graph, iteration t of the core feeds every token its state
 h(min(t, d_i)): a halted token offers the keys and values of its exit state.

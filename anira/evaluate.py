@@ -241,7 +241,7 @@ class Metrics:
     n_answer_tokens: int
     n_complexity_tokens: int
     # Spearman of exit / expected depth with each task feature (e.g. LANO's parser
-    # proxies, PAPER.md §4), over the positions where the feature is defined
+    # proxies, docs/paper.md §4), over the positions where the feature is defined
     feature_spearman: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -292,6 +292,7 @@ class EvalResult:
     samples: list[Sample] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"difficulty", "reason"}
     feature_kinds: dict[str, str] = field(default_factory=dict)  # task feature -> "static" | "execution"
+    feature_descriptions: dict[str, str] = field(default_factory=dict)  # task feature -> one-line definition
     label: str | None = None
     checkpoint: str | None = None  # resolved checkpoint directory, when evaluated from one
     step: int | None = None  # training step of that checkpoint
@@ -534,6 +535,7 @@ def evaluate(
         samples=samples,
         skipped=skipped,
         feature_kinds={spec.name: spec.kind for spec in task.features},
+        feature_descriptions={spec.name: spec.description for spec in task.features},
         label=label,
         checkpoint=checkpoint,
         anira_version=__version__,

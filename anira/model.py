@@ -36,6 +36,7 @@ from anira.fast import InferenceLoop
 from anira.graphs import GRAPH_MODES, IterationGraphs, autocast_key
 from anira.halting import HaltingPolicy, LoopContext, PolicyOutputChecks, build_policy, expected_depth
 from anira.layers import Block, LayerHooks, RMSNorm, Rotary, hook
+from anira.lens import LensMixin
 
 #: default of ``RecurrentTransformer.fast_path_min_tokens["cuda"]`` (H200 sweep, docs/benchmarks.md)
 FAST_PATH_MIN_TOKENS_CUDA = 2048
@@ -101,8 +102,11 @@ class IterationHooks(nn.Module):
         self.halt = SignalHooks(signal_names)
 
 
-class RecurrentTransformer(HookedRootModule):
-    """A looped, weight-shared Transformer with per-token adaptive depth."""
+class RecurrentTransformer(LensMixin, HookedRootModule):
+    """A looped, weight-shared Transformer with per-token adaptive depth.
+
+    TransformerLens conveniences (``run_with_cache`` returning an ActivationCache,
+    ``to_tokens`` / ``to_string``, ``hook.layer()``) come from :class:`LensMixin`."""
 
     def __init__(self, cfg: ModelConfig, policy: HaltingPolicy) -> None:
         super().__init__()
@@ -134,6 +138,9 @@ class RecurrentTransformer(HookedRootModule):
         #: GPU a small batch's iteration costs the same whatever its row count, and the
         #: fast path's extra kernels make it slower (docs/benchmarks.md, H200 sweep)
         self.fast_path_min_tokens: dict[str, int] = {"cuda": FAST_PATH_MIN_TOKENS_CUDA}
+        #: which tokens' continue decisions get the straight-through gradient in training:
+        #: "running" (those that ran on; the original engine) or "all" (see _surrogate)
+        self.straight_through = "running"
         #: inference takes early policies' exit depths as a plan (HaltingPolicy.planned_exit_depths)
         self.use_planned_depths = True
         #: inference runs each iteration as a CUDA graph ("auto": on CUDA; "off"; "static":
@@ -260,7 +267,8 @@ class RecurrentTransformer(HookedRootModule):
         if forced is None and not self.training and self.use_planned_depths:  # early policies decided already
             forced = check.depths(self.policy.planned_exit_depths(state, ctx, h0), "planned_exit_depths")
         executor = None if self.training else self._executor(h0, forced)
-        h, cont, ran, iterations_run = h0, h0.new_ones(h0.shape[:2]), [], 0
+        h, keep, ran, iterations_run = h0, h0.new_ones(h0.shape[:2]), [], 0
+        cont = keep
         for t in range(D):
             it = self._h(self.loop[t])
             running = hook(it and it.hook_running, cont > 0.5)
@@ -270,8 +278,7 @@ class RecurrentTransformer(HookedRootModule):
                 break  # nobody runs and no hook is left to change that: every later state is frozen
             h = self._watch(it and it.hook_resid_pre, h, executor)
             if executor is None:  # the freeze equation on every token (a static graph)
-                # value a = running (as patched); gradient: the policy's straight-through surrogate
-                a = running.to(h.dtype) if forced is not None else running * (1 + cont - cont.detach())
+                a = running.to(h.dtype) if forced is not None else running + self._surrogate(keep, cont, running)
                 h = self.iterate(h, t, a)
             elif computes:  # the same function, skipping frozen tokens
                 h = executor.iterate(h, t, running)
@@ -291,6 +298,17 @@ class RecurrentTransformer(HookedRootModule):
         logits = self.run_coda(self.policy.readout_state(state, h), exit_depth, exp_depth)
         return ModelOutput(logits=logits, exit_depth=exit_depth, q=q, expected_depth=exp_depth,
                            running=running_all, iterations_run=iterations_run, state=state)
+
+    def _surrogate(self, keep: Tensor, cont: Tensor, running: Tensor) -> Tensor:
+        """The gradient carrier (value 0) of a(t): the policy's straight-through
+        surrogate of its last continue decision ``keep``. ``"running"`` (the original
+        engine): only where the token ran the previous iteration and runs this one, so
+        a token that stopped never learns whether running on would have helped.
+        ``"all"``: every token's decision gets the gradient of the freeze mix,
+        <h~(t+1) - h(t), dL/dh(t+1)> (the candidate is computed for every token anyway)."""
+        if self.straight_through == "all":
+            return keep - keep.detach()
+        return running * (cont - cont.detach())
 
     def _executor(self, h0: Tensor, depths: Tensor | None) -> InferenceLoop:
         # with known depths and nobody patching who runs or any state, the whole loop's

@@ -1,6 +1,6 @@
 """The training objective: CE on answer tokens + the policy's regulariser.
 
-PAPER.md §2: L = CE(answer tokens only) + gamma · mean over ALL tokens of
+docs/paper.md §2: L = CE(answer tokens only) + gamma · mean over ALL tokens of
 KL(q_i ‖ p). Here "all tokens" means every non-padding position; gamma and p
 belong to the policy (``token_regularizer``), so other policies plug in their
 own terms (ponder cost, balancing losses, ...) by overriding it or ``loss``.

@@ -8,12 +8,13 @@ renders it for embedding and :func:`save_png` writes it atomically.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import matplotlib
 
@@ -27,12 +28,29 @@ from anira.errors import AniraError  # noqa: E402
 from anira.fileio import atomic_write_bytes  # noqa: E402,F401  (re-exported for callers)
 from anira.evaluate import EvalResult, Sample  # noqa: E402
 
-DPI = 100
+#: PNG resolution. Figures are designed at their display size (``figsize`` inches
+#: shown as 100 CSS px each, see anira.htmlpage.figure_img) with 8-10 pt text;
+#: rendering at 150 dpi keeps them sharp on dense screens.
+DPI = 150
+FONT = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8.5,
+        "ytick.labelsize": 8.5, "legend.fontsize": 8}
 
 
 # ---------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------
+
+
+def styled(build: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Build the figure under the report's font sizes (text sizes are fixed when
+    each artist is created, so the context only needs to span the building)."""
+
+    @functools.wraps(build)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        with matplotlib.rc_context(FONT):
+            return build(*args, **kwargs)
+
+    return wrapper
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -68,12 +86,13 @@ def _check_results(results: Sequence[EvalResult]) -> None:
         raise AniraError("nothing to plot: no evaluation results")
 
 
+@styled
 def depth_vs_difficulty_figure(results: Sequence[EvalResult]) -> Figure:
     """Mean exit depth (solid) and mean expected depth (dashed) over answer
     positions against the difficulty knob; for language-modelling tasks the
     expected depth over all tokens. One colour per result."""
     _check_results(results)
-    fig = Figure(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(5.8, 3.7), layout="constrained")
     ax = fig.subplots()
     _shade_training_range(ax, results[0])
     for i, res in enumerate(results):
@@ -94,14 +113,15 @@ def depth_vs_difficulty_figure(results: Sequence[EvalResult]) -> Figure:
     ax.set_ylabel("mean depth (answer tokens)" if not results[0].language_modelling else "mean depth")
     ax.set_title(f"{results[0].task}: depth vs difficulty (D = {D})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(loc="best")
     return fig
 
 
+@styled
 def accuracy_vs_difficulty_figure(results: Sequence[EvalResult]) -> Figure:
     """Exact-match accuracy against the difficulty knob, training range shaded."""
     _check_results(results)
-    fig = Figure(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(5.8, 3.7), layout="constrained")
     ax = fig.subplots()
     _shade_training_range(ax, results[0])
     for i, res in enumerate(results):
@@ -114,7 +134,7 @@ def accuracy_vs_difficulty_figure(results: Sequence[EvalResult]) -> Figure:
     ax.set_ylabel("exact-match accuracy")
     ax.set_title(f"{results[0].task}: accuracy vs difficulty")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(loc="best")
     return fig
 
 
@@ -132,46 +152,49 @@ def pick_samples(samples: Sequence[Sample], max_samples: int) -> list[Sample]:
     return [by_k[ks[i]] for i in idx]
 
 
-def token_depth_figure(result: EvalResult, max_samples: int = 4, max_tokens: int = 96) -> Figure:
+@styled
+def token_depth_figure(result: EvalResult, max_samples: int = 4, per_line: int = 32) -> Figure:
     """Per-token exit depth of sample instances: a heat strip under the decoded tokens.
 
     The cell under token ``i`` is the exit depth at position ``i`` (the
     computation that reads token ``i`` and predicts token ``i + 1``); answer
-    positions are outlined. Sequences longer than ``max_tokens`` show their
-    last ``max_tokens`` positions, where the answer is.
+    positions are outlined in red. Long sequences wrap onto several strips of
+    ``per_line`` tokens, like lines of text, so cells and labels keep a
+    readable size whatever the length.
     """
     chosen = pick_samples(result.samples, max_samples)
     D = result.max_iters
-    width = min(max_tokens, max((len(s.tokens) for s in chosen), default=1))
-    fig = Figure(figsize=(max(6.0, min(24.0, 0.26 * width + 1.5)), 0.5 + 1.2 * max(1, len(chosen))), layout="constrained")
+    # one strip per line of tokens: (sample, first position, last position + 1)
+    lines = [(s, a, min(a + per_line, len(s.tokens))) for s in chosen for a in range(0, max(1, len(s.tokens)), per_line)]
+    width = min(per_line, max((len(s.tokens) for s in chosen), default=1))
+    cell = 0.3  # inches per token: an 8.5 pt label fits without overlapping its neighbour
+    fig = Figure(figsize=(max(5.0, cell * width + 1.6), 0.6 + 0.75 * max(1, len(lines))), layout="constrained")
     if not chosen:
         ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, "no sample instances", ha="center", va="center")
         return fig
-    axes = fig.subplots(len(chosen), 1, squeeze=False)[:, 0]
+    axes = fig.subplots(len(lines), 1, squeeze=False)[:, 0]
     image = None
-    for ax, s in zip(axes, chosen):
-        start = max(0, len(s.tokens) - max_tokens)
-        tokens = s.tokens[start:]
-        depth = s.exit_depth[start:]
+    for ax, (s, a, b) in zip(axes, lines):
+        tokens = [t.strip() or "␣" for t in s.tokens[a:b]]
+        depth = s.exit_depth[a:b]
         image = ax.imshow([depth], aspect="auto", cmap="viridis", vmin=1, vmax=D, extent=(-0.5, len(tokens) - 0.5, 0, 1))
-        for x, (d, ans) in enumerate(zip(depth, s.answer_mask[start:])):
-            ax.text(x, 0.5, str(d), ha="center", va="center", fontsize=6, color="white" if d < (1 + D) / 2 else "black")
+        for x, (d, ans) in enumerate(zip(depth, s.answer_mask[a:b])):
+            ax.text(x, 0.5, str(d), ha="center", va="center", fontsize=8, color="white" if d < (1 + D) / 2 else "black")
             if ans:
-                ax.add_patch(patches.Rectangle((x - 0.5, 0), 1, 1, fill=False, ec="red", lw=1.2))
-        ax.set_xlim(-0.5, width - 0.5)  # equal cell widths across rows: shorter sequences end early
+                ax.add_patch(patches.Rectangle((x - 0.5, 0.02), 1, 0.96, fill=False, ec="red", lw=1.4))
+        ax.set_xlim(-0.5, width - 0.5)  # equal cell widths on every strip: short lines end early
         ax.set_yticks([])
         ax.set_xticks(range(len(tokens)))
-        ax.set_xticklabels(tokens, fontsize=7, rotation=90 if max(map(len, tokens), default=1) > 2 else 0)
+        ax.set_xticklabels(tokens, rotation=90 if max(map(len, tokens), default=1) > 3 else 0)
         ax.xaxis.set_ticks_position("top")
-        mark = "correct" if s.correct else "wrong"
-        cut = f", last {len(tokens)} tokens" if start else ""
-        ax.set_ylabel(f"{s.difficulty}\n{mark}", rotation=0, ha="right", va="center", fontsize=7)
-        if cut:
-            ax.text(1.0, -0.15, cut.lstrip(", "), transform=ax.transAxes, ha="right", va="top", fontsize=6)
-    fig.suptitle(f"{result_label(result)}: exit depth per position (red = answer positions)", fontsize=8)
-    fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, label="exit depth", ticks=range(1, D + 1))
+        ax.tick_params(axis="x", length=0, pad=2)
+        if a == 0:
+            mark = "solved" if s.correct else "wrong"
+            ax.set_ylabel(f"{s.difficulty}\n{mark}", rotation=0, ha="right", va="center")
+    fig.suptitle(f"{result_label(result)}: exit depth per position (red: answer positions)")
+    fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.01, label="exit depth", ticks=range(1, D + 1))
     return fig
 
 
@@ -259,11 +282,12 @@ def read_training_curves(path: str | Path, split: str | None = None) -> dict[str
     return curves
 
 
+@styled
 def training_dynamics_figure(curves: dict[str, TrainingCurves], *, max_iters: int | None = None, title: str = "") -> Figure:
     """Accuracy (left) and mean depth (right) per difficulty against step, one
     line per difficulty coloured easy (light) to hard (dark), as the paper's
     Figures 4-5. In-distribution and OOD evaluation records share the axes."""
-    fig = Figure(figsize=(10.0, 3.8), layout="constrained")
+    fig = Figure(figsize=(5.8, 2.9), layout="constrained")
     ax_acc, ax_depth = fig.subplots(1, 2)
     merged: dict[int, tuple[list[int], list[float], list[float]]] = {}
     for c in curves.values():
@@ -283,19 +307,24 @@ def training_dynamics_figure(curves: dict[str, TrainingCurves], *, max_iters: in
         s, a, d = merged[k]
         order = sorted(range(len(s)), key=s.__getitem__)
         color = cmap(0.1 + 0.8 * i / max(1, len(ks) - 1))
-        ax_acc.plot([s[j] for j in order], [a[j] for j in order], color=color, lw=1)
-        ax_depth.plot([s[j] for j in order], [d[j] for j in order], color=color, lw=1)
-    sm = cm.ScalarMappable(cmap=cmap, norm=colors.Normalize(min(ks), max(ks)))
-    fig.colorbar(sm, ax=[ax_acc, ax_depth], fraction=0.03, pad=0.02, label="difficulty")
+        ax_acc.plot([s[j] for j in order], [a[j] for j in order], color=color, lw=1.4, label=str(k))
+        ax_depth.plot([s[j] for j in order], [d[j] for j in order], color=color, lw=1.4)
+    if len(ks) <= 10:  # a few difficulties: name each line
+        fig.legend(title="difficulty", loc="outside right upper", frameon=False)
+    else:
+        sm = cm.ScalarMappable(cmap=cmap, norm=colors.Normalize(min(ks), max(ks)))
+        fig.colorbar(sm, ax=[ax_acc, ax_depth], fraction=0.03, pad=0.02, label="difficulty")
     ax_acc.set_ylim(-0.02, 1.02)
     ax_acc.set_ylabel("exact-match accuracy")
     ax_depth.set_ylabel("mean exit depth")
+    for ax in (ax_acc, ax_depth):
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # fewer, readable step labels
     if max_iters:
         ax_depth.set_ylim(0, max_iters + 0.5)
     for ax in (ax_acc, ax_depth):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.suptitle(title or "training dynamics", fontsize=9)
+    fig.suptitle(title or "training dynamics")
     return fig
 
 

@@ -1,6 +1,6 @@
 """Named training presets: task + ranges, model size, policy options, TrainConfig.
 
-``paper-*`` presets carry the paper's hyper-parameters (PAPER.md §3 table;
+``paper-*`` presets carry the paper's hyper-parameters (docs/paper.md §3 table;
 250k steps, AdamW, constant LR after 1,000 warm-up steps). ``tiny-*`` presets use
 small difficulty ranges and a small model so that they learn something real on
 a 2-core CPU in minutes. The policy options (gamma, prior base b) apply to the
@@ -73,7 +73,7 @@ def _add(preset: TrainPreset) -> None:
     PRESETS[preset.name] = preset
 
 
-# -- the paper (PAPER.md §3 hyper-parameter table) -------------------------------------------
+# -- the paper (docs/paper.md §3 hyper-parameter table) -------------------------------------------
 _add(_paper("mano", lr=1e-4, batch=512, gamma=0.1, base=1.25, max_len=64, model_preset="paper-mano", d=14))
 _add(_paper("brevo", lr=1e-3, batch=64, gamma=0.1, base=2.0, max_len=256, model_preset="paper", d=6))
 _add(_paper("depo", lr=3e-4, batch=64, gamma=0.1, base=2.0, max_len=256, model_preset="paper", d=6))
@@ -151,13 +151,23 @@ def _ref(task: str, knob: str, train: tuple[int, int], ood: tuple[int, int], d: 
 
 
 _add(_ref("mano", "L", (1, 2), (3, 3), d=8, base=1.25))
-_add(_ref("brevo", "N", (3, 5), (6, 7), d=6, base=2.0))
+# BREVO on N 3-10, where depth matters (a model at depth 1 loses 50 points at N = 10), with the
+# deciders' remedies (docs/deciders.md): the all-tokens straight-through surrogate and a 500-step
+# full-depth warm-up; every run the same 3,500 steps (the budget the bundled models share)
+_add(dataclasses.replace(
+    _ref("brevo", "N", (3, 10), (11, 12), d=6, base=2.0),
+    description="the reference BREVO runs: N 3-10 (OOD 11-12), d_model 128, D 6, batch 1024, 3,500 steps, "
+                "all-tokens straight-through gradient after a 500-step full-depth warm-up, CUDA graphs",
+    train={**_REF_TRAIN, "steps": 3500, "eval_every": 500, "eval_examples": 128, "checkpoint_every": 500,
+           "log_every": 50, "stop_at_acc": 0.0, "straight_through": "all", "full_depth_steps": 500},
+))
 # -- smoke: seconds, for tests and trying the CLI -----------------------------------------
 _add(TrainPreset(
     name="smoke",
     task="mano",
-    description="a few steps of a very small model; checks the pipeline, learns nothing",
+    description="a few steps of a very small model (D 4); checks the pipeline, learns nothing",
     model_preset="test",
+    model={"max_iters": 4},  # not MANO's D of 14: seconds, not minutes, on a CPU
     train={"steps": 20, "batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "eval_every": 10,
            "eval_examples": 8, "checkpoint_every": 10, "log_every": 5},
 ))

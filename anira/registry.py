@@ -45,6 +45,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "anira.probes.builtin_suites",
 )
 
+#: what each built-in module registers: a command that needs only tasks
+#: (``anira tasks``) skips the policy modules, which import torch
+_BUILTIN_KIND = {name: ("task" if ".tasks." in name else "suite" if ".probes." in name else "policy")
+                 for name in BUILTIN_PLUGINS}
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 # kind of registration -> hook that provides it
@@ -111,11 +116,14 @@ def _allowed_external() -> set[str] | None:
 
 
 def build_plugin_manager(
-    *, load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = ()
+    *, load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = (), kinds: tuple[str, ...] | None = None
 ) -> tuple[pluggy.PluginManager, list[str]]:
     """Build a fresh plugin manager: built-ins, ``extra_plugins``, then entry points.
 
     Returns the manager and a list of one-line problems met while loading.
+    ``kinds`` (e.g. ``("task",)``) loads only the built-in modules providing
+    those kinds; third-party plugins always load, since what they provide is
+    known only once they are imported.
     ``ANIRA_LOAD_PLUGINS=a,b`` restricts third-party loading to those entry-point
     names (an empty value loads none); built-ins always load.
     """
@@ -123,6 +131,8 @@ def build_plugin_manager(
     pm.add_hookspecs(hookspecs)
     problems: list[str] = []
     for module_name in BUILTIN_PLUGINS:
+        if kinds is not None and _BUILTIN_KIND[module_name] not in kinds:
+            continue
         module = importlib.import_module(module_name)  # a broken built-in is our bug: let it raise
         pm.register(module, name=module_name)
     for plugin in extra_plugins:
@@ -160,13 +170,23 @@ def _validate(kind: str, obj: Any) -> str:
 
 
 def build_registry(
-    *, load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = ()
+    *, load_entry_points: bool = True, extra_plugins: tuple[Any, ...] = (), kinds: tuple[str, ...] | None = None
 ) -> Registry:
-    """Load every plugin and resolve what it registers into a :class:`Registry`."""
-    pm, problems = build_plugin_manager(load_entry_points=load_entry_points, extra_plugins=extra_plugins)
+    """Load every plugin and resolve what it registers into a :class:`Registry`.
+
+    With ``kinds`` only those kinds are resolved (the others stay empty), and
+    built-in modules providing other kinds are not imported.
+    """
+    unknown = set(kinds or ()) - set(_HOOKS)
+    if unknown:
+        raise AniraError(f"unknown registration kind(s) {sorted(unknown)}; known: {', '.join(_HOOKS)}")
+    pm, problems = build_plugin_manager(load_entry_points=load_entry_points, extra_plugins=extra_plugins,
+                                        kinds=kinds)
     registry = Registry(problems=list(problems))
     registry.plugins = [pm.get_name(p) for p in pm.get_plugins()]
     for kind, hook_name in _HOOKS.items():
+        if kinds is not None and kind not in kinds:
+            continue
         caller = getattr(pm.hook, hook_name)
         # get_hookimpls() is in registration order once priorities are equal:
         # built-ins first, so they win name clashes.

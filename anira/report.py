@@ -1,40 +1,59 @@
 """One self-contained HTML page comparing evaluated checkpoints.
 
-Every image is a PNG embedded as a base64 ``data:`` URI and all styling is
-inline, so the page references nothing outside itself and opens offline.
-Files are written through a temporary file and ``os.replace``: a reader (or a
-crash) never sees a half-written report.
+The page reads top to bottom as: an overview (what the run did, how to read
+it, one card per checkpoint), the summary table with the metric definitions,
+then one section per task (overlays of every checkpoint, feature alignment,
+and a block per checkpoint with its per-difficulty table, training dynamics
+and per-token exit depths), then the sections other tools add.
+
+Every figure is a PNG embedded as a base64 ``data:`` URI and all styling is
+inline (:mod:`anira.htmlpage`), so the page opens offline. Files are written
+through a temporary file and ``os.replace``: a reader (or a crash) never sees
+a half-written report.
 
 Other parts of anira add their own sections through ``extra_sections``: a list
 of ``(title, html)`` pairs appended after the evaluation sections. The title is
 escaped; the html is inserted as given (the caller is trusted to produce
-self-contained markup — embed images with :func:`figure_img`).
+self-contained markup — embed images with :func:`figure_img`). ``intro`` adds
+paragraphs to the overview and ``card_extras`` adds markup to a checkpoint's
+overview card (the main job puts the probe verdicts there).
 """
 
 from __future__ import annotations
 
-import base64
-import html
+import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Mapping, Sequence, Union
+
+import matplotlib
 
 from anira.errors import AniraError
-from anira.evaluate import EvalResult, Metrics, Progress, evaluate_checkpoint
-from matplotlib.figure import Figure
-
+from anira.evaluate import EvalResult, Metrics, Progress, Sample, evaluate_checkpoint
+from anira.htmlpage import (
+    definition_list,
+    display_path,
+    doc_link,
+    e,
+    figure_img,
+    fmt,
+    page,
+    scroll,
+    slug,
+    unique_ids,
+)
 from anira.plots import (
     accuracy_vs_difficulty_figure,
     atomic_write_bytes,
     depth_vs_difficulty_figure,
-    png_bytes,
+    pick_samples,
     read_training_curves,
     result_label,
-    token_depth_figure,
     training_dynamics_figure,
 )
+
+__all__ = ["REPORT_FILE", "RESULTS_FILE", "figure_img", "load_items", "render_report", "write_report"]
 
 REPORT_FILE = "report.html"
 RESULTS_FILE = "results.json"
@@ -43,38 +62,6 @@ RESULTS_FILE = "results.json"
 #: checkpoint / run directory (evaluated here), or an ``anira eval --json`` file.
 ReportItem = Union[EvalResult, str, Path]
 ExtraSection = tuple[str, str]
-
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1.5em; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
-.meta { color: #666; font-size: 0.9em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; } td.l, th.l { text-align: left; }
-tr.ood td { background: #fff6ec; } tr.train td.k { font-weight: bold; }
-.grid { display: grid; gap: 1em; align-items: start; overflow-x: auto; }
-.col { min-width: 340px; border: 1px solid #eee; padding: 0.5em; }
-.col h3 { margin: 0.2em 0 0.4em; }
-img { max-width: 100%; height: auto; display: block; margin: 0.3em 0; }
-.note { color: #a33; font-size: 0.85em; }
-dl.defs dt { font-weight: bold; margin-top: 0.4em; } dl.defs dd { margin-left: 1.5em; }
-"""
-
-
-def figure_img(fig: Figure, alt: str) -> str:
-    """An ``<img>`` tag holding the rendered figure as a base64 PNG data URI."""
-    data = base64.b64encode(png_bytes(fig)).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.{digits}f}"
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text))
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,6 +72,7 @@ def _e(text: object) -> str:
 @dataclass
 class _Column:
     result: EvalResult
+    label: str
     metrics_path: Path | None  # metrics.jsonl of the checkpoint, when there is one
 
 
@@ -125,52 +113,139 @@ def _unique_labels(results: list[EvalResult]) -> list[str]:
     return labels
 
 
-# ---------------------------------------------------------------------------------------
-# HTML pieces
-# ---------------------------------------------------------------------------------------
-
-
 def _depth(m: Metrics, lm: bool) -> float:
     # LANO-style tasks have no answer span to speak of: their measure is E[depth] over all tokens
     return m.mean_expected_depth_all if lm else m.mean_exit_depth
 
 
+def _metric(m: Metrics | None, attr: str) -> float | None:
+    return None if m is None else getattr(m, attr)
+
+
+def _id(res: EvalResult) -> Metrics | None:
+    return res.in_distribution.metrics if res.in_distribution else None
+
+
+def _ood(res: EvalResult) -> Metrics | None:
+    return res.ood.metrics if res.ood else None
+
+
+# ---------------------------------------------------------------------------------------
+# Overview
+# ---------------------------------------------------------------------------------------
+
+
+def _span(lo_hi: Sequence[int]) -> str:
+    lo, hi = lo_hi
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def _what_ran(results: Sequence[EvalResult]) -> str:
+    tasks = list(dict.fromkeys(r.task for r in results))
+    policies = list(dict.fromkeys(r.policy for r in results))
+    sizes = sorted({r.n_per_difficulty for r in results})
+    seeds = sorted({r.seed for r in results})
+    ranges = "; ".join(
+        f"<b>{e(t)}</b> ({e(r.knob)}): trained on {_span(r.ranges['train'])}, tested in-distribution on "
+        f"{_span(r.ranges['test_id'])} and out-of-distribution on {_span(r.ranges['test_ood'])}"
+        for t in tasks for r in [next(x for x in results if x.task == t)]
+    )
+    n = len(results)
+    return (
+        f"<p>Evaluated <b>{n} checkpoint{'s' if n != 1 else ''}</b> (tasks {e(', '.join(tasks))}; halting policies "
+        f"{e(', '.join(policies))}) on {e(' / '.join(map(str, sizes)))} fresh test instances per difficulty "
+        f"(seed {e(', '.join(map(str, seeds)))}), teacher-forced, recording each token's exit depth — how many "
+        f"of the D loop iterations it ran before halting. {ranges}.</p>"
+    )
+
+
+def _how_to_read(out_dir: Path | None, near: Sequence[Path]) -> str:
+    readme = None
+    for p in near:
+        candidate = Path(p).resolve().parent / "README.md"
+        if candidate.is_file():
+            readme = candidate
+            break
+    links = [
+        doc_link("docs/findings.md", out_dir=out_dir, near=near) + " — what the bundled reference checkpoints "
+        "show, and why their verdicts read as they do",
+        doc_link("checkpoints/README.md", out_dir=out_dir, near=near, target=readme)
+        + " — how the checkpoints were trained and what they reach",
+        doc_link("docs/evaluation.md", out_dir=out_dir, near=near) + " — every metric on this page",
+        doc_link("docs/probes.md", out_dir=out_dir, near=near) + " — how the probe suites reach a verdict",
+    ]
+    return (
+        "<p><b>How to read it.</b> A policy that spends compute where the work is shows depth rising with "
+        "difficulty, a cost ratio below 1 at equal accuracy, and a positive ρ between a token's depth and its "
+        "ground-truth complexity. A fixed-depth model is the reference: every token runs all D iterations "
+        "(cost ratio 1, ρ undefined). OOD rows show whether the allocation extrapolates beyond the training "
+        "range.</p><ul>" + "".join(f"<li>{link}</li>" for link in links) + "</ul>"
+    )
+
+
+def _card(col: _Column, extra: str) -> str:
+    res = col.result
+    m_id, m_ood = _id(res), _ood(res)
+    depth = None if m_id is None else _depth(m_id, res.language_modelling)
+    share = 0.0 if depth is None or depth != depth else max(0.0, min(1.0, depth / res.max_iters))
+    stats = [
+        (fmt(_metric(m_id, "accuracy")), "accuracy ID"),
+        (fmt(_metric(m_ood, "accuracy")), "accuracy OOD"),
+        (f"{fmt(depth, 2)}<small> / {res.max_iters}</small>"
+         f"<div class=bar title='mean depth as a share of D'><i style='width:{100 * share:.0f}%'></i></div>",
+         "mean depth ID"),
+        (fmt(_metric(m_id, "cost_ratio")), "cost ratio ID"),
+        (fmt(_metric(m_id, "spearman_exit_depth")), "ρ(depth, cx) ID"),
+    ]
+    cells = "".join(f"<div><b>{v}</b><span>{e(k)}</span></div>" for v, k in stats)
+    return (
+        f'<div class=card><h3><a href="#{e(_block_id(col.label))}">{e(col.label)}</a></h3>'
+        f"<div class=meta>{e(res.task)} · policy {e(res.policy)} · D = {res.max_iters}</div>"
+        f"<div class=stats>{cells}</div>{extra}</div>"
+    )
+
+
+def _block_id(label: str) -> str:
+    return "ckpt-" + slug(label)
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------
+
+
 def summary_table(results: Sequence[EvalResult], labels: Sequence[str]) -> str:
+    """One row per checkpoint; in-distribution and OOD side by side under group headers."""
     head = (
-        "<tr><th class=l>checkpoint</th><th class=l>task</th><th class=l>policy</th><th>D</th>"
-        "<th>acc ID</th><th>acc OOD</th><th>depth ID</th><th>depth OOD</th>"
-        "<th>E[depth] ID</th><th>cost ratio ID</th><th>cost ratio OOD</th>"
-        "<th>ρ(exit depth, cx) ID</th><th>ρ(E[depth], cx) ID</th><th>ρ(exit depth, cx) OOD</th></tr>"
+        "<tr><th class=l rowspan=2>checkpoint</th><th class=l rowspan=2>task</th><th class=l rowspan=2>policy</th>"
+        "<th rowspan=2>D</th><th class=group colspan=2>accuracy</th><th class=group colspan=2>mean depth</th>"
+        "<th rowspan=2>E[depth] ID</th><th class=group colspan=2>cost ratio</th>"
+        "<th class=group colspan=2>ρ(exit depth, cx)</th><th rowspan=2>ρ(E[depth], cx) ID</th></tr>"
+        "<tr>" + "<th>ID</th><th>OOD</th>" * 4 + "</tr>"
     )
     rows = []
     for res, label in zip(results, labels):
-        i = res.in_distribution.metrics if res.in_distribution else None
-        o = res.ood.metrics if res.ood else None
-        lm = res.language_modelling
-
-        def g(m: Metrics | None, attr: str) -> float | None:
-            return None if m is None else getattr(m, attr)
-
+        i, o, lm = _id(res), _ood(res), res.language_modelling
         rows.append(
             "<tr>"
-            f"<td class=l>{_e(label)}</td><td class=l>{_e(res.task)}</td><td class=l>{_e(res.policy)}</td>"
-            f"<td>{res.max_iters}</td>"
-            f"<td>{fmt(g(i, 'accuracy'))}</td><td>{fmt(g(o, 'accuracy'))}</td>"
+            f'<td class=l><a href="#{e(_block_id(label))}">{e(label)}</a></td><td class=l>{e(res.task)}</td>'
+            f"<td class=l>{e(res.policy)}</td><td>{res.max_iters}</td>"
+            f"<td>{fmt(_metric(i, 'accuracy'))}</td><td>{fmt(_metric(o, 'accuracy'))}</td>"
             f"<td>{fmt(None if i is None else _depth(i, lm), 2)}</td><td>{fmt(None if o is None else _depth(o, lm), 2)}</td>"
-            f"<td>{fmt(g(i, 'mean_expected_depth_all' if lm else 'mean_expected_depth'), 2)}</td>"
-            f"<td>{fmt(g(i, 'cost_ratio'))}</td><td>{fmt(g(o, 'cost_ratio'))}</td>"
-            f"<td>{fmt(g(i, 'spearman_exit_depth'))}</td><td>{fmt(g(i, 'spearman_expected_depth'))}</td>"
-            f"<td>{fmt(g(o, 'spearman_exit_depth'))}</td>"
+            f"<td>{fmt(_metric(i, 'mean_expected_depth_all' if lm else 'mean_expected_depth'), 2)}</td>"
+            f"<td>{fmt(_metric(i, 'cost_ratio'))}</td><td>{fmt(_metric(o, 'cost_ratio'))}</td>"
+            f"<td>{fmt(_metric(i, 'spearman_exit_depth'))}</td><td>{fmt(_metric(o, 'spearman_exit_depth'))}</td>"
+            f"<td>{fmt(_metric(i, 'spearman_expected_depth'))}</td>"
             "</tr>"
         )
-    return f"<table>{head}{''.join(rows)}</table>"
+    return scroll(f"<table>{head}{''.join(rows)}</table>")
 
 
 def difficulty_table(result: EvalResult) -> str:
     """Per-difficulty metrics; training-range difficulties in bold, OOD rows tinted."""
     head = (
-        "<tr><th class=l>k</th><th>n</th><th>acc</th><th>exit depth</th><th>E[depth]</th>"
-        "<th>E[depth] all</th><th>cost ratio</th><th>ρ exit</th><th>ρ E[d]</th></tr>"
+        f"<tr><th class=l title='{e(result.knob)}'>{e(result.knob.split(' ')[0])}</th><th>n</th><th>acc</th>"
+        "<th>exit depth</th><th>E[depth]</th><th>E[depth] all</th><th>cost ratio</th><th>ρ exit</th><th>ρ E[d]</th></tr>"
     )
     rows = []
     for row in result.per_difficulty:
@@ -183,9 +258,10 @@ def difficulty_table(result: EvalResult) -> str:
             f"<td>{fmt(m.spearman_exit_depth)}</td><td>{fmt(m.spearman_expected_depth)}</td></tr>"
         )
     notes = "".join(
-        f"<div class=note>difficulty {_e(s['difficulty'])} skipped: {_e(s['reason'])}</div>" for s in result.skipped
+        f"<div class=note>difficulty {e(s['difficulty'])} skipped: {e(s['reason'])}</div>" for s in result.skipped
     )
-    return f"<table>{head}{''.join(rows)}</table>{notes}"
+    legend = "<div class=meta>bold: training-range difficulty · tinted: out-of-distribution</div>"
+    return scroll(f"<table>{head}{''.join(rows)}</table>") + legend + notes
 
 
 def feature_table(results: Sequence[EvalResult], labels: Sequence[str]) -> str:
@@ -195,7 +271,7 @@ def feature_table(results: Sequence[EvalResult], labels: Sequence[str]) -> str:
     if not names:
         return ""
     head = "<tr><th class=l>feature</th><th class=l>kind</th>" + "".join(
-        f"<th>{_e(label)}</th>" for label in labels) + "</tr>"
+        f"<th>{e(label)}</th>" for label in labels) + "</tr>"
     rows = []
     for name in names:
         kind = next((r.feature_kinds[name] for r in results if name in r.feature_kinds), "")
@@ -203,48 +279,122 @@ def feature_table(results: Sequence[EvalResult], labels: Sequence[str]) -> str:
         for r in results:
             rho = (r.in_distribution.metrics.feature_spearman.get(name, {}) if r.in_distribution else {})
             cells.append(f"<td>{fmt(rho.get('expected_depth'))}</td>")
-        rows.append(f"<tr><td class=l>{_e(name)}</td><td class=l>{_e(kind)}</td>{''.join(cells)}</tr>")
+        rows.append(f"<tr><td class=l>{e(name)}</td><td class=l>{e(kind)}</td>{''.join(cells)}</tr>")
     return (
-        "<h3>Alignment with task features</h3><div class=meta>Spearman ρ of per-token expected depth with each "
-        "feature, in-distribution, over the positions where the feature is defined</div>"
-        f"<table>{head}{''.join(rows)}</table>"
+        "<h3>Alignment with task features</h3><p class=meta>Spearman ρ of per-token expected depth with each "
+        "feature, in-distribution, over the positions where the feature is defined. <i>static</i>: a cue "
+        "readable from the input; <i>execution</i>: the state of the solving algorithm at that token. "
+        "— where depth is constant.</p>"
+        + scroll(f"<table>{head}{''.join(rows)}</table>")
     )
 
 
-def _column(col: _Column, label: str) -> str:
+_DEFINITIONS = definition_list([
+    ("accuracy", "exact match: every answer token predicted correctly (teacher-forced argmax)."),
+    ("mean depth / E[depth]", "mean over answer positions (position i predicts answer token i+1) of the "
+     "iterations run, and of Σ<sub>d</sub> d·q(d) under the policy's exit distribution q. "
+     "“E[depth] all”: over every non-pad position."),
+    ("cost ratio", "Σ<sub>d</sub>|A<sub>d</sub>| (token-iterations actually computed, over non-pad tokens) "
+     "divided by D × tokens: 1 for fixed depth."),
+    ("ρ", "Spearman correlation of per-token depth with the task's ground-truth complexity (cx), over the "
+     "positions where complexity is defined; — when undefined (e.g. constant depth)."),
+    ("ID / OOD", "pooled over the task's in-distribution / out-of-distribution test ranges."),
+])
+
+
+# ---------------------------------------------------------------------------------------
+# Per-token exit depths (HTML, so the tokens stay readable at any width)
+# ---------------------------------------------------------------------------------------
+
+
+def _depth_colours(D: int) -> list[tuple[str, str]]:
+    """(background, text) colour per depth 1..D on the viridis scale."""
+    cmap = matplotlib.colormaps["viridis"]
+    out = []
+    for d in range(1, D + 1):
+        x = 0.0 if D == 1 else (d - 1) / (D - 1)
+        r, g, b, _ = cmap(x)
+        light = 0.299 * r + 0.587 * g + 0.114 * b > 0.55
+        out.append((matplotlib.colors.to_hex((r, g, b)), "#000" if light else "#fff"))
+    return out
+
+
+def depth_legend(D: int) -> str:
+    cells = "".join(f"<b style='background:{bg};color:{fg}'>{d}</b>" for d, (bg, fg) in enumerate(_depth_colours(D), 1))
+    return (f"<div class=legend>exit depth {cells} · <span style='border:1px solid #d1242f;padding:0 3px'>answer "
+            "position</span> · <span class='tok miss'><span>red</span></span> token: the next token was "
+            "predicted wrongly</div>")
+
+
+def token_strip(sample: Sample, D: int) -> str:
+    """One instance as token chips: the token above, its exit depth below, coloured
+    by depth; answer positions outlined; the tooltip gives E[depth] and the prediction."""
+    colours = _depth_colours(D)
+    chips = []
+    n = len(sample.tokens)
+    for i, (tok, d) in enumerate(zip(sample.tokens, sample.exit_depth)):
+        bg, fg = colours[max(1, min(D, d)) - 1]
+        answer = sample.answer_mask[i]
+        nxt = sample.tokens[i + 1] if i + 1 < n else None
+        pred = sample.predicted[i] if i < len(sample.predicted) else ""
+        miss = answer and nxt is not None and pred != nxt
+        cls = "tok" + (" ans" if answer else "") + (" miss" if miss else "")
+        tip = f"position {i}: exit depth {d}, E[depth] {sample.expected_depth[i]:.2f}"
+        if answer:
+            tip += f"; predicts {pred!r} for {nxt!r}"
+        chips.append(f"<span class='{cls}' title=\"{e(tip)}\"><span>{e(tok.strip() or '␣')}</span>"
+                     f"<b style='background:{bg};color:{fg}'>{d}</b></span>")
+    return "".join(chips)
+
+
+def token_depths(result: EvalResult, max_samples: int = 4) -> str:
+    chosen = pick_samples(result.samples, max_samples)
+    if not chosen:
+        return "<p class=meta>no sample instances recorded</p>"
+    rows = "".join(
+        f"<div class=meta>{e(result.knob.split(' ')[0])} = {s.difficulty} · {'solved' if s.correct else 'wrong'}</div>"
+        f"<div class=tokens>{token_strip(s, result.max_iters)}</div>"
+        for s in chosen
+    )
+    return depth_legend(result.max_iters) + rows
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+
+
+def _checkpoint_block(col: _Column) -> str:
     res = col.result
-    where = f"{_e(res.checkpoint)}" + (f", step {res.step}" if res.step is not None else "") if res.checkpoint else "in memory"
-    parts = [
-        f"<div class=col><h3>{_e(label)}</h3>",
-        f"<div class=meta>policy {_e(res.policy)} · D = {res.max_iters} · {where}</div>",
-        difficulty_table(res),
-        figure_img(token_depth_figure(res), f"{label}: per-token exit depth"),
-    ]
+    where = (e(display_path(res.checkpoint)) + (f", step {res.step}" if res.step is not None else "")
+             if res.checkpoint else "in memory")
     curves = read_training_curves(col.metrics_path) if col.metrics_path else {}
     if curves:
-        parts.append(
-            figure_img(
-                training_dynamics_figure(curves, max_iters=res.max_iters, title=f"{label}: training dynamics"),
-                f"{label}: training dynamics",
-            )
-        )
+        dynamics = figure_img(training_dynamics_figure(curves, max_iters=res.max_iters,
+                                                       title=f"{col.label}: training dynamics"),
+                              f"{col.label}: training dynamics")
     else:
-        parts.append("<div class=meta>no training metrics recorded</div>")
-    parts.append("</div>")
-    return "".join(parts)
+        dynamics = "<p class=meta>no training metrics recorded</p>"
+    return (
+        f'<div class=block id="{e(_block_id(col.label))}"><h3>{e(col.label)}</h3>'
+        f"<div class=meta>policy {e(res.policy)} · D = {res.max_iters} · {where}</div>"
+        f"<div class=split><div><h4>per difficulty</h4>{difficulty_table(res)}</div>"
+        f"<div><h4>training dynamics</h4>{dynamics}</div></div>"
+        f"<h4>exit depth per token, one instance per difficulty</h4>{token_depths(res)}</div>"
+    )
 
 
-_DEFINITIONS = """
-<dl class=defs>
-<dt>acc</dt><dd>exact match: every answer token predicted correctly (teacher-forced argmax).</dd>
-<dt>exit depth / E[depth]</dt><dd>mean over answer positions (position i predicts answer token i+1) of the
-iterations run, and of Σ<sub>d</sub> d·q(d). “E[depth] all”: over every non-pad position.</dd>
-<dt>cost ratio</dt><dd>Σ<sub>d</sub>|A<sub>d</sub>| over non-pad tokens divided by D × tokens (1 for fixed depth).</dd>
-<dt>ρ</dt><dd>Spearman correlation of per-token depth with the task's ground-truth complexity, over the
-positions where complexity is defined; — when undefined (e.g. constant depth).</dd>
-<dt>ID / OOD</dt><dd>pooled over the task's in-distribution / out-of-distribution test ranges.</dd>
-</dl>
-"""
+def _task_section(task: str, cols: Sequence[_Column]) -> str:
+    group = [c.result for c in cols]
+    # overlays use the unique labels so the legend tells the checkpoints apart
+    relabelled = [dataclasses.replace(c.result, label=c.label) for c in cols]
+    overlays = (
+        "<div class=split>"
+        f"<div>{figure_img(depth_vs_difficulty_figure(relabelled), f'{task}: depth vs difficulty')}</div>"
+        f"<div>{figure_img(accuracy_vs_difficulty_figure(relabelled), f'{task}: accuracy vs difficulty')}</div>"
+        "</div>"
+    )
+    return overlays + feature_table(group, [c.label for c in cols]) + "".join(_checkpoint_block(c) for c in cols)
 
 
 def render_report(
@@ -253,8 +403,12 @@ def render_report(
     metrics_paths: Sequence[Path | None] | None = None,
     title: str = "anira report",
     extra_sections: Sequence[ExtraSection] = (),
+    intro: str = "",
+    card_extras: Mapping[str, str] | None = None,
+    out_dir: str | Path | None = None,
 ) -> str:
-    """The report's HTML text (see :func:`write_report`)."""
+    """The report's HTML text (see :func:`write_report`). ``out_dir``: where the
+    page will live, so links to the repository's documents can be relative."""
     results = list(results)
     if not results:
         raise AniraError("a report needs at least one checkpoint or evaluation result")
@@ -262,47 +416,30 @@ def render_report(
         Path(r.checkpoint) / "metrics.jsonl" if r.checkpoint else None for r in results
     ]
     labels = _unique_labels(results)
-    cols = [_Column(r, p) for r, p in zip(results, paths)]
+    cols = [_Column(r, label, p) for r, label, p in zip(results, labels, paths)]
+    near = [Path(r.checkpoint) for r in results if r.checkpoint]
+    out = Path(out_dir) if out_dir is not None else None
+    extras = card_extras or {}
     from anira import __version__
 
-    body = [
-        f"<h1>{_e(title)}</h1>",
-        f"<div class=meta>anira {_e(__version__)} · "
-        + " · ".join(sorted({f"{r.n_per_difficulty} instances per difficulty, seed {r.seed}" for r in results}))
-        + "</div>",
-        "<h2>Summary</h2>",
-        summary_table(results, labels),
-        _DEFINITIONS,
-    ]
-    tasks = list(dict.fromkeys(r.task for r in results))  # first-seen order
-    for task in tasks:
-        idx = [i for i, r in enumerate(results) if r.task == task]
-        group = [results[i] for i in idx]
-        # overlays use the unique labels so the legend tells the columns apart
-        relabelled = [_with_label(results[i], labels[i]) for i in idx]
-        body.append(f"<h2>{_e(task)} ({_e(group[0].knob)})</h2>")
-        body.append('<div class=grid style="grid-template-columns: repeat(2, minmax(340px, 1fr))">')
-        body.append(f"<div>{figure_img(depth_vs_difficulty_figure(relabelled), f'{task}: depth vs difficulty')}</div>")
-        body.append(f"<div>{figure_img(accuracy_vs_difficulty_figure(relabelled), f'{task}: accuracy vs difficulty')}</div>")
-        body.append("</div>")
-        body.append(feature_table(group, [labels[i] for i in idx]))
-        body.append(f'<div class=grid style="grid-template-columns: repeat({len(idx)}, minmax(340px, 1fr))">')
-        body.extend(_column(cols[i], labels[i]) for i in idx)
-        body.append("</div>")
-    for section_title, section_html in extra_sections:
-        body.append(f"<section><h2>{_e(section_title)}</h2>{section_html}</section>")
-    return (
-        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
+    overview = (
+        f"<div class=intro><div>{_what_ran(results)}{intro}</div><div>{_how_to_read(out, near)}</div></div>"
+        "<div class=cards>" + "".join(_card(c, extras.get(c.label, "")) for c in cols) + "</div>"
     )
-
-
-def _with_label(result: EvalResult, label: str) -> EvalResult:
-    import dataclasses
-
-    return dataclasses.replace(result, label=label)
+    sections = [("overview", "Overview", overview),
+                ("summary", "Summary", summary_table(results, labels) + _DEFINITIONS)]
+    for task in dict.fromkeys(r.task for r in results):  # first-seen order
+        task_cols = [c for c in cols if c.result.task == task]
+        sections.append((f"task-{slug(task)}", f"{task} ({task_cols[0].result.knob})", _task_section(task, task_cols)))
+    taken = [sid for sid, _, _ in sections] + [_block_id(label) for label in labels]
+    extra_ids = unique_ids([t for t, _ in extra_sections], taken=taken)
+    sections.extend((sid, t, h) for sid, (t, h) in zip(extra_ids, extra_sections))
+    header = (
+        f"<div class=meta>anira {e(__version__)} · "
+        + " · ".join(sorted({f"{r.n_per_difficulty} instances per difficulty, seed {r.seed}" for r in results}))
+        + "</div>"
+    )
+    return page(title, sections, header=header)
 
 
 def write_report(
@@ -311,6 +448,8 @@ def write_report(
     *,
     title: str = "anira report",
     extra_sections: Sequence[ExtraSection] = (),
+    intro: str = "",
+    card_extras: Mapping[str, str] | None = None,
     n_per_difficulty: int = 64,
     seed: int = 0,
     batch_size: int = 64,
@@ -322,18 +461,21 @@ def write_report(
 
     ``items``: :class:`EvalResult` objects, checkpoint or run directories
     (evaluated with ``n_per_difficulty`` / ``seed`` / ``batch_size`` / ``device``),
-    or ``anira eval --json`` files; one column each. ``extra_sections``:
-    ``(title, html)`` pairs appended after the evaluation sections.
+    or ``anira eval --json`` files; one checkpoint each. ``extra_sections``:
+    ``(title, html)`` pairs appended after the evaluation sections; ``intro``:
+    HTML added to the overview; ``card_extras``: HTML per checkpoint label added
+    to its overview card.
     """
     for i, section in enumerate(extra_sections):
         if not (isinstance(section, tuple) and len(section) == 2 and all(isinstance(s, str) for s in section)):
             raise AniraError(f"extra_sections[{i}] must be a (title, html) pair of strings")
-    results = load_items(items, n_per_difficulty=n_per_difficulty, seed=seed, batch_size=batch_size,
-                         device=device, progress=progress)
-    page = render_report(results, title=title, extra_sections=extra_sections)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise AniraError(f"{out_dir}: exists and is not a directory")
+    results = load_items(items, n_per_difficulty=n_per_difficulty, seed=seed, batch_size=batch_size,
+                         device=device, progress=progress)
+    page_text = render_report(results, title=title, extra_sections=extra_sections, intro=intro,
+                              card_extras=card_extras, out_dir=out_dir)
     payload = json.dumps({"results": [r.to_dict() for r in results]}, indent=2, allow_nan=False)
     atomic_write_bytes(out_dir / RESULTS_FILE, payload.encode("utf-8"))
-    return atomic_write_bytes(out_dir / REPORT_FILE, page.encode("utf-8"))
+    return atomic_write_bytes(out_dir / REPORT_FILE, page_text.encode("utf-8"))

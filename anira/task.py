@@ -5,15 +5,20 @@ every per-token array is indexed by *input position* ``i`` and describes the
 computation the model does at position ``i``, which predicts token ``i + 1``.
 So ``answer_mask[i]`` is True when token ``i + 1`` is an answer token, and the
 features at such a position describe the step of the solving algorithm that
-produces that answer token. Question positions (``question_mask``) describe
-the state of reading the input after token ``i``.
+produces that answer token. At question positions (``question_mask``) the
+features describe reading token ``i``: either the state the reader is in when
+token ``i`` arrives (MANO's stack depth ``d`` and owed operands ``r`` before
+the token, and ``s``/``s_ops``, what token ``i - 1`` completed, as the paper
+defines them) or the work that reading token ``i`` causes (MANO's
+``reductions``, LANO's parser proxies, from the chart column after token
+``i``). Each :class:`FeatureSpec` description says which.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 
@@ -120,11 +125,13 @@ def is_eval_instance(tokens: list[int] | np.ndarray) -> bool:
 
 
 class Task:
-    """Base class of every task. Subclasses set the class attributes and ``_generate``.
+    """Base class of every task. Subclasses set the class attributes and ``_generate``
+    (or ``_draft``).
 
     ``sample(difficulty, rng, split)`` draws instances until one falls on the
     requested side of the train/test partition (by instance hash), so
-    evaluation sets are disjoint from training data by construction.
+    evaluation sets are disjoint from training data by construction. Only the
+    instance it returns is built into a full example.
     """
 
     name: ClassVar[str]
@@ -149,9 +156,22 @@ class Task:
             self.check_difficulty(lo)
             self.check_difficulty(hi)
 
-    # --- to implement -------------------------------------------------------------------
+    # --- to implement: _generate, or _draft when building an example is costly ---------
     def _generate(self, difficulty: int, rng: np.random.Generator) -> Example:
-        raise NotImplementedError
+        """One random example at ``difficulty``, drawn with ``rng`` only."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _generate nor _draft")
+
+    def _draft(self, difficulty: int, rng: np.random.Generator) -> tuple[np.ndarray, Callable[[], Example]]:
+        """A random instance as (its question tokens, a function building its example).
+
+        The question tokens decide the instance's side of the train/test
+        partition, so :meth:`sample` builds only the instances it keeps (a test
+        draw keeps one in ten). The default builds the example at once; a task
+        whose examples are costly to build (features, a parse) overrides this,
+        drawing everything random here and leaving the building to the function.
+        """
+        example = self._generate(difficulty, rng)
+        return self.question_tokens(example), lambda: example
 
     def question_tokens(self, example: Example) -> np.ndarray:
         """The tokens that identify the instance (used for the train/test partition)."""
@@ -188,9 +208,9 @@ class Task:
             raise AniraError(f"split must be 'train' or 'test', got {split!r}")
         want_eval = split == "test"
         for _ in range(10_000):
-            example = self._generate(int(difficulty), rng)
-            if is_eval_instance(self.question_tokens(example)) == want_eval:
-                return example
+            question, build = self._draft(int(difficulty), rng)
+            if is_eval_instance(question) == want_eval:
+                return build()
         raise AniraError(
             f"{self.name}: could not draw a {split} instance at difficulty {difficulty} "
             "(instance space too small to partition)"

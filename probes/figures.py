@@ -10,14 +10,17 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from anira.plots import styled  # noqa: E402
+
 COLORS = {"static": "#4c72b0", "execution": "#dd8452", "both": "#55a868", "size": "#8c8c8c"}
 
 
+@styled
 def attribution_figure(result: dict[str, Any]) -> Figure:
     """ΔR² per feature (the paper's full model, coloured by kind; hatched = below the
     keep threshold) and the verdict's split of what the features add beyond the
     token/position baseline (held-out R²)."""
-    fig = Figure(figsize=(9, 3.4))
+    fig = Figure(figsize=(9.5, 3.8), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1.4]})
     feats = sorted(result["full"]["features"], key=lambda f: -f["delta_r2"])
     x = np.arange(len(feats))
@@ -28,14 +31,13 @@ def attribution_figure(result: dict[str, Any]) -> Figure:
             ax.patches[i].set_hatch("//")
             ax.patches[i].set_alpha(0.5)
     ax.axhline(100 * result["thresholds"]["min_delta_r2"], color="black", linestyle=":", linewidth=1)
-    ax.set_xticks(x, [f["name"] for f in feats], rotation=40, ha="right", fontsize=8)
+    ax.set_xticks(x, [f["name"] for f in feats], rotation=40, ha="right")
     ax.set_ylabel("ΔR² (%)")
-    ax.set_title(f"ΔR² per feature (R² = {result['full']['r2']:.3f}; hatched: dropped)", fontsize=9)
+    ax.set_title(f"ΔR² per feature (R² = {result['full']['r2']:.3f}; hatched: dropped)")
     handles = [matplotlib.patches.Patch(color=COLORS[k], label=k) for k in ("static", "execution")]
-    ax.legend(handles=handles, fontsize=8, frameon=False)
+    ax.legend(handles=handles, frameon=False)
 
     _verdict_panel(ax2, result["verdict"], "held-out R²")
-    fig.tight_layout()
     return fig
 
 
@@ -63,16 +65,18 @@ def _verdict_panel(ax: Any, verdict: dict[str, Any], metric: str) -> None:
     beyond = (verdict.get("beyond") or {}).get("mean")
     if beyond is not None and np.isfinite(beyond):
         ax.axhline(beyond, color="black", linestyle=":", linewidth=1, label="all features")
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(frameon=False)
     ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(xs, labels, fontsize=7)
-    ax.set_ylabel(f"{metric} gain beyond token/position", fontsize=8)
-    ax.set_title(f"verdict: {verdict.get('label')}", fontsize=9)
+    ax.set_xticks(xs, labels)
+    ax.set_ylabel(f"{metric} beyond token/position")
+    ax.set_title(f"verdict: {verdict.get('label')}")
 
 
+@styled
 def decision_figure(result: dict[str, Any]) -> Figure:
-    """AUROC and balanced accuracy per feature set (mean ± std over folds) with baselines."""
-    fig = Figure(figsize=(10.5, 3.2))
+    """AUROC and balanced accuracy per feature set (mean ± std over folds) with baselines,
+    and the verdict's split of what the features add beyond the token/position baseline."""
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
     axes = fig.subplots(1, 3)
     names = [n for n in ("static", "execution", "both") if n in result["sets"]]
     for ax, metric, title in zip(axes[:2], ("auroc", "balanced_accuracy"), ("AUROC", "balanced accuracy")):
@@ -88,10 +92,9 @@ def decision_figure(result: dict[str, Any]) -> Figure:
                     ax.axhline(value, color="black", linestyle=style, linewidth=1, label=base.replace("_", " "))
         ax.set_xticks(np.arange(len(names)), names)
         ax.set_ylim(0, 1.02)
-        ax.set_title(title, fontsize=9)
-    axes[0].legend(fontsize=7, frameon=False, loc="lower right")
+        ax.set_title(title)
+    fig.legend(*axes[0].get_legend_handles_labels(), title="baselines", frameon=False, loc="outside right center")
     v = result["verdict"]
     _verdict_panel(axes[2], v, "deviance explained")
-    fig.suptitle(f"decision probes ({result['mode']}): verdict {v['label']}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"decision probes ({result['mode']}): verdict {v['label']}")
     return fig

@@ -234,7 +234,7 @@ def test_too_long_difficulties_are_skipped():
 TOP_KEYS = {
     "schema_version", "task", "policy", "max_iters", "knob", "language_modelling", "ranges", "seed",
     "n_per_difficulty", "per_difficulty", "in_distribution", "ood", "samples", "skipped", "label",
-    "checkpoint", "step", "anira_version", "feature_kinds",
+    "checkpoint", "step", "anira_version", "feature_kinds", "feature_descriptions",
 }
 METRIC_KEYS = {
     "n", "accuracy", "mean_exit_depth", "mean_expected_depth", "mean_exit_depth_all",
@@ -259,6 +259,7 @@ def test_json_schema_is_stable_and_round_trips():
     }
     assert data["ranges"] == {"train": [3, 4], "test_id": [3, 4], "test_ood": [5, 6]}
     assert data["feature_kinds"]["d"] == "execution" and data["feature_kinds"]["L"] == "static"
+    assert data["feature_descriptions"] == {f.name: f.description for f in task.features}
     assert set(data["in_distribution"]["metrics"]["feature_spearman"]["d"]) == {"exit_depth", "expected_depth"}
     assert EvalResult.from_json(res.to_json()).to_json() == res.to_json()
     with pytest.raises(AniraError):

@@ -37,8 +37,11 @@ def test_periodic_eval_of_compiled_fused_training_equals_a_fresh_process(tmp_pat
     evals = [r for r in records if r.get("kind") == "eval" and r["split"] == "test_id"]
     assert [r["step"] for r in evals] == [200, 400, 600]  # several evaluations: the later ones used to go stale
     trainer = evals[-1]
-    fresh = json.loads(subprocess.run([sys.executable, "-c", FRESH_EVAL, str(out)], check=True,
-                                      capture_output=True, text=True).stdout)
+    # -P: the installed anira, not the source tree of the working directory
+    done = subprocess.run([sys.executable, "-P", "-c", FRESH_EVAL, str(out)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh = json.loads(done.stdout)
     assert trainer["acc"] == pytest.approx(fresh["acc"], abs=1e-9)
     for mine, theirs in zip(trainer["per_difficulty"], fresh["per_difficulty"]):
         assert mine["acc"] == pytest.approx(theirs["acc"], abs=1e-9)

@@ -163,7 +163,11 @@ def test_non_editable_install_and_example_package(tmp_path):
     build = tmp_path / "src"
     shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".git", "*.egg-info", "build", "__pycache__", "runs", ".whl"))
     subprocess.run([*pip, str(build)], check=True)
-    subprocess.run([*pip, str(EXAMPLE)], check=True)
+    # pip builds a local project in place (build/, *.egg-info): build a copy, so
+    # the source tree stays clean
+    example = tmp_path / "example"
+    shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run([*pip, str(example)], check=True)
     top = {p.name for p in target.iterdir()}
     assert "anira" in top and "plugins" not in top and "probes" not in top
     assert (target / "anira" / "plugins" / "policies" / "anira_o.py").exists()
@@ -246,3 +250,20 @@ def test_a_policy_bug_in_training_is_one_line_and_leaves_no_run_behind(site, cap
     assert code == 2 and len(lines) == 1, lines  # (progress bars aside)
     assert lines[-1].startswith("anira: error: halting policy 'bad-shape' (broken_bad_shape.BadShape): step returned")
     assert not out.exists()
+
+
+def test_plugins_list_names_the_distribution_and_version(site, capsys):
+    _fake_distribution(site, "anira-fixed-k", "fixed-k", "anira_fixed_k", (EXAMPLE / "anira_fixed_k.py").read_text())
+    assert main(["plugins", "list", "--json"]) == 0
+    entries = {(e["kind"], e["name"]): e for e in json.loads(capsys.readouterr().out)["entries"]}
+    import importlib.metadata
+
+    assert (entries[("policy", "fixed-k")]["distribution"], entries[("policy", "fixed-k")]["version"]) == \
+        ("anira-fixed-k", "0.1")
+    own = ("anira", importlib.metadata.version("anira"))
+    for key in (("policy", "anira-o"), ("task", "mano"), ("suite", "decision")):
+        assert (entries[key]["distribution"], entries[key]["version"]) == own
+    assert main(["plugins", "list"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["kind", "name", "plugin", "distribution"]
+    assert any(line.split() == ["policy", "fixed-k", "fixed-k", "anira-fixed-k", "0.1"] for line in table)

@@ -55,7 +55,7 @@ def test_probe_writes_json_and_self_contained_html(ckpt, tmp_path, capsys):
 def test_summary_table_and_too_few_instances(ckpt, capsys):
     assert main(["probe", str(ckpt), "--n", "3", *FAST]) == 0
     text = capsys.readouterr().out
-    assert "mano-e" in text and "verdict" in text
+    assert "mano-e" in text and "attribution" in text and "decision" in text
     assert "suite decision skipped: needs at least 5 instances" in text
 
 

@@ -51,7 +51,8 @@ def test_report_is_self_contained(tmp_path, results):
     text = page.read_text(encoding="utf-8")
     # every image is an embedded PNG; nothing points outside the page
     srcs = re.findall(r'src="([^"]*)"', text)
-    assert len(srcs) >= 2 + 2 * len(results) - 2  # overlays + a token strip per checkpoint
+    assert len(srcs) == 2  # the two overlays; per-token depths are HTML, training curves absent here
+    assert text.count("<div class=tokens>") >= len(results)  # a token strip per checkpoint
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert base64.b64decode(srcs[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     for forbidden in ("http://", "https://", "<link", "<script", "url(", "@import"):
@@ -113,3 +114,41 @@ def test_write_plots(tmp_path, results):
     for p in paths.values():
         assert p.read_bytes()[:4] == b"\x89PNG"
     assert "training_dynamics" not in write_plots(results[1], tmp_path / "p2")
+
+
+def test_report_introduces_the_run_and_links_the_docs(tmp_path, results):
+    """The overview says what ran and links the repository's documents with
+    relative links that resolve from the report's directory."""
+    out = tmp_path / "deep" / "rep"
+    text = write_report(results, out).read_text(encoding="utf-8")
+    overview = text[text.index('<section id="overview">'):text.index('<section id="summary">')]
+    assert "Evaluated <b>2 checkpoints</b>" in overview and "3 fresh test instances per difficulty" in overview
+    hrefs = [h for h in re.findall(r'href="([^"]*)"', text) if not h.startswith("#")]
+    assert any(h.endswith("docs/findings.md") for h in hrefs)
+    assert any(h.endswith("docs/evaluation.md") for h in hrefs)
+    for h in hrefs:
+        assert not h.startswith("/") and (out / h).resolve().is_file(), h
+    # every in-page link has its target
+    ids = set(re.findall(r'id="([^"]+)"', text))
+    assert {h[1:] for h in re.findall(r'href="(#[^"]*)"', text)} <= ids
+
+
+def test_report_links_degrade_to_names_without_a_checkout(tmp_path, results, monkeypatch):
+    import anira.htmlpage as htmlpage
+
+    monkeypatch.setattr(htmlpage, "find_document", lambda relative, near=(): None)
+    text = write_report(results, tmp_path / "rep").read_text(encoding="utf-8")
+    assert "<code>docs/findings.md</code> (in the anira repository)" in text
+    assert not [h for h in re.findall(r'href="([^"]*)"', text) if not h.startswith("#")]
+
+
+def test_token_strip_marks_answers_and_wrong_predictions(results):
+    from anira.evaluate import Sample
+    from anira.report import token_strip
+
+    s = Sample(difficulty=1, tokens=["a", "=", "b", "c"], exit_depth=[1, 3, 2, 9],
+               expected_depth=[1.0, 2.5, 2.0, 3.0], answer_mask=[False, True, True, False],
+               complexity=[None] * 4, predicted=["x", "b", "z", ""], correct=False)
+    chips = re.findall(r"<span class='([^']*)'", token_strip(s, D=4))
+    assert chips == ["tok", "tok ans", "tok ans miss", "tok"]  # "b" predicted "z" for "c"
+    assert token_strip(s, D=4).count(">4</b>") == 0 and ">9</b>" in token_strip(s, D=4)  # the depth as recorded

@@ -95,6 +95,26 @@ def test_train_and_test_instances_are_disjoint(registry, name):
     assert not train & {q.tobytes() for q in test}
 
 
+@pytest.mark.parametrize("name", TASKS)
+def test_the_split_is_decided_before_building(registry, name, monkeypatch):
+    """A draft's question tokens are exactly the built example's, and `sample` builds
+    only the instance it returns (a test draw used to build ~10 examples per one kept)."""
+    task = registry.task(name)()
+    k = task.ranges.train[0]
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        question, build = task._draft(k, rng)
+        np.testing.assert_array_equal(question, task.question_tokens(build()))
+    built = []
+    original = task.build
+    monkeypatch.setattr(task, "build", lambda *a, **kw: built.append(1) or original(*a, **kw))
+    for split in ("test", "train"):
+        for _ in range(15):
+            task.sample(k, rng, split)
+        assert len(built) == 15, split
+        built.clear()
+
+
 def test_collate_mixes_tasks_lengths(registry):
     task = registry.task("brevo")()
     rng = np.random.default_rng(0)

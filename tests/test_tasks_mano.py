@@ -47,6 +47,7 @@ def test_worked_instance():
         "d": [0, 0, 1, 2, 2, 1, 0, nan, nan],
         "r": [0, 0, 2, 2, 1, 1, 0, nan, nan],
         "s": [0, 0, 0, 0, 1, 3, 5, nan, nan],
+        "s_ops": [0, 0, 0, 0, 0, 1, 2, nan, nan],
         "reductions": [0, 0, 0, 0, 1, 1, 0, nan, nan],
         "arity": [0, 2, 2, 0, 0, 0, 0, nan, nan],
         "height": [nan] * 6 + [2, 2, nan],
@@ -56,6 +57,17 @@ def test_worked_instance():
     for name, values in expected.items():
         np.testing.assert_array_equal(e.features[name], np.array(values, dtype=float), err_msg=name)
     np.testing.assert_array_equal(e.complexity, [nan] * 6 + [2, 0, nan])
+
+
+def test_worked_instance_s_against_the_papers_s():
+    """``+ 1 * 2 3``: ``1`` and ``2`` are lone operands (s = 1, the paper's s_t = 0);
+    ``3`` completes ``* 2 3`` and with it ``+ 1 (* 2 3)`` (two subtrees, two operators)."""
+    e = Mano().build("+ 1 * 2 3".split())
+    nan = np.nan
+    #                                  <bos>  +  1  *  2  3  =  7  <eos>
+    np.testing.assert_array_equal(e.features["s"], [0, 0, 0, 1, 0, 1, 5, nan, nan])
+    np.testing.assert_array_equal(e.features["s_ops"], [0, 0, 0, 0, 0, 0, 2, nan, nan])
+    np.testing.assert_array_equal(e.features["reductions"], [0, 0, 0, 0, 0, 2, 0, nan, nan])
 
 
 @settings(max_examples=40, deadline=None)
@@ -75,11 +87,17 @@ def test_answer_and_features_match_an_independent_parse(seed, L):
         prev = [n for n in nodes if n["end"] == k - 1]
         s = 0 if k == 0 or expr[k - 1] in OPS else max(n["end"] - n["start"] + 1 for n in prev)
         assert e.features["s"][i] == s
+        # the paper's s_t: operator nodes of the subtrees completed at the previous token
+        completed = [n for n in nodes if n["end"] == k - 1 and n["tok"] in OPS]
+        outer = min(completed, key=lambda n: n["start"]) if completed else None
+        s_ops = 0 if outer is None else sum(
+            1 for n in nodes if n["tok"] in OPS and outer["start"] <= n["start"] <= outer["end"])
+        assert e.features["s_ops"][i] == s_ops
         closed = sum(1 for n in nodes if n["end"] == k and n["tok"] in OPS)
         assert e.features["reductions"][i] == closed
     height = max(n["depth"] for n in nodes if n["tok"] in OPS)
     assert e.features["height"][-3] == height + 1
-    assert e.features["s"][-3] == len(expr)
+    assert e.features["s"][-3] == len(expr) and e.features["s_ops"][-3] == L
 
 
 def test_deterministic_given_a_seed():

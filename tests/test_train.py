@@ -131,7 +131,8 @@ def test_metrics_schema(tmp_path, registry):
     train(spec, tmp_path / "run", registry=registry)
     records = ckpt.read_metrics(tmp_path / "run" / "metrics.jsonl")
     train_keys = {"kind", "split", "step", "loss", "ce", "reg", "reg_weight", "lr", "grad_norm", "token_acc", "mean_depth",
-                  "mean_expected_depth", "tokens_per_s", "examples_per_s", "elapsed_s", "world_size"}
+                  "mean_expected_depth", "tokens_per_s", "examples_per_s", "elapsed_s", "world_size",
+                  "policy_grad_norm", "network_grad_norm", "full_depth", "expected_depth_by_difficulty"}
     eval_keys = {"kind", "split", "step", "acc", "mean_depth", "mean_expected_depth", "per_difficulty", "elapsed_s"}
     assert [set(r) for r in records if r["kind"] == "train"] == [train_keys, train_keys]
     evals = [r for r in records if r["kind"] == "eval"]

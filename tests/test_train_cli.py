@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 
 import pytest
 
@@ -29,13 +30,15 @@ def test_train_then_resume_with_json(tmp_path, capsys):
     assert task.name == "mano" and task.ranges.train == (1, 2) and model.cfg.max_iters == 2
 
 
-def test_plain_output_and_progress_bar(tmp_path, capsys):
-    out = str(tmp_path / "run")
+def test_plain_output_and_progress_bar(tmp_path, capsys, monkeypatch):
     args = [a for a in SMALL if a != "--quiet"]
-    assert main(["train", *args, "--steps", "2", "--out", out]) == 0
+    assert main(["train", *args, "--steps", "2", "--out", str(tmp_path / "run")]) == 0
     captured = capsys.readouterr()
     assert "trained to step 2" in captured.out and "test_id" in captured.out
-    assert "train" in captured.err  # the tqdm bar
+    assert captured.err == ""  # stderr is not a terminal: no progress bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["train", *args, "--steps", "2", "--out", str(tmp_path / "run2")]) == 0
+    assert "train" in capsys.readouterr().err  # on a terminal: the tqdm bar
 
 
 @pytest.mark.parametrize("argv, message", [

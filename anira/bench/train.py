@@ -30,7 +30,7 @@ from anira.config import ModelConfig
 from anira.errors import AniraError
 from anira.training.config import COMPILE_MODES, uses_cudagraphs
 
-#: the paper's configurations (PAPER.md §3; issue 4's benchmark sizes)
+#: the paper's configurations (docs/paper.md §3; issue 4's benchmark sizes)
 BENCH_CONFIGS: dict[str, dict[str, Any]] = {
     "mano": {"preset": "paper-mano", "task": "mano", "batch": 512, "seq": 64},
     "brevo": {"preset": "paper-brevo", "task": "brevo", "batch": 64, "seq": 256},

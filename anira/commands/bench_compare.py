@@ -64,13 +64,16 @@ def run(args: argparse.Namespace) -> int:
     for name in tasks:
         registry.task(name)
     suites = None if args.suite.strip() == "all" else _names(args.suite, "probe suite")
+    from anira.commands.common import check_out_dir, resolve_device
     from anira.commands.probe import parse_options
     from anira.probes.suites import resolve_suites
 
     options = parse_options(args.option, [s.name for s in resolve_suites(suites, registry)])  # unknown suite: error
     steps = None if args.steps is None else _positive(args.steps, "--steps")
+    device = resolve_device(args.device)
+    check_out_dir(args.out)
     rows = compare_policies(
-        policies, tasks, preset_for_task=args.preset, steps=steps, out_dir=args.out, device=args.device,
+        policies, tasks, preset_for_task=args.preset, steps=steps, out_dir=args.out, device=device,
         seed=_positive(args.seed, "--seed", 0), train_overrides=args.sets, eval_n=_positive(args.eval_n, "--eval-n"),
         probe_n=_positive(args.probe_n, "--probe-n"), suites=suites, registry=registry,
         probe_options=options, trained=args.trained,

@@ -20,7 +20,6 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--decode-len", type=int, default=64, help="tokens to decode for the KV-cache comparison (0: skip)")
     p.add_argument("--decode-batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--graphs", default="auto", choices=["auto", "off"],
                    help="run each loop iteration as a CUDA graph on a GPU (both sides alike; default auto)")
     p.add_argument("--json", action="store_true")
@@ -28,15 +27,9 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from anira.bench.inference import bench_inference
     from anira.commands.bench import emit
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise AniraError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    from anira.commands.common import resolve_device
 
     try:
         batches = tuple(int(b) for b in args.batches.split(","))
@@ -45,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.mean_fraction <= 1 or args.repeats < 1 or min(batches) < 1:
         raise AniraError("--mean-fraction must be in (0, 1], --repeats and batches >= 1")
     r = bench_inference(batches=batches, seq=args.seq, d_model=args.d_model, max_iters=args.iters,
-                        mean_fraction=args.mean_fraction, repeats=args.repeats, device=args.device,
+                        mean_fraction=args.mean_fraction, repeats=args.repeats, device=resolve_device(args.device),
                         dtype=args.dtype, decode_len=args.decode_len, decode_batch=args.decode_batch,
                         loop_graphs=args.graphs,
                         progress=lambda m: print(f"... {m}", file=sys.stderr))

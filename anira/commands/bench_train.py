@@ -30,12 +30,14 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from anira.bench.train import bench_train
     from anira.commands.bench import emit
+    from anira.commands.common import resolve_device
 
     if args.steps < 1 or args.warmup < 0:
         raise AniraError("--steps must be >= 1 and --warmup >= 0")
     modes = ["eager", "default"] if args.compile else [m.strip() for m in args.modes.split(",") if m.strip()]
     names = [c.strip() for c in args.config.split(",") if c.strip()]
-    results = [bench_train(name, device=args.device, steps=args.steps, warmup=args.warmup, policy=args.policy,
+    device = resolve_device(args.device)
+    results = [bench_train(name, device=device, steps=args.steps, warmup=args.warmup, policy=args.policy,
                            modes=modes, batch_size=args.batch, seq_len=args.seq, sets=args.sets)
                for name in names]
     lines = []

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from anira.commands.common import check_out_dir, int_arg, progress_bar, resolve_device
 from anira.errors import AniraError
 
 EVAL_JSON = "eval.json"
@@ -23,50 +24,23 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", default="64", metavar="N", help="test instances per difficulty value (default 64)")
     parser.add_argument("--seed", default="0", metavar="S", help="seed of the test instances (default 0)")
     parser.add_argument("--batch-size", default="64", metavar="B", help="instances per forward pass (default 64)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-
-
-def int_arg(name: str, raw: Any, minimum: int) -> int:
-    try:
-        value = int(str(raw), 10)
-    except ValueError:
-        raise AniraError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise AniraError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    parser.add_argument("--device", default=None,
+                        help="auto, cpu, cuda or cuda:N (default auto: cuda if available, else cpu)")
 
 
 def eval_options(args: argparse.Namespace) -> dict[str, Any]:
     """Validated :func:`anira.evaluate.evaluate` keyword arguments from the CLI options."""
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return {
         "n_per_difficulty": int_arg("--n", args.n, 1),
         "seed": int_arg("--seed", args.seed, 0),
         "batch_size": int_arg("--batch-size", args.batch_size, 1),
-        "device": device,
+        "device": resolve_device(args.device),
     }
 
 
 def tqdm_progress(desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """A progress callback drawing a tqdm bar on stderr, and a function closing it.
-    The bar is created lazily, once the total is known."""
-    from tqdm import tqdm
-
-    state: dict[str, Any] = {}
-
-    def update(done: int, total: int) -> None:
-        bar = state.get("bar")
-        if bar is None:
-            bar = state["bar"] = tqdm(total=total, desc=desc, unit="inst", leave=False, disable=None)
-        bar.update(done - bar.n)
-
-    def close() -> None:
-        if "bar" in state:
-            state["bar"].close()
-
-    return update, close
+    """A progress bar counting instances (none when stderr is not a terminal)."""
+    return progress_bar(desc, unit="instance")
 
 
 def check_checkpoint_path(raw: str) -> Path:
@@ -100,15 +74,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     options = eval_options(args)
     path = check_checkpoint_path(args.checkpoint)
+    out = check_out_dir(args.out) if args.out else None
     progress, close = tqdm_progress(f"eval {path.name}")
     try:
         result = evaluate_checkpoint(path, progress=progress, **options)
     finally:
         close()
-    if args.out:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise AniraError(f"{out}: exists and is not a directory")
+    if out is not None:
         metrics = Path(result.checkpoint) / "metrics.jsonl" if result.checkpoint else None
         write_plots(result, out, metrics_path=metrics)
         atomic_write_bytes(out / EVAL_JSON, result.to_json().encode("utf-8"))

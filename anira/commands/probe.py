@@ -73,8 +73,7 @@ def parse_policy_sets(items: list[str]) -> dict[str, str]:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    import torch
-
+    from anira.commands.common import check_out_dir, resolve_device
     from anira.commands.eval import int_arg, tqdm_progress
     from anira.probes.options import parse_cli_options, resolve_options
     from anira.probes.report import format_summary, to_json, write_probe_report
@@ -95,8 +94,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise AniraError("--set policy.* needs --policy NAME")
     if args.policy is not None:
         registry.policy(args.policy)
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise AniraError(f"{args.out}: exists and is not a directory")
+    if args.out:
+        check_out_dir(args.out)
     paths = [Path(p) for p in args.checkpoints] or discover_checkpoints()
     if not paths:
         raise AniraError("no checkpoint given and no bundled checkpoints (subdirectories of checkpoints/ "
@@ -106,7 +105,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             raise AniraError(f"{p}: no such checkpoint or run directory")
         preflight_checkpoint(p, registry=registry, options=options, depth_rule=args.depth_rule,
                              policy=args.policy, policy_options=policy_options)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
 
     from tqdm import tqdm
 

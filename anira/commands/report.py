@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
+from anira.commands.common import check_out_dir
 from anira.commands.eval import add_eval_options, check_checkpoint_path, eval_options, tqdm_progress
 from anira.errors import AniraError
 
@@ -32,9 +32,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     options = eval_options(args)
     paths = [check_checkpoint_path(raw) for raw in args.checkpoints]  # fail before any long work
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise AniraError(f"{out}: exists and is not a directory")
+    out = check_out_dir(args.out)
     results = []
     for path in paths:
         if path.is_file() and path.suffix == ".json":

@@ -10,19 +10,11 @@ were still computing and where each exited.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from anira.cache import names_filter_for, stack_iterations
-from anira.config import preset_config
+from anira.commands.common import check_out_dir, progress_bar
 from anira.errors import AniraError
-from anira.model import build_model
-from anira.registry import default_registry
 
 DEFAULT_SUITES = "attribution,decision"
 
@@ -49,6 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def trace_lines(task_name: str, policy: str, difficulty: int, seed: int) -> list[str]:
+    import numpy as np
+    import torch
+
+    from anira.cache import names_filter_for, stack_iterations
+    from anira.config import preset_config
+    from anira.model import build_model
+    from anira.registry import default_registry
+
     task = default_registry().task(task_name)()
     example = task.sample(difficulty, np.random.default_rng(seed), split="test")
     cfg = preset_config("tiny", vocab_size=task.vocab_size, max_len=max(64, len(example)))
@@ -84,21 +84,11 @@ def trace_lines(task_name: str, policy: str, difficulty: int, seed: int) -> list
     return lines
 
 
-def _bar(desc: str):
-    bar = tqdm(desc=desc, unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
-
-
 def main_job(args: argparse.Namespace) -> int:
     from anira.evaluate import evaluate_checkpoint
-    from anira.probes.report import probe_sections
+    from anira.probes.report import probe_intro, probe_sections, verdict_card
     from anira.probes.run import discover_checkpoints, probe_checkpoint
+    from anira.registry import default_registry
     from anira.report import write_report
 
     paths = [Path(p) for p in args.checkpoints] or discover_checkpoints()
@@ -106,6 +96,7 @@ def main_job(args: argparse.Namespace) -> int:
         raise AniraError("no checkpoints given and none bundled under checkpoints/; try `anira run --trace`")
     if args.n < 1 or args.probe_n < 1:
         raise AniraError("--n and --probe-n must be >= 1")
+    check_out_dir(args.out)
     from anira.checkpoint import read_config
 
     for path in paths:  # a missing or corrupt checkpoint fails before any work
@@ -119,19 +110,21 @@ def main_job(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     evals, probes = [], []
     for path in paths:
-        bar, update = _bar(f"eval {path.name}")
+        update, close = progress_bar(f"eval {path.name}", unit="instance")
         try:
             evals.append(evaluate_checkpoint(path, n_per_difficulty=args.n, seed=args.seed, progress=update))
         finally:
-            bar.close()
+            close()
         if suites:
-            bar, update = _bar(f"probe {path.name}")
+            update, close = progress_bar(f"probe {path.name}", unit="instance")
             try:
                 probes.append(probe_checkpoint(path, suites=suites, n=args.probe_n, seed=args.seed, progress=update))
             finally:
-                bar.close()
+                close()
     report = write_report(evals, args.out, title="anira: reference checkpoints",
-                          extra_sections=probe_sections(probes) if probes else ())
+                          extra_sections=probe_sections(probes) if probes else (),
+                          intro=probe_intro(probes, Path(args.out)),
+                          card_extras={p.label: verdict_card(p) for p in probes})
     print(f"{'checkpoint':<16} {'acc ID':>7} {'acc OOD':>8} {'depth ID':>9} {'cost/D':>7} {'ρ(depth,cx)':>12}  probe verdict")
     verdicts = {p.label: _verdict(p) for p in probes}
     for r in evals:
@@ -139,6 +132,10 @@ def main_job(args: argparse.Namespace) -> int:
         m_ood = r.ood.metrics if r.ood else None
         print(f"{r.label:<16} {_f(m_id, 'accuracy'):>7} {_f(m_ood, 'accuracy'):>8} {_f(m_id, 'mean_exit_depth', 2):>9} "
               f"{_f(m_id, 'cost_ratio'):>7} {_f(m_id, 'spearman_exit_depth'):>12}  {verdicts.get(r.label, '-')}")
+    why = [f"  {p.label}: {_verdict(p)}: {_reason(p)}" for p in probes if _reason(p)]
+    if why:
+        print("\nwhy each verdict:")
+        print("\n".join(why))
     print(f"\nreport: {report}  ({time.perf_counter() - start:.0f} s)")
     return 0
 
@@ -160,6 +157,15 @@ def _verdict(result) -> str:
     if isinstance(verdict, dict):
         return str(verdict.get("label", "-"))
     return f"{decision.status}: {decision.reason}"[:60]
+
+
+def _reason(result) -> str:
+    """The decision verdict's explanation ("" when the suite did not conclude)."""
+    decision = result.suite("decision")
+    if decision is None or decision.status != "ok":
+        return ""
+    verdict = (decision.data or {}).get("verdict")
+    return str(verdict.get("reason", "")) if isinstance(verdict, dict) else ""
 
 
 def run(args: argparse.Namespace) -> int:

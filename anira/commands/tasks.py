@@ -6,15 +6,17 @@ The JSON printed with ``--json`` is documented in docs/tasks.md (schema 1).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from anira.commands.common import needs_subcommand
 from anira.errors import AniraError
-from anira.registry import default_registry
-from anira.task import Example, Task
+
+if TYPE_CHECKING:
+    from anira.registry import Registry
+    from anira.task import Example, Task
 
 SCHEMA_VERSION = 1
 
@@ -22,7 +24,7 @@ SCHEMA_VERSION = 1
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("tasks", help="list tasks and print generated examples")
     sub = parser.add_subparsers(dest="tasks_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda args: _usage(parser))
+    parser.set_defaults(func=needs_subcommand(parser))
 
     p_list = sub.add_parser("list", help="the registered tasks, their knobs, ranges and features")
     p_list.add_argument("--json", action="store_true", help="print JSON (schema in docs/tasks.md)")
@@ -40,9 +42,13 @@ def add_parser(subparsers: Any) -> None:
     p_sample.set_defaults(func=cmd_sample)
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+@functools.lru_cache(maxsize=1)
+def task_registry() -> Registry:
+    """The tasks of the current environment. Only the task plugins are loaded:
+    the built-in policies import torch, which `anira tasks` does not need."""
+    from anira.registry import build_registry
+
+    return build_registry(kinds=("task",))
 
 
 def _int_arg(name: str, raw: str) -> int:
@@ -97,18 +103,18 @@ def example_json(task: Task, example: Example, index: int) -> dict[str, Any]:
         "complexity": [_num(v) for v in example.complexity],
         "features": [
             {"name": f.name, "kind": f.kind, "where": f.where, "discrete": f.discrete,
-             "values": [_num(v) for v in example.features[f.name]]}
+             "description": f.description, "values": [_num(v) for v in example.features[f.name]]}
             for f in task.features
         ],
     }
 
 
 def _build_task(name: str) -> Task:
-    return default_registry().task(name)()
+    return task_registry().task(name)()
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    registry = default_registry()
+    registry = task_registry()
     infos = [task_info(registry.task(name)()) for name in registry.names("task")]
     if args.json:
         print(json.dumps({"schema": SCHEMA_VERSION, "tasks": infos}, indent=2))
@@ -120,14 +126,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  knob: {info['knob']}; supported {info['min_difficulty']}..{info['max_difficulty']}; "
               f"train {r['train'][0]}..{r['train'][1]}, test_id {r['test_id'][0]}..{r['test_id'][1]}, "
               f"test_ood {r['test_ood'][0]}..{r['test_ood'][1]}; D = {info['default_max_iters']}")
-        static = [f["name"] for f in info["features"] if f["kind"] == "static"]
-        execution = [f["name"] for f in info["features"] if f["kind"] == "execution"]
-        print(f"  static features: {', '.join(static) or '-'}")
-        print(f"  execution features: {', '.join(execution) or '-'}")
+        width = max((len(f["name"]) for f in info["features"]), default=0)
+        for kind in ("static", "execution"):
+            features = [f for f in info["features"] if f["kind"] == kind]
+            print(f"  {kind} features:" + ("" if features else " -"))
+            for f in features:
+                print(f"    {f['name']:<{width}}  {'[' + f['where'] + ']':<10}  {f['description']}")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
     task = _build_task(args.task)
     n = _int_arg("--n", args.n)
     if n < 1:
@@ -181,4 +191,9 @@ def _render(task: Task, e: Example, index: int, split: str) -> str:
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     for r in [header, *rows]:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    lines.append("  where:")
+    width = max(len(n) for n in ["complexity", *names])
+    lines.append(f"    {'complexity':<{width}}  {task.complexity_description}")
+    for f, label in zip(task.features, names):
+        lines.append(f"    {label:<{width}}  {f.description}")
     return "\n".join(lines)

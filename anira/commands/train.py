@@ -12,6 +12,7 @@ import signal
 import sys
 from typing import Any
 
+from anira.commands.common import check_out_dir
 from anira.errors import AniraError
 
 SCHEMA_VERSION = 1
@@ -37,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--steps", type=str, default=None, help="total optimizer steps (same as --set train.steps=N)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (same as --set train.device=...)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (schema in docs/training.md)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
     p.add_argument("--list-presets", action="store_true", help="list the training presets and exit")
     p.set_defaults(func=cmd_train)
 
@@ -135,10 +136,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _list_presets(args.json)
     if not args.out:
         raise AniraError("--out DIR is required")
+    if not args.resume:
+        check_out_dir(args.out)  # fail before building the data, not at the first checkpoint
     registry = default_registry()
     spec = build_spec(args, registry)
     main = _is_main()
-    progress = _Progress(enabled=main and not args.quiet)
+    # a progress bar only on a terminal: logs and pipes get the summary alone
+    progress = _Progress(enabled=main and not args.quiet and sys.stderr.isatty())
     trainer = Trainer(spec, args.out, resume=args.resume, registry=registry, callbacks=[progress])
 
     received: list[int] = []

@@ -25,6 +25,10 @@ _RANGE_KEYS = ("train", "test_id", "test_ood")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+#: values of TrainConfig.straight_through (RecurrentTransformer.straight_through)
+STRAIGHT_THROUGH = ("running", "all")
+
+
 def uses_cudagraphs(compile_mode: str) -> bool:
     """True for the torch.compile modes that replay CUDA graphs (a training loop then marks
     each step's start, so the previous step's graph outputs may be overwritten)."""
@@ -70,15 +74,31 @@ class TrainConfig:
     # first learns which depths help the task, then the compute penalty comes in (0: off,
     # the paper's objective from the first step)
     reg_warmup_steps: int = 0
+    # -- remedies for the deciders' collapse (docs/deciders.md); the defaults are the
+    # -- paper's recipe as first implemented, which collapses
+    # which tokens' continue decisions get the straight-through gradient: "running" (only
+    # tokens that ran on; a token that stopped never learns that running on would help)
+    # or "all" (every token: the freeze mix's gradient is computed for all of them)
+    straight_through: str = "running"
+    # the first N steps run every token at full depth with the policy's parameters frozen
+    # (no update, no regulariser): the core learns to use depth before anyone decides
+    full_depth_steps: int = 0
+    # the policy's parameters train at lr * decider_lr_mult
+    decider_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "eval_examples", "eval_batch_size", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise AniraError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "reg_warmup_steps", "data_pool", "eval_every", "checkpoint_every", "keep_checkpoints", "num_workers", "seed"):
+        for name in ("warmup_steps", "reg_warmup_steps", "full_depth_steps", "data_pool", "eval_every", "checkpoint_every", "keep_checkpoints", "num_workers", "seed"):
             if getattr(self, name) < 0:
                 raise AniraError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.straight_through not in STRAIGHT_THROUGH:
+            raise AniraError(f"train.straight_through must be one of {', '.join(STRAIGHT_THROUGH)}, "
+                             f"got {self.straight_through!r}")
+        if not (math.isfinite(self.decider_lr_mult) and self.decider_lr_mult > 0):
+            raise AniraError(f"train.decider_lr_mult must be a finite number > 0, got {self.decider_lr_mult}")
         for name in ("lr", "weight_decay", "grad_clip", "eps"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -95,8 +115,14 @@ class TrainConfig:
         if self.difficulty_sampling != "uniform":
             raise AniraError(f"train.difficulty_sampling must be 'uniform', got {self.difficulty_sampling!r}")
 
+    def full_depth_at(self, step: int) -> bool:
+        """Whether the update producing step ``step + 1`` is a full-depth warm-up step."""
+        return step < self.full_depth_steps
+
     def reg_weight_at(self, step: int) -> float:
         """Weight of the policy's regulariser in the update that produces step ``step + 1``."""
+        if self.full_depth_at(step):
+            return 0.0
         if self.reg_warmup_steps and step < self.reg_warmup_steps:
             return step / self.reg_warmup_steps
         return 1.0

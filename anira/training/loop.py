@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from anira import checkpoint as ckpt
 from anira import distributed
@@ -76,14 +76,21 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def make_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (norm gains and biases are not decayed)."""
+    """AdamW; weight decay on matrices only (norm gains and biases are not decayed); the
+    policy's parameters in groups of their own, at lr · ``train.decider_lr_mult``."""
     cfg = spec.train
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    policy = {id(p) for p in model.policy.parameters()}
+    groups = []
+    for is_policy in (False, True):
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in policy) == is_policy]
+        for decayed in (True, False):
+            group = [p for p in params if (p.dim() >= 2) == decayed]
+            if group:
+                groups.append({"params": group, "weight_decay": cfg.weight_decay if decayed else 0.0,
+                               "lr_mult": cfg.decider_lr_mult if is_policy else 1.0, "policy": is_policy})
     # on CUDA the fused kernel updates every parameter in a few launches (the small
     # models trained here are launch-bound); on CPU the default path stays bitwise as before
-    fused = True if all(p.is_cuda for p in decay + no_decay) else None
+    fused = True if all(p.is_cuda for g in groups for p in g["params"]) else None
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
 
 
@@ -126,6 +133,7 @@ class Trainer:
         distributed.barrier()
         model = build_model(self.model_config, spec.policy, registry=self.registry, seed=spec.train.seed,
                             **self.policy_options)
+        model.straight_through = spec.train.straight_through
         self.model = model.to(self.device)
         self.model.train()
         self.optimizer = make_optimizer(self.model, spec)
@@ -214,8 +222,9 @@ class Trainer:
     def _train_step(self, batch: TorchBatch, step: int, keep: bool = True) -> dict[str, float]:
         cfg = self.spec.train
         lr = cfg.lr_at(step)
+        full_depth = cfg.full_depth_at(step)  # warm-up: every token at depth D, the policy frozen
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = 0.0 if (full_depth and group["policy"]) else lr * group["lr_mult"]
         torch.manual_seed(_step_seed(cfg.seed, step, self.info.rank))
         # per-token supervision from the task; only policies that ask for it use it (oracle)
         targets = None if batch.complexity is None else {"complexity": batch.complexity}
@@ -224,6 +233,8 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
         with autocast_for(self.device, cfg.amp):
             forced = self.model.policy.teacher_exit_depths(self.model, batch.tokens, targets)
+            if full_depth:
+                forced = torch.full_like(batch.tokens, self.model.cfg.max_iters)
             if forced is None:
                 out = self.forward_module(batch.tokens)
             else:  # teacher forcing: the policy's own depths are replaced by its targets
@@ -250,23 +261,46 @@ class Trainer:
             loss = w_ce * terms.ce + w_reg * terms.regularizer + w_ce * (terms.total - terms.ce - terms.regularizer)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        split_norms = self._grad_norms() if keep else None
         grad_norm = None
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         # kept only until the step's record is written (holding CUDA-graph outputs into the
         # next step would force the graphs to copy them)
-        self._last = (out, terms, batch, grad_norm, lr, n_loss, n_tok) if keep else None
+        self._last = (out, terms, batch, grad_norm, lr, n_loss, n_tok, split_norms) if keep else None
         return {}
+
+    @staticmethod
+    def _expected_depth_by_difficulty(out: Any, batch: TorchBatch) -> dict[str, float]:
+        """Mean expected depth over answer tokens per difficulty value of this rank's batch."""
+        ans = batch.answer_mask
+        per_example = (out.expected_depth.float() * ans).sum(1) / ans.sum(1).clamp_min(1)
+        values = torch.stack([per_example, batch.difficulty.to(per_example)]).tolist()
+        table: dict[int, list[float]] = {}
+        for depth, difficulty, has in zip(values[0], values[1], ans.any(1).tolist()):
+            if has:
+                table.setdefault(int(difficulty), []).append(depth)
+        return {str(d): sum(v) / len(v) for d, v in sorted(table.items())}
+
+    def _grad_norms(self) -> Tensor:
+        """(policy, network): gradient norms before clipping of the policy's parameters
+        and of all the others, for the train record (the deciders' share of the signal)."""
+        groups = [[], []]
+        for group in self.optimizer.param_groups:
+            groups[0 if group["policy"] else 1].extend(p.grad for p in group["params"] if p.grad is not None)
+        return torch.stack([torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))
+                            if grads else torch.zeros((), device=self.device) for grads in groups])
 
     def _train_record(self, step: int, interval_tokens: float, interval_examples: float, interval_s: float,
                       elapsed: float) -> dict[str, Any]:
-        out, terms, batch, grad_norm, lr, n_loss, n_tok = self._last
+        out, terms, batch, grad_norm, lr, n_loss, n_tok, split_norms = self._last
         with torch.no_grad():
             mask = batch.loss_mask[:, :-1]
             pred = out.logits[:, :-1].argmax(-1)
             correct = ((pred == batch.tokens[:, 1:]) & mask).sum()
             ans = batch.answer_mask
+            by_difficulty = self._expected_depth_by_difficulty(out, batch)
             sums = [
                 float(terms.ce) * float(n_loss), float(terms.regularizer) * float(n_tok),
                 float(terms.total - terms.ce - terms.regularizer) * float(n_loss),
@@ -282,6 +316,9 @@ class Trainer:
             "loss": ce + reg + extra, "ce": ce, "reg": reg,
             "lr": lr, "reg_weight": self.spec.train.reg_weight_at(step - 1),
             "grad_norm": None if grad_norm is None else float(grad_norm),
+            "policy_grad_norm": float(split_norms[0]), "network_grad_norm": float(split_norms[1]),
+            "full_depth": self.spec.train.full_depth_at(step - 1),
+            "expected_depth_by_difficulty": by_difficulty,
             "token_acc": correct / max(n_l, 1),
             "mean_depth": depth / max(n_ans, 1), "mean_expected_depth": exp_depth / max(n_ans, 1),
             "tokens_per_s": tokens / max(interval_s, 1e-9), "examples_per_s": examples / max(interval_s, 1e-9),

@@ -147,7 +147,12 @@ class Brevo(Task):
         max_edges = sum(min(MAX_DEGREE, j) for j in range(1, difficulty))
         return 1 + 2 * max_edges + 3 + (difficulty - 1) + 1
 
-    def _generate(self, difficulty: int, rng: np.random.Generator) -> Example:
+    def _draft(self, difficulty: int, rng: np.random.Generator):
+        edges, query = self._draw_graph(difficulty, rng)
+        words = [BOS, *(name for edge in edges for name in edge), QUERY, query, SEP]
+        return np.asarray(self.tokenizer.encode(words), dtype=np.int64), lambda: self.build(edges, query)
+
+    def _draw_graph(self, difficulty: int, rng: np.random.Generator) -> tuple[list[tuple[str, str]], str]:
         n = difficulty
         names = [NAMES[i] for i in rng.choice(len(NAMES), size=n, replace=False).tolist()]
         out_deg = [0] * n
@@ -162,7 +167,7 @@ class Brevo(Task):
                 out_deg[u] += 1
                 edges.append((names[u], names[j]))
         order = rng.permutation(len(edges)).tolist()
-        return self.build([edges[i] for i in order], names[-1])
+        return [edges[i] for i in order], names[-1]
 
     def build(self, edges: list[tuple[str, str]], query: str) -> Example:
         """The example for edges ``(u, v)`` (v depends on u), in input order, and a query."""

@@ -72,7 +72,13 @@ class Depo(Task):
         self.check_difficulty(difficulty)
         return 1 + 2 * NODES + 4 + 2
 
-    def _generate(self, difficulty: int, rng: np.random.Generator) -> Example:
+    def _draft(self, difficulty: int, rng: np.random.Generator):
+        pairs, start = self._draw_pairs(difficulty, rng)
+        words = [BOS, *(name for pair in pairs for name in pair), QUERY, start, f"h{difficulty}", SEP]
+        return (np.asarray(self.tokenizer.encode(words), dtype=np.int64),
+                lambda: self.build(pairs, start, difficulty))
+
+    def _draw_pairs(self, difficulty: int, rng: np.random.Generator) -> tuple[list[tuple[str, str]], str]:
         k = difficulty
         names = [NAMES[i] for i in rng.choice(len(NAMES), size=NODES, replace=False).tolist()]
         c = int(rng.integers(k + 1, NODES + 1))
@@ -84,7 +90,7 @@ class Depo(Task):
             nxt[a] = b
         order = rng.permutation(NODES).tolist()
         pairs = [(names[i], nxt[names[i]]) for i in order]
-        return self.build(pairs, names[0], k)
+        return pairs, names[0]
 
     def build(self, pairs: list[tuple[str, str]], start: str, k: int) -> Example:
         """The example for pairs ``(u, next(u))`` in input order, a start node and k hops."""

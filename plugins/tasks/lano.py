@@ -182,11 +182,13 @@ class Lano(Task):
         self.check_difficulty(difficulty)
         return difficulty + 2
 
-    def _generate(self, difficulty: int, rng: np.random.Generator) -> Example:
+    def _draft(self, difficulty: int, rng: np.random.Generator):
         if self.grammar is not lano_grammar():
             raise AniraError("lano: sampling needs the built-in grammar; use build() for others")
         words, tree = lano_sampler().sample(difficulty, rng)
-        return self.build(words, tree=tree, proxies=self.proxies)
+        # the whole string is the question (language modelling): no parse to decide the split
+        question = np.asarray(self.tokenizer.encode([BOS, *words, EOS]), dtype=np.int64)
+        return question, lambda: self.build(words, tree=tree, proxies=self.proxies)
 
     def build(self, words: list[str], tree: str | None = None, proxies: bool = True) -> Example:
         """The example for a sentence of the task's grammar (``proxies=False``: no parse)."""

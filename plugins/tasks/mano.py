@@ -35,16 +35,16 @@ class Mano(Task):
 
     Worked instance (L = 2): the expression ``+ * 3 4 5`` is (3·4)+5 = 17, so
 
-    pos  token  token_type  d  r  s  reductions  height  complexity
-    0    <bos>  0           0  0  0  0           -       -
-    1    +      1           0  0  0  0           -       -
-    2    *      1           1  2  0  0           -       -
-    3    3      2           2  2  0  0           -       -
-    4    4      2           2  1  1  1           -       -
-    5    5      2           1  1  3  1           -       -
-    6    =      0           0  0  5  0           2       2
-    7    17     -           -  -  -  -           2       0
-    8    <eos>  -           -  -  -  -           -       -
+    pos  token  token_type  d  r  s  s_ops  reductions  height  complexity
+    0    <bos>  0           0  0  0  0      0           -       -
+    1    +      1           0  0  0  0      0           -       -
+    2    *      1           1  2  0  0      0           -       -
+    3    3      2           2  2  0  0      0           -       -
+    4    4      2           2  1  1  0      1           -       -
+    5    5      2           1  1  3  1      1           -       -
+    6    =      0           0  0  5  2      0           2       2
+    7    17     -           -  -  -  -      -           2       0
+    8    <eos>  -           -  -  -  -      -           -       -
 
     ("-" is NaN: the feature is not defined at that position.)
     Answer ``["17"]``; ``answer_mask`` is True at positions 6 (predicts 17) and
@@ -52,7 +52,13 @@ class Mano(Task):
     question; ``position`` is the index; ``L`` is 2 everywhere. At position 4
     the parser, before reading ``4``, has ``+`` and ``*`` pending (d = 2), ``*``
     owes one operand (r = 1), and the previous token ``3`` completed a subtree
-    of one token (s = 1); reading ``4`` completes ``* 3 4`` (one reduction).
+    of one token, an operand (s = 1, s_ops = 0); reading ``4`` completes
+    ``* 3 4`` (one reduction), so at position 5 s = 3 and s_ops = 1; ``5``
+    completes ``+ (* 3 4) 5``, so at ``=`` s = 5 and s_ops = 2.
+
+    Timing, as in the paper: d, r, s and s_ops describe the parser as token i
+    arrives (d, r before reading it; s, s_ops what token i − 1 completed);
+    reductions is the work reading token i does.
     """
 
     name = "mano"
@@ -83,7 +89,14 @@ class Mano(Task):
         ),
         FeatureSpec(
             "s", "execution",
-            "tokens in the outermost subtree completed by the previous token (0 if it completed none)",
+            "tokens in the outermost subtree completed by the previous token (a lone operand 1, "
+            "k operators 2k+1; 0 after an operator or <bos>)",
+            True, "question",
+        ),
+        FeatureSpec(
+            "s_ops", "execution",
+            "the paper's s_t: operator nodes of the subtrees completed at the previous token "
+            "(0 after an operator, a lone operand or <bos>)",
             True, "question",
         ),
         FeatureSpec(
@@ -97,7 +110,12 @@ class Mano(Task):
         return 2 * difficulty + 5
 
     # --- generation -----------------------------------------------------------------------
-    def _generate(self, difficulty: int, rng: np.random.Generator) -> Example:
+    def _draft(self, difficulty: int, rng: np.random.Generator):
+        expr = self._draw_expression(difficulty, rng)
+        question = np.asarray(self.tokenizer.encode([BOS, *expr, "="]), dtype=np.int64)
+        return question, lambda: self.build(expr)
+
+    def _draw_expression(self, difficulty: int, rng: np.random.Generator) -> list[str]:
         L = difficulty
         marks = np.concatenate([np.ones(L, dtype=np.int64), -np.ones(L + 1, dtype=np.int64)])
         marks = marks[rng.permutation(2 * L + 1)]
@@ -116,7 +134,7 @@ class Mano(Task):
             else:
                 expr.append(str(vals[vi]))
                 vi += 1
-        return self.build(expr)
+        return expr
 
     # --- deterministic construction from an expression ------------------------------------
     def build(self, expr: list[str]) -> Example:
@@ -127,10 +145,11 @@ class Mano(Task):
         d = nan_array(n)
         r = nan_array(n)
         s = nan_array(n)
+        s_ops = nan_array(n)
         red = nan_array(n)
         ttype = nan_array(n)
         arity = nan_array(n)
-        d[0] = r[0] = s[0] = red[0] = ttype[0] = arity[0] = 0
+        d[0] = r[0] = s[0] = s_ops[0] = red[0] = ttype[0] = arity[0] = 0
         # frames: [operator, operands owed, left value, start index in expr]
         stack: list[list] = []
         completed_prev = 0
@@ -143,6 +162,7 @@ class Mano(Task):
             d[i] = len(stack)
             r[i] = stack[-1][1] if stack else 0
             s[i] = completed_prev
+            s_ops[i] = (completed_prev - 1) // 2 if completed_prev else 0  # a subtree of t tokens has (t-1)/2 operators
             if tok in OPERATORS:
                 ttype[i], arity[i], red[i] = _TYPE_OPERATOR, 2, 0
                 stack.append([tok, 2, 0, k])
@@ -176,6 +196,7 @@ class Mano(Task):
         height = depth_max
         eq = m + 1
         d[eq], r[eq], s[eq], red[eq], ttype[eq], arity[eq] = 0, 0, completed_prev, 0, _TYPE_SPECIAL, 0
+        s_ops[eq] = (completed_prev - 1) // 2
         tokens = [BOS, *expr, "=", str(value), EOS]
         h = nan_array(n)
         h[eq] = h[eq + 1] = height
@@ -189,6 +210,7 @@ class Mano(Task):
             "d": d,
             "r": r,
             "s": s,
+            "s_ops": s_ops,
             "reductions": red,
             "height": h,
         }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One device call: the training runs of a jobs file (scripts/device/*.json) side by
+# side on the GPU under CUDA MPS, each stopped (with a checkpoint) at CAP seconds, while the
+# gpu-marked tests run beside them; then the runs' latest checkpoints and metrics are packed
+# under $OUT (scripts/device/collect.sh). Usage (device, repo root, .whl carried):
+#   JOBS=scripts/device/brevo_reference_checkpoints.json CAP=540 bash scripts/device/train_jobs.sh
+set -uo pipefail
+T0=$(date +%s)
+export PYTHONUNBUFFERED=1 ANIRA_CACHE_DIR=/tmp/anira-cache TORCHINDUCTOR_COMPILE_THREADS=2
+source "$(dirname "$0")/setup.sh"
+REPO=$(pwd)
+nvidia-cuda-mps-control -d && echo "MPS on" > $OUT/timeline.txt
+n=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$JOBS")
+python3 "$REPO/scripts/run_jobs.py" "$JOBS" --out /tmp/runs --parallel "$n" --cap "${CAP:-420}" > /tmp/runs.log 2>&1 &
+jobs_pid=$!
+if [ -z "${NO_TESTS:-}" ]; then
+  (cd "$REPO" && timeout $(( ${CAP:-420} + 60 )) python3 -P -m pytest -q -p no:warnings -m gpu \
+     tests/test_loop_graphs.py tests/test_fast_path.py tests/test_gpu_training.py) > $OUT/gpu_tests.txt 2>&1
+  echo "gpu tests done at $(( $(date +%s) - T0 )) s" >> $OUT/timeline.txt
+fi
+wait $jobs_pid
+echo "runs done at $(( $(date +%s) - T0 )) s" >> $OUT/timeline.txt
+echo quit | nvidia-cuda-mps-control
+cp /tmp/runs.log $OUT/runs.log
+bash "$REPO/scripts/device/collect.sh" /tmp/runs $OUT runs >> $OUT/timeline.txt 2>&1
+echo "done at $(( $(date +%s) - T0 )) s" >> $OUT/timeline.txt
