@@ -100,8 +100,10 @@ def select_features(
 # Token-identity and position baselines
 # ---------------------------------------------------------------------------------------
 
-#: what the baseline can hold (option ``baseline``: a comma list of these, or ``none``)
+#: the default baseline (option ``baseline``: a comma list of BASELINE_CHOICES, or ``none``)
 BASELINE_PARTS = ("token", "position")
+#: "size" adds the difficulty knob's one-hot: verdicts within instance size
+BASELINE_CHOICES = ("token", "position", "size")
 
 
 def parse_baseline(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -111,9 +113,9 @@ def parse_baseline(value: str | list[str] | tuple[str, ...] | None) -> tuple[str
     parts = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
     if parts in (["none"], []):
         return ()
-    unknown = [p for p in parts if p not in BASELINE_PARTS]
+    unknown = [p for p in parts if p not in BASELINE_CHOICES]
     if unknown:
-        raise AniraError(f"baseline: unknown part {unknown[0]!r}; use token, position (comma list) or none")
+        raise AniraError(f"baseline: unknown part {unknown[0]!r}; use token, position, size (comma list) or none")
     return tuple(dict.fromkeys(parts))
 
 
@@ -184,7 +186,8 @@ def baseline_design(
       frequent token id);
     * ``position`` — the row's step within its token set (0 = the first answer
       step / question token; :func:`step_index`);
-    * ``size`` (when asked, for the null control) — the difficulty knob.
+    * ``size`` (in ``parts``, or ``size=True`` for the null control) — the
+      difficulty knob, so the verdict is about what varies within a size.
 
     Rare levels (fewer than ``min_count`` rows) are pooled, so a baseline never
     memorises individual rows.
@@ -198,12 +201,13 @@ def baseline_design(
         cols, kept = one_hot_levels(step_index(table, token_set)[rows], min_count, max_levels)
         blocks.append(cols)
         levels["position"] = kept
+    size = size or "size" in parts
     if size:
         cols, kept = one_hot_levels(table["difficulty"][rows].astype(np.int64), 1, 10_000)
         blocks.append(cols)
         levels["size"] = kept
     matrix = np.column_stack(blocks) if blocks else np.zeros((rows.size, 0))
-    return Baseline(matrix, tuple(parts) + (("size",) if size else ()), levels)
+    return Baseline(matrix, tuple(p for p in parts if p != "size") + (("size",) if size else ()), levels)
 
 
 def feature_basis(X: np.ndarray, names: list[str], max_levels: int = 6) -> tuple[np.ndarray, list[str]]:

@@ -194,7 +194,7 @@ def baseline_parts(value: Any) -> str:
     return ",".join(parts) if parts else "none"
 
 
-baseline_parts.expects = "token, position (comma list) or none"  # type: ignore[attr-defined]
+baseline_parts.expects = "token, position, size (comma list) or none"  # type: ignore[attr-defined]
 
 TOKEN_SETS = ("auto", "answer", "question", "answer|question", "all")
 
@@ -215,8 +215,8 @@ VERDICT_OPTIONS: dict[str, Option] = {
                                minimum=0.0, maximum=1.0),
     "max_claim_share": Option(0.5, "a kind suffices only if the other kind, on its own, explains at most this "
                               "share of the signal", minimum=0.0, maximum=1.0),
-    "baseline": Option("token,position", "what every verdict is measured beyond: token, position or none",
-                       parse=baseline_parts),
+    "baseline": Option("token,position", "what every verdict is measured beyond: token, position, size "
+                       "(comma list) or none", parse=baseline_parts),
 }
 
 
