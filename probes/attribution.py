@@ -52,9 +52,9 @@ import numpy as np
 from sklearn.linear_model import LinearRegression
 
 from anira.errors import AniraError
+from anira.probes.featureset import baseline_design, feature_basis, parse_baseline, select_features
 from anira.probes.options import VERDICT_OPTIONS, Option, read_options
 from anira.probes.selection import with_selection_check
-from anira.probes.featureset import baseline_design, feature_basis, parse_baseline, parse_names, select_features
 from anira.probes.suites import Requirements, SuiteContext, SuiteResult
 from anira.probes.table import TokenTable
 from anira.probes.verdict import SetScores, decide
@@ -437,7 +437,7 @@ def attribute(table: TokenTable, *, token_set: str = "auto", correct_only: bool 
     scores, test_fraction = partition_scores(Z, design, groups_, cv_folds, cv_repeats, seed)
     kinds_present = [k for k in KINDS if design.of_kind(k)]
     if min(len(v) for v in scores.values()) >= 2:
-        verdict = decide(SetScores(draws=scores, method="cv", test_fraction=test_fraction), metric="held-out R²",
+        verdict = decide(SetScores(draws=scores, test_fraction=test_fraction), metric="held-out R²",
                          kinds_present=kinds_present, min_effect=min_r2, min_sufficient_share=min_sufficient_share,
                          max_negligible_share=max_negligible_share, min_unique_share=min_unique_share,
                          max_claim_share=max_claim_share).to_dict()

@@ -46,9 +46,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from anira.errors import AniraError
+from anira.probes.featureset import baseline_design, feature_basis, parse_baseline, select_features
 from anira.probes.options import VERDICT_OPTIONS, Option, read_options
 from anira.probes.selection import with_selection_check
-from anira.probes.featureset import baseline_design, feature_basis, parse_baseline, parse_names, select_features
 from anira.probes.suites import Requirements, SuiteContext, SuiteResult
 from anira.probes.table import TokenTable
 from anira.probes.verdict import SetScores, decide
@@ -277,7 +277,7 @@ def decision_probes(table: TokenTable, *, mode: str = "auto", timing: str = "unk
     for kind in ("static", "execution"):
         draws.setdefault(f"baseline+{kind}", draws["baseline"])
         draws.setdefault(kind, draws["reference"])
-    verdict = decide(SetScores(draws=draws, method="cv", test_fraction=test_fraction), metric="deviance explained",
+    verdict = decide(SetScores(draws=draws, test_fraction=test_fraction), metric="deviance explained",
                      kinds_present=kinds_present, min_effect=min_effect, min_sufficient_share=min_sufficient_share,
                      max_negligible_share=max_negligible_share, min_unique_share=min_unique_share,
                      max_claim_share=max_claim_share).to_dict()

@@ -236,11 +236,3 @@ def feature_basis(X: np.ndarray, names: list[str], max_levels: int = 6) -> tuple
             owner.extend([name, name])
     matrix = np.column_stack(cols) if cols else np.zeros((X.shape[0], 0))
     return matrix, owner
-
-
-def parse_names(value: str | list[str] | None) -> list[str] | None:
-    """A feature list option: ``"a,b"`` or a list (None: every feature)."""
-    if value is None:
-        return None
-    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
-    return names or None

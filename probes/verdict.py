@@ -62,9 +62,9 @@ suite: R² over 4 × 5-fold splits; the decision suite: AUROC over 5 folds) and
 pass per-split scores, for which the Nadeau–Bengio corrected resampled t
 interval is used (variance factor 1/k + n_test/n_train instead of 1/k, k − 1
 degrees of freedom, k the number of splits): split differences share training
-data, so the naive t interval is too narrow. (:class:`SetScores` also takes
-bootstrap replicates with percentile intervals; no built-in suite uses them for
-the verdict, since an in-sample score's bootstrap is biased upwards.)
+data, so the naive t interval is too narrow. (In-sample scores, or their
+bootstrap, are not used: with many indicator columns their optimism is enough
+to read random depths as signal.)
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class Interval:
     low: float
     high: float
     se: float
-    n_folds: int  # folds or bootstrap replicates behind the interval
+    n_folds: int  # the splits behind the interval
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -126,45 +126,20 @@ def corrected_interval(diffs: Sequence[float], test_fraction: float, level: floa
     return Interval(mean, mean - half, mean + half, se, k)
 
 
-def percentile_interval(point: float, draws: np.ndarray, level: float = 0.95) -> Interval:
-    """Bootstrap percentile interval around the full-data ``point``."""
-    d = np.asarray(draws, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if d.size < 2:
-        return Interval(float(point), math.nan, math.nan, math.nan, int(d.size))
-    lo, hi = np.quantile(d, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return Interval(float(point), float(lo), float(hi), float(d.std(ddof=1)), int(d.size))
-
-
 @dataclass
 class SetScores:
-    """Scores of the nested feature sets (:data:`SETS`) on one resampling scheme.
-
-    ``draws[name]`` holds one value per fold (``method="cv"``) or per bootstrap
-    replicate (``method="bootstrap"``); ``point[name]`` the full-data estimate
-    (bootstrap) — for cross-validation the point is the mean over folds.
-    """
+    """Held-out scores of the nested feature sets (:data:`SETS`): ``draws[name]``
+    holds one value per split (fold, or fold of a repeat), the same splits for
+    every set, so differences are paired."""
 
     draws: dict[str, np.ndarray]
-    method: str = "cv"
-    point: dict[str, float] = field(default_factory=dict)
     test_fraction: float = 0.2
     level: float = 0.95
 
-    def value(self, name: str) -> float:
-        if self.method == "bootstrap":
-            return float(self.point[name])
-        d = np.asarray(self.draws[name], dtype=np.float64)
-        d = d[np.isfinite(d)]
-        return float(d.mean()) if d.size else math.nan
-
     def interval(self, coefs: dict[str, float]) -> Interval:
-        """Interval of the linear combination Σ coef·score(set), paired by resample."""
+        """Interval of the linear combination Σ coef·score(set), paired by split."""
         combo = sum(c * np.asarray(self.draws[s], dtype=np.float64) for s, c in coefs.items())
-        if self.method == "cv":
-            return corrected_interval(np.atleast_1d(combo), self.test_fraction, self.level)
-        point = sum(c * float(self.point[s]) for s, c in coefs.items())
-        return percentile_interval(point, np.atleast_1d(combo), self.level)
+        return corrected_interval(np.atleast_1d(combo), self.test_fraction, self.level)
 
 
 #: the quantities of the partition as combinations of set scores

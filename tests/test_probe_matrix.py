@@ -28,7 +28,7 @@ import pytest
 import anira
 from anira.probes.attribution import AttributionSuite, attribute
 from anira.probes.collect import planted_table
-from anira.probes.decision import DecisionSuite, decision_probes
+from anira.probes.decision import DecisionSuite
 from anira.probes.depth_rules import compile_rule
 from anira.probes.featureset import select_features
 from anira.probes.suites import SuiteContext

@@ -155,7 +155,7 @@ def _cv_scores(**sets):
     """SetScores from per-fold AUROCs (reference 0.5) for the nested sets."""
     draws = {"reference": np.full(5, 0.5)}
     draws.update({k.replace("_", "+"): np.asarray(v, dtype=float) for k, v in sets.items()})
-    return SetScores(draws=draws, method="cv", test_fraction=0.2)
+    return SetScores(draws=draws, test_fraction=0.2)
 
 
 def test_corrected_interval_is_wider_than_naive_and_decide_rules():
