@@ -42,7 +42,7 @@ def attribution_figure(result: dict[str, Any]) -> Figure:
 
 
 #: the verdict's quantities, in the order the panel draws them
-_PARTS = (("static_total", "static\nalone", "static"), ("execution_total", "execution\nalone", "execution"),
+_PARTS = (("static_total", "static", "static"), ("execution_total", "execution", "execution"),
           ("static_unique", "unique\nstatic", "static"), ("execution_unique", "unique\nexecution", "execution"),
           ("shared", "shared", "both"))
 

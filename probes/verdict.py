@@ -223,8 +223,8 @@ def decide(
     su, eu, sh = q["static_unique"], q["execution_unique"], q["shared"]
     shares = {"static_unique": su.mean / total, "execution_unique": eu.mean / total, "shared": sh.mean / total}
     common["shares"] = shares
-    parts = (f"beyond the baseline {_fmt(beyond)}: static alone {_fmt(st)}, execution alone {_fmt(et)}, "
-             f"unique static {_fmt(su)}, unique execution {_fmt(eu)}, shared {sh.mean:+.3f}")
+    parts = (f"beyond the baseline, both kinds add {_fmt(beyond)}, static features {_fmt(st)}, execution "
+             f"features {_fmt(et)}; unique static {_fmt(su)}, unique execution {_fmt(eu)}, shared {sh.mean:+.3f}")
     # each set given the other: one kind adds a clear share of its own, the other (bounded) almost
     # nothing -- and could not claim much on its own either (else it is redundant, not absent)
     redundant = []
