@@ -567,14 +567,16 @@ class AttributionSuite:
     def run(self, table: TokenTable, context: SuiteContext) -> SuiteResult:
         opts = read_options(self.name, self.options, context.options)
 
-        def analyse(t: TokenTable, correct_only: bool, size_in_baseline: bool) -> tuple[dict[str, Any], list[str]]:
+        def analyse(t: TokenTable, correct_only: bool, size_in_baseline: bool, full: bool
+                    ) -> tuple[dict[str, Any], list[str]]:
             return attribute(
                 t, token_set=opts["token_set"], correct_only=correct_only, target=opts["target"],
                 corr_threshold=opts["corr_threshold"], vif_threshold=opts["vif_threshold"],
                 min_delta_r2=opts["min_delta_r2"], min_sufficient_share=opts["min_sufficient_share"],
                 max_negligible_share=opts["max_negligible_share"], min_unique_share=opts["min_unique_share"],
                 max_claim_share=opts["max_claim_share"], min_r2=opts["min_r2"],
-                min_coverage=opts["min_coverage"], features=opts["features"], n_boot=opts["n_boot"],
+                min_coverage=opts["min_coverage"], features=opts["features"],
+                n_boot=opts["n_boot"] if full else 0,  # the protocol's bootstrap only for the headline
                 baseline=opts["baseline"], size_in_baseline=size_in_baseline, cv_folds=opts["cv_folds"],
                 cv_repeats=opts["cv_repeats"], seed=context.seed)
 

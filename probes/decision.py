@@ -337,7 +337,8 @@ class DecisionSuite:
     def run(self, table: TokenTable, context: SuiteContext) -> SuiteResult:
         opts = read_options(self.name, self.options, context.options)
 
-        def analyse(t: TokenTable, correct_only: bool, size_in_baseline: bool) -> tuple[dict[str, Any], list[str]]:
+        def analyse(t: TokenTable, correct_only: bool, size_in_baseline: bool, full: bool
+                    ) -> tuple[dict[str, Any], list[str]]:
             return decision_probes(
                 t, mode=opts["mode"], timing=context.timing, token_set=opts["token_set"], correct_only=correct_only,
                 n_splits=opts["n_splits"], min_coverage=opts["min_coverage"], features=opts["features"],

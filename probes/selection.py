@@ -51,8 +51,10 @@ from anira.errors import AniraError
 from anira.probes.table import TokenTable
 from anira.probes.verdict import NULL_LABELS
 
-#: analyse(table, correct_only, size_in_baseline) -> (JSON-able result with "verdict", notes)
-Analysis = Callable[[TokenTable, bool, bool], tuple[dict[str, Any], list[str]]]
+#: analyse(table, correct_only, size_in_baseline, full) -> (JSON-able result with "verdict", notes);
+#: ``full=False`` may skip what the verdict does not need (e.g. the paper protocol's bootstrap):
+#: only the headline run is shown in full
+Analysis = Callable[[TokenTable, bool, bool, bool], tuple[dict[str, Any], list[str]]]
 
 
 def solved_share(table: TokenTable) -> float:
@@ -68,10 +70,10 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
             "n_instances": result.get("n_instances")}
 
 
-def _attempt(analyse: Analysis, table: TokenTable, correct_only: bool, size: bool
+def _attempt(analyse: Analysis, table: TokenTable, correct_only: bool, size: bool, full: bool = False
              ) -> tuple[dict[str, Any] | None, list[str], str | None]:
     try:
-        result, notes = analyse(table, correct_only, size)
+        result, notes = analyse(table, correct_only, size, full)
         return result, notes, None
     except AniraError as exc:
         return None, [], str(exc)
@@ -117,20 +119,20 @@ def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
     if correct_only not in ("auto", True, False):
         raise AniraError(f"correct_only must be auto, true or false; got {correct_only!r}")
     if correct_only is False:
-        result, notes = analyse(table, False, False)
+        result, notes = analyse(table, False, False, True)
         result["selection"] = {"mode": "false", "headline": "all", "solved_share": solved_share(table)}
         result.setdefault("flags", [])
         return result, notes
     share = solved_share(table)
     if share == 1.0:
-        result, notes = analyse(table, True, False)
+        result, notes = analyse(table, True, False, True)
         result["selection"] = {"mode": str(correct_only).lower(), "headline": "solved", "solved_share": 1.0,
                                "note": "every instance is solved: the filter selects nothing"}
         result.setdefault("flags", [])
         return result, notes
 
     runs: dict[str, tuple[dict[str, Any] | None, list[str], str | None]] = {
-        "solved": _attempt(analyse, table, True, False),
+        "solved": _attempt(analyse, table, True, False, full=True),
         "all": _attempt(analyse, table, False, False),
     }
     null = table.null
@@ -153,6 +155,8 @@ def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
         raise AniraError(runs["solved"][2] or "no solved instance to analyse")
     if runs[headline][0] is None:
         raise AniraError(runs[headline][2] or "nothing to analyse")
+    if headline == "all":  # the headline is shown in full (the same verdict: its scores do not change)
+        runs["all"] = _attempt(analyse, table, False, False, full=True)
     result, notes, _ = runs[headline]
     assert result is not None
 
