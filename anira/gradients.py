@@ -1,7 +1,7 @@
 """How well the straight-through surrogates estimate the gradient of the expected loss.
 
 Training samples every token's exit depth and back-propagates a surrogate through
-the hard decision (PAPER.md §2: straight-through Gumbel-softmax for ANIRA-E,
+the hard decision (docs/paper.md §2: straight-through Gumbel-softmax for ANIRA-E,
 straight-through inverse-CDF sampling for ANIRA-O). What training should follow is
 the gradient of the *expected* loss over those samples, E_u[L(d(u))]. This module
 estimates, for one parameter direction θ of the policy (e.g. the decider's output

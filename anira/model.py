@@ -1,6 +1,6 @@
 """The recurrent Transformer: Prelude -> shared core looped up to D times -> Coda.
 
-Per-token exit with freezing (PAPER.md §2): with candidate h~(d) = R(h(d-1)),
+Per-token exit with freezing (docs/paper.md §2): with candidate h~(d) = R(h(d-1)),
 
     h_i(d) = a_i(d)·h~_i(d) + (1 - a_i(d))·h_i(d-1),   a_i(d) = 1[d <= d_i]
 

@@ -1,4 +1,4 @@
-"""Attribution suite: which features explain the compute a token gets (PAPER.md §4).
+"""Attribution suite: which features explain the compute a token gets (docs/paper.md §4).
 
 Two analyses of the same analysed tokens (default: answer tokens for BREVO,
 question tokens for MANO; see :mod:`anira.probes.featureset`), target =

@@ -1,4 +1,4 @@
-"""Where the fast path's time goes on a GPU (issue 6): per-iteration GPU time of the
+"""Where the fast path's time goes on a GPU: per-iteration GPU time of the
 graphed fast loop against the dense one, and micro-benchmarks of the pieces whose
 cost might not follow the row count (matrix products at the packed row counts,
 separate vs fused projections; masked attention over the whole cache vs causal).

@@ -2,7 +2,7 @@
 """docs/findings.md's MANO table: mean expected (and exit) depth on operator tokens of
 the question by r_t, the operands the top pending operator still needs before the
 token, and its Spearman correlation with s_t, the size of the subtree the previous
-token completed (PAPER.md §4: operators get the most compute at r_t = 1, rising
+token completed (docs/paper.md §4: operators get the most compute at r_t = 1, rising
 with s_t). Solved instances only.
 
     python scripts/mano_question_depth.py checkpoints/mano-anira-e checkpoints/mano-anira-o [--n 1000]

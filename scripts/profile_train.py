@@ -1,4 +1,4 @@
-"""Where a training step's GPU time goes: the paper's MANO configuration (issue 4's
+"""Where a training step's GPU time goes: the paper's MANO configuration (the training
 benchmark), torch.compile mode ``default`` (inductor kernels, no CUDA graphs, so the
 profiler sees every kernel), bf16 autocast, policy anira-o. Prints the top kernels by
 CUDA time and their share. Usage (H200): python scripts/profile_train.py [mano|brevo] [policy]

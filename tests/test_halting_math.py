@@ -1,4 +1,4 @@
-"""Every halting formula of PAPER.md §2 against hand-computed or independent answers."""
+"""Every halting formula of docs/paper.md §2 against hand-computed or independent answers."""
 
 import math
 
@@ -57,7 +57,7 @@ def test_kl_by_hand():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(0.01, 5), min_size=2, max_size=10), st.floats(1.0, 3.0))
 def test_kl_decomposition(weights, base):
-    """KL(q||p) = -H(q) + log(b)·E_q[d] + log Z  (PAPER.md §2)."""
+    """KL(q||p) = -H(q) + log(b)·E_q[d] + log Z  (docs/paper.md §2)."""
     w = torch.tensor(weights, dtype=torch.float64)
     q = w / w.sum()
     D = len(weights)

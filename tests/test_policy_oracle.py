@@ -1,4 +1,4 @@
-"""``oracle``: depth supervised with the task's per-token complexity (issue 8)."""
+"""``oracle``: depth supervised with the task's per-token complexity."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_fixed_policy_ignores_preset_gamma_but_rejects_explicit_option(registry)
 
 
 def test_paper_presets_match_the_paper_table():
-    table = {  # PAPER.md §3: D, d_model, d_ff, max len, batch, LR, gamma, b
+    table = {  # docs/paper.md §3: D, d_model, d_ff, max len, batch, LR, gamma, b
         "mano": (14, 256, 1664, 64, 512, 1e-4, 0.1, 1.25),
         "brevo": (6, 512, 2048, 256, 64, 1e-3, 0.1, 2.0),
         "depo": (6, 512, 2048, 256, 64, 3e-4, 0.1, 2.0),

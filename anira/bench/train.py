@@ -30,7 +30,7 @@ from anira.config import ModelConfig
 from anira.errors import AniraError
 from anira.training.config import COMPILE_MODES, uses_cudagraphs
 
-#: the paper's configurations (docs/paper.md §3; issue 4's benchmark sizes)
+#: the paper's configurations (docs/paper.md §3)
 BENCH_CONFIGS: dict[str, dict[str, Any]] = {
     "mano": {"preset": "paper-mano", "task": "mano", "batch": 512, "seq": 64},
     "brevo": {"preset": "paper-brevo", "task": "brevo", "batch": 64, "seq": 256},
@@ -107,7 +107,7 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
                 pool: int = 4, seed: int = 0) -> dict[str, Any]:
     """Training throughput of one configuration under one or more execution ``modes``.
 
-    ``config_name`` is ``mano`` / ``brevo`` (the paper's sizes, issue 4) or any
+    ``config_name`` is ``mano`` / ``brevo`` (the paper's sizes) or any
     training preset (e.g. ``tiny-brevo``), with ``sets`` (``--set`` overrides)
     applied. Each mode (``eager`` or a ``torch.compile`` mode) gets its own model
     with the same initial weights; after warm-up (which includes compilation) the

@@ -37,7 +37,7 @@ def uses_cudagraphs(compile_mode: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. Defaults are the paper's where it gives them (PAPER.md §3)."""
+    """How to train. Defaults are the paper's where it gives them (docs/paper.md §3)."""
 
     steps: int = 1000  # optimizer steps in total (a resumed run stops at the same step)
     batch_size: int = 64  # GLOBAL batch (examples per step, summed over DDP ranks)

@@ -1,7 +1,7 @@
 """The evaluation the trainer runs every ``eval_every`` steps.
 
 Per difficulty value: exact-match accuracy (the task's scorer on greedy,
-teacher-forced predictions), mean exit depth over answer tokens (PAPER.md §3),
+teacher-forced predictions), mean exit depth over answer tokens (docs/paper.md §3),
 and mean expected depth Σ_d d·q(d) over the same tokens. The model runs in eval
 mode (deterministic exits, early loop stop). The full analysis of a checkpoint
 is ``anira eval``; this is the cheap version that tracks training dynamics.

@@ -7,7 +7,7 @@ predict each token's ground-truth complexity from the task (``Example.complexity
 rescaled to a depth in 1..D. Its Spearman(depth, complexity) and accuracy show
 how much alignment a decider reading h0 can reach when told the answer, and
 what the loop does with the depths it is told to use; the unsupervised policies
-(anira-e, anira-o, act, ...) are read against it (issue 8).
+(anira-e, anira-o, act, ...) are read against it.
 
 Target depth (:func:`target_depths`). For a token with complexity c,
 ``depth = 1 + floor((clip(c, lo, hi) - lo) / (hi - lo) · (D - 1) + 1/2)``
