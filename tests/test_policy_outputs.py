@@ -132,3 +132,15 @@ def test_a_correct_policy_passes(cfg=CFG):
 
     out = _model(Fine)(torch.randint(1, 24, (2, 5)))
     assert out.exit_depth[0].tolist() == [1, 2, 3, 4, 4]
+
+
+def test_a_16_bit_distribution_passes_within_its_precision():
+    class HalfQ(FixedDepth):
+        name = "half-q"
+
+        def finish(self, state, ctx, like):
+            q = torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]).expand(*like.shape[:2], self.max_iters)
+            return q.to(torch.bfloat16)  # 1/3 rounds to 0.3340 in bf16: the sum is 1.002
+
+    out = _model(HalfQ)(torch.randint(1, 24, (2, 5)))
+    assert out.q.dtype == torch.bfloat16
