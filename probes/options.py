@@ -46,7 +46,7 @@ class Option:
     def read(self, suite: str, key: str, value: Any) -> Any:
         where = f"option {suite}.{key}"
         try:
-            out = self.parse(value) if self.parse is not None else _as_type(value, self.default)
+            out = self.parse(value) if self.parse is not None else parse_as(value, self.default)
         except (ValueError, TypeError) as exc:
             detail = f" ({exc})" if str(exc) and str(exc) != str(value) else ""
             raise AniraError(f"{where}: cannot read {value!r} as {_type_name(self)}{detail}") from None
@@ -70,7 +70,7 @@ def _type_name(option: Option) -> str:
     return {bool: "true/false", int: "an integer", float: "a number"}.get(type(option.default), "text")
 
 
-def _as_type(value: Any, default: Any) -> Any:
+def parse_as(value: Any, default: Any) -> Any:
     """``value`` (a string from the CLI, or a Python value) as the default's type."""
     if default is None:
         return value

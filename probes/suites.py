@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence, ru
 import numpy as np
 
 from anira.errors import AniraError
+from anira.probes.options import parse_as
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -80,24 +81,14 @@ class SuiteContext:
 
 
 def coerce_option(key: str, value: Any, default: Any) -> Any:
-    """Parse a (possibly string) option value to the type of its default."""
+    """Parse a (possibly string) option value to the type of its default (the same
+    parsing as declared options, :func:`anira.probes.options.parse_as`)."""
     if default is None or not isinstance(value, str):
         return value
     try:
-        if isinstance(default, bool):
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value, 10)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
+        return parse_as(value, default)
+    except (ValueError, TypeError):
         raise AniraError(f"option {key!r}: cannot read {value!r} as {type(default).__name__}") from None
-    return value
 
 
 @dataclass
