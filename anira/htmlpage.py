@@ -172,18 +172,22 @@ def page(title: str, sections: Sequence[tuple[str, str, str]], header: str = "")
     )
 
 
-def unique_ids(titles: Sequence[str], taken: Iterable[str] = ()) -> list[str]:
-    """One distinct id per title (a suffix where two titles slug alike)."""
+def numbered(names: Sequence[str], sep: str, taken: Iterable[str] = ()) -> list[str]:
+    """The names made distinct: a repeat gets ``sep`` and a number (2, 3, ...)."""
     seen = set(taken)
     out = []
-    for t in titles:
-        base = slug(t)
-        sid, i = base, 2
-        while sid in seen:
-            sid, i = f"{base}-{i}", i + 1
-        seen.add(sid)
-        out.append(sid)
+    for base in names:
+        name, i = base, 2
+        while name in seen:
+            name, i = f"{base}{sep}{i}", i + 1
+        seen.add(name)
+        out.append(name)
     return out
+
+
+def unique_ids(titles: Sequence[str], taken: Iterable[str] = ()) -> list[str]:
+    """One distinct id per title (a suffix where two titles slug alike)."""
+    return numbered([slug(t) for t in titles], "-", taken)
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from anira.htmlpage import (
     e,
     figure_img,
     fmt,
+    numbered,
     page,
     scroll,
     slug,
@@ -103,14 +104,7 @@ def load_items(
 
 
 def _unique_labels(results: list[EvalResult]) -> list[str]:
-    labels: list[str] = []
-    for res in results:
-        base = result_label(res)
-        label, i = base, 2
-        while label in labels:
-            label, i = f"{base} #{i}", i + 1
-        labels.append(label)
-    return labels
+    return numbered([result_label(res) for res in results], " #")
 
 
 def _depth(m: Metrics, lm: bool) -> float:

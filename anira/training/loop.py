@@ -151,7 +151,7 @@ class Trainer:
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_run_file(self.out, spec)
-            self._started_new = self.resume_from is None and not self.resume
+            self._started_new = not self.resume
             metrics = self.out / ckpt.METRICS_FILE
             # the run's log restarts from the checkpoint's copy: records written after
             # the checkpoint (by a run that then died) would otherwise be duplicated
@@ -232,9 +232,10 @@ class Trainer:
             # a new training iteration: CUDA-graph outputs of the previous one may be reused
             torch.compiler.cudagraph_mark_step_begin()
         with autocast_for(self.device, cfg.amp):
-            forced = self.model.policy.teacher_exit_depths(self.model, batch.tokens, targets)
-            if full_depth:
+            if full_depth:  # warm-up: every token at depth D, whatever the policy would choose
                 forced = torch.full_like(batch.tokens, self.model.cfg.max_iters)
+            else:
+                forced = self.model.policy.teacher_exit_depths(self.model, batch.tokens, targets)
             if forced is None:
                 out = self.forward_module(batch.tokens)
             else:  # teacher forcing: the policy's own depths are replaced by its targets
