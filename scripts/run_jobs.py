@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run many `anira train` jobs side by side on one machine, each under a wall-clock cap.
 
-    scripts/run_jobs.py JOBS.json --out DIR [--parallel N] [--cap SECONDS] [--anira CMD]
+    scripts/run_jobs.py JOBS.json --out DIR [--parallel N] [--cap SECONDS] [--anira CMD] [--resume]
 
 JOBS.json is a list of {"name": ..., "args": [...], "fallback": [...]} where args are
 `anira train` arguments without --out (the job writes to DIR/<name>); a job that
@@ -11,6 +11,10 @@ once; a job still running at its cap gets SIGTERM, on which `anira train` saves
 a checkpoint and exits. While jobs run, DIR/status.json is rewritten every few
 seconds (atomically) with each job's state and its latest train and eval records,
 so a long session can be watched (or copied off a remote machine) mid-way.
+With --resume every job continues its run directory instead (`anira train --resume
+--out DIR/<name>`, no fallback): a run longer than one device call is one call that
+starts it and, on the still-warm machine, calls that continue it. Each job's commands
+are appended to DIR/<name>.cmd, so the run's train_command.txt lists them all.
 This is the script that trained the bundled reference checkpoints and the policy
 comparison runs on the H200 machine (see checkpoints/README.md).
 """
@@ -70,6 +74,7 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=6)
     ap.add_argument("--cap", type=float, default=600.0, help="seconds before a job gets SIGTERM")
     ap.add_argument("--anira", default="anira", help="the anira command (e.g. 'python3 -m anira.cli')")
+    ap.add_argument("--resume", action="store_true", help="continue every job's run directory")
     ap.add_argument("--stop-file", type=Path, default=None,
                     help="once this file exists, running jobs get SIGTERM (they save) and no new job starts")
     args = ap.parse_args()
@@ -77,6 +82,13 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [{"name": s["name"], "args": list(s["args"]), "fallback": list(s.get("fallback", [])),
              "out": args.out / s["name"], "state": "waiting"} for s in specs]
+    if args.resume:
+        missing = [j["name"] for j in jobs if not (j["out"] / "latest").is_file()]
+        if missing:
+            print(f"--resume: no checkpoint to continue for {', '.join(missing)}", file=sys.stderr)
+            return 2
+        for job in jobs:
+            job["args"], job["fallback"] = ["--resume"], []
     status = args.out / "status.json"
     running: list[dict] = []
     pending = list(jobs)
@@ -92,7 +104,8 @@ def main() -> int:
         while pending and len(running) < args.parallel:
             job = pending.pop(0)
             cmd = [*shlex.split(args.anira), "train", *job["args"], "--out", str(job["out"]), "--quiet", "--json"]
-            (args.out / f"{job['name']}.cmd").write_text(shlex.join(cmd) + "\n")
+            with open(args.out / f"{job['name']}.cmd", "a") as f:
+                f.write(shlex.join(cmd) + "\n")
             job["log"] = open(args.out / f"{job['name']}.log", "a")
             job["proc"] = subprocess.Popen(cmd, stdout=job["log"], stderr=subprocess.STDOUT)
             job.setdefault("start", time.time())  # a retry keeps the first start: one cap per job
