@@ -32,3 +32,19 @@ def test_main_job_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("anira: error:")
     assert main(["run", str(ROOT / "checkpoints" / "brevo-fixed"), "--suites", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_job_in_parallel_equals_one_at_a_time(tmp_path, capsys):
+    """--jobs 2 (spawned worker processes) prints the same summary as --jobs 1."""
+    ckpts = [str(ROOT / "checkpoints" / name) for name in ("mano-anira-e", "brevo-anira-o")]
+    common = ["--n", "4", "--probe-n", "60", "--suites", "decision"]
+    tables = []
+    for jobs in ("1", "2"):
+        assert main(["run", *ckpts, *common, "--jobs", jobs, "--out", str(tmp_path / jobs)]) == 0
+        out = capsys.readouterr().out
+        tables.append([line for line in out.splitlines() if not line.startswith("report:")])
+    assert tables[0] == tables[1]
+    assert any(line.startswith("mano-anira-e") for line in tables[0])
+    assert main(["run", *ckpts, "--jobs", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--jobs" in capsys.readouterr().err

@@ -10,7 +10,9 @@ were still computing and where each exited.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from concurrent.futures import as_completed
 from pathlib import Path
 
 from anira.commands.common import check_out_dir, progress_bar
@@ -32,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--suites", default=DEFAULT_SUITES,
                         help=f"probe suites, comma-separated, or 'none' (default: {DEFAULT_SUITES})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=0, metavar="N",
+                        help="checkpoints evaluated and probed at once, each in its own process "
+                             "(default 0: one per available CPU core, at most one per checkpoint)")
     parser.add_argument("--trace", action="store_true",
                         help="instead: trace one example through a small untrained model, iteration by iteration")
     parser.add_argument("--task", default="mano", help="--trace: task (default: mano)")
@@ -85,9 +90,8 @@ def trace_lines(task_name: str, policy: str, difficulty: int, seed: int) -> list
 
 
 def main_job(args: argparse.Namespace) -> int:
-    from anira.evaluate import evaluate_checkpoint
     from anira.probes.report import probe_intro, probe_sections, verdict_card
-    from anira.probes.run import discover_checkpoints, probe_checkpoint
+    from anira.probes.run import discover_checkpoints
     from anira.registry import default_registry
     from anira.report import write_report
 
@@ -107,20 +111,18 @@ def main_job(args: argparse.Namespace) -> int:
         from anira.probes.suites import resolve_suites
 
         resolve_suites(parse_suite_names(suites), default_registry())  # unknown names fail before any work
+    if args.jobs < 0:
+        raise AniraError(f"--jobs must be >= 0 (0: one per CPU core), got {args.jobs}")
+    jobs = min(args.jobs or available_cores(), len(paths))
     start = time.perf_counter()
-    evals, probes = [], []
-    for path in paths:
-        update, close = progress_bar(f"eval {path.name}", unit="instance")
-        try:
-            evals.append(evaluate_checkpoint(path, n_per_difficulty=args.n, seed=args.seed, progress=update))
-        finally:
-            close()
-        if suites:
-            update, close = progress_bar(f"probe {path.name}", unit="instance")
-            try:
-                probes.append(probe_checkpoint(path, suites=suites, n=args.probe_n, seed=args.seed, progress=update))
-            finally:
-                close()
+    if jobs > 1:
+        evals, probes = _check_in_parallel(paths, suites, args, jobs)
+    else:
+        evals, probes = [], []
+        for path in paths:
+            ev, pr = check_one(path, suites, args.n, args.probe_n, args.seed, progress=True)
+            evals.append(ev)
+            probes.extend(pr)
     report = write_report(evals, args.out, title="anira: reference checkpoints",
                           extra_sections=probe_sections(probes) if probes else (),
                           intro=probe_intro(probes, Path(args.out)),
@@ -138,6 +140,58 @@ def main_job(args: argparse.Namespace) -> int:
         print("\n".join(why))
     print(f"\nreport: {report}  ({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_one(path: Path, suites: list[str], n: int, probe_n: int, seed: int, progress: bool = False):
+    """Evaluate one checkpoint and run the probe suites on it: (evaluation, [probe result])."""
+    from anira.evaluate import evaluate_checkpoint
+    from anira.probes.run import probe_checkpoint
+
+    def bar(desc: str):
+        return progress_bar(desc, unit="instance") if progress else (None, lambda: None)
+
+    update, close = bar(f"eval {path.name}")
+    try:
+        ev = evaluate_checkpoint(path, n_per_difficulty=n, seed=seed, progress=update)
+    finally:
+        close()
+    if not suites:
+        return ev, []
+    update, close = bar(f"probe {path.name}")
+    try:
+        return ev, [probe_checkpoint(path, suites=suites, n=probe_n, seed=seed, progress=update)]
+    finally:
+        close()
+
+
+def _check_in_parallel(paths: list[Path], suites: list[str], args: argparse.Namespace, jobs: int):
+    """check_one on every checkpoint in ``jobs`` fresh processes; results in the order of
+    ``paths``. Each checkpoint's work is seeded on its own, so the results equal the
+    sequential run's. Workers are spawned (not forked: torch's thread pools do not survive
+    a fork) and inherit the thread settings through the environment (configure_threads)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    update, close = progress_bar(f"{len(paths)} checkpoints, {jobs} at a time", unit="checkpoint")
+    results = {}
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(check_one, p, suites, args.n, args.probe_n, args.seed): p for p in paths}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                update(len(results), len(paths))
+    finally:
+        close()
+    evals = [results[p][0] for p in paths]
+    probes = [r for p in paths for r in results[p][1]]
+    return evals, probes
 
 
 def _f(metrics, key: str, digits: int = 3) -> str:
