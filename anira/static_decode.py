@@ -136,7 +136,7 @@ class StaticDecoder:
             self.pool_k, self.pool_v = zeros(batch, rows + 1), zeros(batch, rows + 1)
             self.slots = torch.full((D, batch, max_len), rows, dtype=torch.long, device=dev)
             self.used = torch.zeros(batch, dtype=torch.long, device=dev)  # rows handed out per sequence
-            self.overflow = torch.zeros((), dtype=torch.bool, device=dev)
+            self.missed = torch.zeros(batch, dtype=torch.long, device=dev)  # rows wanted once the pool was full
             self._row_base = torch.arange(batch, device=dev) * (rows + 1)  # flat row of each sequence's row 0
         self.pos = torch.zeros((), dtype=torch.long, device=dev)  # the position the next token takes
         self.key_positions = torch.arange(max_len, device=dev)
@@ -155,7 +155,7 @@ class StaticDecoder:
         if self.layout == "aware":
             self.slots.fill_(self.rows)
             self.used.zero_()
-            self.overflow.zero_()
+            self.missed.zero_()
 
     def _weight_key(self) -> tuple:
         m = self.model
@@ -163,8 +163,8 @@ class StaticDecoder:
 
     def check(self) -> None:
         """Raise if the allocation-aware pool ran out of rows (one device synchronisation)."""
-        if self.layout == "aware" and bool(self.overflow):
-            need = int(self.used.max())
+        if self.layout == "aware" and bool(self.missed.any()):
+            need = int((self.used + self.missed).max())
             raise AniraError(f"the allocation-aware cache ran out of rows ({need} needed, {self.rows} per "
                              "sequence): pass a larger rows")
 
@@ -291,7 +291,7 @@ class StaticDecoder:
         # a new row where the state is new (the token ran the previous iteration, or
         # t = 0); otherwise the slot of iteration t - 1 (its exit row) carries over
         fits = self.used < self.rows
-        self.overflow |= (ran_before & ~fits).any()
+        self.missed.add_((ran_before & ~fits).long())
         new = ran_before & fits
         row = torch.where(new, self.used, self.rows)  # not new: the spare row takes the write
         flat = self._row_base + row
