@@ -1,6 +1,6 @@
 """Decoding over a static key/value cache: one decode step is a fixed sequence of
 kernels, so that on a GPU it can be recorded once as a CUDA graph and replayed
-per token (issue 18). :mod:`anira.decode` stays the readable reference; this
+per token. :mod:`anira.decode` stays the readable reference; this
 module computes the same function and is tested equal to it and to the full
 forward (tests/test_static_decode.py).
 
