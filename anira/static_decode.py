@@ -54,6 +54,7 @@ the full sequence for activations (the same function: tested).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -319,8 +320,14 @@ class StaticDecoder:
             result = logits.clone(), depth.clone()
         torch.cuda.current_stream(self.pos.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with _autocast_without_cache(), torch.cuda.graph(graph):
-            self._out = self._body(self._token_in)
+        try:
+            with _autocast_without_cache(), torch.cuda.graph(graph):
+                self._out = self._body(self._token_in)
+        except RuntimeError as err:  # an operation that cannot be recorded (e.g. a plugin policy's)
+            self.graphs = "off"  # eager from now on; benchmarks report graphed: false
+            warnings.warn(f"anira: the decode step could not be recorded as a CUDA graph and runs eagerly: {err}",
+                          RuntimeWarning, stacklevel=4)
+            return result
         self._graph = graph
         return result
 
