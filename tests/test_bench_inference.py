@@ -43,3 +43,29 @@ def test_cli_rejects_an_unknown_graph_mode(capsys):
         main(["bench", "inference", "--graphs", "sometimes"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'sometimes'" in capsys.readouterr().err
+
+
+def test_decoding_reports_the_reference_and_the_static_decoder_side_by_side():
+    r = bench_inference(batches=(1,), seq=16, d_model=32, repeats=1, warmup=1, decode_len=6, loop_graphs="off")
+    dec = r["decode"]
+    assert dec["aware"]["tokens_per_s"] > 0 and dec["full"]["tokens_per_s"] > 0  # the reference's keys stay
+    static = dec["static"]
+    assert static["graphed"] is False and static["max_len"] == 16  # eager on a CPU; buffers for the model's max_len
+    for layout in ("aware", "full"):
+        assert static[layout]["depths_match"] is True and static[layout]["tokens_per_s"] > 0
+    # the static aware layout uses one row per iteration run plus the exit row (unless the token ran all D)
+    assert static["aware"]["core_kv_entries"] < static["full"]["core_kv_entries"] == 6 * 8
+    assert static["aware"]["core_kv_bytes"] < static["full"]["core_kv_bytes"]
+    assert static["speed_ratio"] == pytest.approx(static["aware"]["tokens_per_s"] / static["full"]["tokens_per_s"])
+
+
+def test_cli_decodes_in_bfloat16(capsys):
+    code = main(["bench", "inference", "--batches", "1", "--seq", "16", "--d-model", "32", "--repeats", "1",
+                 "--decode-len", "4", "--dtype", "bfloat16", "--graphs", "off"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "(static cache, eager, buffers for 16 tokens): allocation-aware" in out
+    assert "EXIT DEPTHS DIFFER" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "inference", "--dtype", "float16"])
+    assert exit_info.value.code == 2

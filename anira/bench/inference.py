@@ -23,6 +23,8 @@ from anira.config import ModelConfig
 from anira.fast import InferenceLoop, mask_layouts
 from anira.model import RecurrentTransformer, build_model
 from anira import decode
+from anira.static_decode import LAYOUTS, StaticDecoder
+from anira.static_decode import teacher_forced as static_teacher_forced
 
 
 def balanced_depths(seq: int, max_iters: int, mean_fraction: float, seed: int) -> list[int]:
@@ -176,23 +178,45 @@ def bench_inference(
 
 def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: torch.device, repeats: int,
                  seed: int) -> dict[str, Any]:
-    """Tokens/s of teacher-forced decoding and core KV-cache bytes, allocation-aware
-    cache against a full (D entries per token) cache, same model and tokens."""
+    """Tokens/s of teacher-forced decoding and core KV-cache bytes, side by side on the
+    same model and tokens: the reference decoder (anira/decode.py; allocation-aware cache
+    against a full cache of D entries per token) and the static-cache decoder
+    (anira/static_decode.py; recorded as a CUDA graph on a GPU), in both layouts."""
     tokens = torch.randint(1, model.cfg.vocab_size, (batch, seq),
                            generator=torch.Generator().manual_seed(seed)).to(device)
     timer = partial(time_call, device=device)
     out: dict[str, Any] = {"batch": batch, "tokens": seq}
-    times: dict[str, list[float]] = {"aware": [], "full": []}
-    states: dict[str, Any] = {}
-    for _ in range(repeats):
-        for name, full in (("aware", False), ("full", True)):
+    # static buffers for the model's whole max_len (what a real decode would allocate)
+    decoders = {layout: StaticDecoder(model, batch, layout=layout) for layout in LAYOUTS}
+    runs: dict[str, Callable[[], Any]] = {
+        "aware": lambda: decode.teacher_forced(model, tokens, full_cache=False),
+        "full": lambda: decode.teacher_forced(model, tokens, full_cache=True),
+        **{f"static_{layout}": partial(static_teacher_forced, dec, tokens) for layout, dec in decoders.items()},
+    }
+    results = {name: run() for name, run in runs.items()}  # warm-up; records the static step's graph
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):  # interleaved, so drift on a shared machine hits all alike
+        for name, run in runs.items():
             holder: dict[str, Any] = {}
-            times[name].append(timer(lambda: holder.update(r=decode.teacher_forced(model, tokens, full_cache=full))))
-            states[name] = holder["r"][2]
-    for name in times:
-        t = statistics.median(times[name])
-        out[name] = {"tokens_per_s": batch * seq / t, "core_kv_bytes": states[name].core.nbytes(),
-                     "core_kv_entries": states[name].core.entries()}
+            times[name].append(timer(lambda: holder.update(r=run())))
+            results[name] = holder["r"]
+    for name in ("aware", "full"):
+        state = results[name][2]
+        out[name] = {"tokens_per_s": batch * seq / statistics.median(times[name]),
+                     "core_kv_bytes": state.core.nbytes(), "core_kv_entries": state.core.entries()}
     out["bytes_ratio"] = out["aware"]["core_kv_bytes"] / out["full"]["core_kv_bytes"]
     out["speed_ratio"] = out["aware"]["tokens_per_s"] / out["full"]["tokens_per_s"]
+    reference_depths = results["aware"][1]
+    static: dict[str, Any] = {"graphed": any(dec._graph is not None for dec in decoders.values()),
+                              "max_len": decoders["aware"].max_len}
+    for layout, dec in decoders.items():
+        name = f"static_{layout}"
+        static[layout] = {"tokens_per_s": batch * seq / statistics.median(times[name]),
+                          "core_kv_bytes": dec.nbytes_used(), "core_kv_bytes_allocated": dec.nbytes(),
+                          "core_kv_entries": dec.entries(),
+                          # the static step's exit depths are the reference decoder's (a check, not a timing)
+                          "depths_match": bool(torch.equal(results[name][1], reference_depths))}
+    static["speed_ratio"] = static["aware"]["tokens_per_s"] / static["full"]["tokens_per_s"]
+    static["speedup_over_reference"] = static["aware"]["tokens_per_s"] / out["aware"]["tokens_per_s"]
+    out["static"] = static
     return out

@@ -57,4 +57,15 @@ def run(args: argparse.Namespace) -> int:
                      f"{dec['aware']['tokens_per_s']:.1f} tok/s, {dec['aware']['core_kv_bytes'] / 1e6:.2f} MB core KV; "
                      f"full {dec['full']['tokens_per_s']:.1f} tok/s, {dec['full']['core_kv_bytes'] / 1e6:.2f} MB "
                      f"(bytes ratio {dec['bytes_ratio']:.3f})")
+        st = dec["static"]
+        kind = "static cache, CUDA graph" if st["graphed"] else "static cache, eager"
+        lines.append(f"decode {dec['tokens']} tokens x batch {dec['batch']} ({kind}, buffers for {st['max_len']} "
+                     f"tokens): allocation-aware {st['aware']['tokens_per_s']:.1f} tok/s, "
+                     f"{st['aware']['core_kv_bytes'] / 1e6:.2f} MB core KV in use "
+                     f"({st['aware']['core_kv_bytes_allocated'] / 1e6:.2f} MB allocated); full "
+                     f"{st['full']['tokens_per_s']:.1f} tok/s, {st['full']['core_kv_bytes'] / 1e6:.2f} MB in use "
+                     f"({st['full']['core_kv_bytes_allocated'] / 1e6:.2f} MB allocated); aware/full speed "
+                     f"{st['speed_ratio']:.3f}, aware over the reference decoder x{st['speedup_over_reference']:.2f}"
+                     + ("" if st["aware"]["depths_match"] and st["full"]["depths_match"]
+                        else "; EXIT DEPTHS DIFFER FROM THE REFERENCE DECODER"))
     return emit(r, args.json, lines)

@@ -1,0 +1,262 @@
+"""Decoding over a static cache (anira/static_decode.py) computes what the reference
+decoder (anira/decode.py) and the full forward compute: logits, exit depths and the
+keys/values each cache serves, for every layout. The ``gpu`` tests record the step as a
+CUDA graph and compare its replays with the eager step (run them with
+``python -m pytest -m gpu tests/test_static_decode.py`` on a GPU machine)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anira import AniraError, build_model, decode, preset_config
+from anira import static_decode as sd
+from anira.checkpoint import load
+from anira.task import collate
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = [("fixed", {}), ("anira-e", {}), ("anira-o", {}), ("act", {}), ("pattern", {"depths": [1, 5, 3, 2]})]
+LAYOUTS = ["aware", "full"]
+
+
+def _model(policy, options=None, max_iters=5, seed=3, **cfg):
+    config = preset_config("test", vocab_size=24, max_iters=max_iters, **cfg)
+    return build_model(config, policy, seed=seed, **(options or {})).eval()
+
+
+def _tokens(b, n, seed=2):
+    return torch.randint(1, 24, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _rows_needed(depths, max_iters):
+    """Rows of the allocation-aware layout: one per iteration run, plus the exit
+    state's row unless the token ran all D."""
+    return int(torch.clamp(depths + 1, max=max_iters).sum())
+
+
+@pytest.mark.parametrize("policy, options", CASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_teacher_forced_equals_the_forward_and_the_reference_decoder(policy, options, layout):
+    model = _model(policy, options)
+    tokens = _tokens(3, 11)
+    out = model(tokens)
+    ref_logits, ref_depths, _ = decode.teacher_forced(model, tokens)
+    decoder = sd.StaticDecoder(model, 3, layout=layout)
+    logits, depths = sd.teacher_forced(decoder, tokens)
+    assert torch.equal(depths, out.exit_depth) and torch.equal(depths, ref_depths)
+    assert torch.allclose(logits, out.logits, atol=1e-5)
+    assert torch.allclose(logits, ref_logits, atol=1e-5)
+    if policy != "fixed":  # the comparison means something only if depths differ
+        assert depths.min() < depths.max()
+    D = model.cfg.max_iters
+    expected = tokens.numel() * D if layout == "full" else _rows_needed(depths, D)
+    assert decoder.entries() == expected
+
+
+@pytest.mark.parametrize("policy, options", CASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_served_keys_and_values_equal_the_reference_cache(policy, options, layout):
+    """At every iteration t, what past tokens offer is k/v of h(min(t, d_i)), in both."""
+    model = _model(policy, options)
+    tokens = _tokens(2, 9, seed=5)
+    _, _, state = decode.teacher_forced(model, tokens)
+    decoder = sd.StaticDecoder(model, 2, max_len=12, layout=layout)
+    sd.teacher_forced(decoder, tokens)
+    for t in range(model.cfg.max_iters):
+        ref_k, ref_v = state.core.served(t)
+        k, v = decoder.served(t)
+        assert k.shape == ref_k.shape == (2, 9, model.cfg.n_heads, model.cfg.d_head)
+        assert torch.allclose(k, ref_k, atol=1e-5) and torch.allclose(v, ref_v, atol=1e-5), t
+
+
+def test_a_wrong_served_row_is_caught():
+    """The comparison above can fail: pointing one slot at another row changes what is
+    served (and the logits of later tokens)."""
+    model = _model("pattern", {"depths": [1, 5, 3, 2]})
+    tokens = _tokens(1, 8)
+    decoder = sd.StaticDecoder(model, 1)
+    sd.teacher_forced(decoder, tokens)
+    _, _, state = decode.teacher_forced(model, tokens)
+    decoder.slots[3, 0, 2] = decoder.slots[3, 0, 1]
+    assert not torch.allclose(decoder.served(3)[0], state.core.served(3)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_generation_equals_the_reference_and_the_forward(layout):
+    model = _model("anira-o", seed=1, max_iters=4)
+    prompt = _tokens(2, 5, seed=7)
+    seq = sd.generate(sd.StaticDecoder(model, 2, layout=layout), prompt, 6)
+    ref, _ = decode.generate(model, prompt, 6)
+    assert seq.shape == (2, 11) and torch.equal(seq, ref)
+    assert torch.equal(seq[:, 5:], model(seq[:, :-1]).logits[:, 4:].argmax(-1))
+
+
+@pytest.mark.parametrize("name, policy", [("brevo-anira-o", "anira-o"), ("mano-anira-e", "anira-e")])
+def test_bundled_checkpoints_decode_as_they_forward(name, policy):
+    model, task = load(REPO / "checkpoints" / name)
+    assert model.policy.name == policy
+    rng = np.random.default_rng(0)
+    examples = [task.sample(task.ranges.test_id[-1], rng, split="test") for _ in range(3)]
+    tokens = torch.from_numpy(collate(examples).tokens).long()
+    out = model(tokens)
+    assert out.exit_depth.min() < out.exit_depth.max()  # the policy really varies depths here
+    for layout in LAYOUTS:
+        logits, depths = sd.teacher_forced(sd.StaticDecoder(model, 3, layout=layout), tokens)
+        assert torch.equal(depths, out.exit_depth), layout
+        assert torch.allclose(logits, out.logits, atol=1e-4), layout
+    # a prompt (the shortest question), then generated tokens
+    n = min(len(task.question_tokens(e)) for e in examples)
+    prompt = tokens[:, :n]
+    seq = sd.generate(sd.StaticDecoder(model, 3), prompt, 5)
+    ref, _ = decode.generate(model, prompt, 5)
+    assert torch.equal(seq, ref)
+    assert torch.equal(seq[:, n:], model(seq[:, :-1]).logits[:, n - 1:].argmax(-1))
+
+
+def test_a_decoder_is_reused_across_calls():
+    model = _model("anira-o")
+    decoder = sd.StaticDecoder(model, 2, max_len=10)
+    a = sd.teacher_forced(decoder, _tokens(2, 10, seed=1))
+    sd.teacher_forced(decoder, _tokens(2, 4, seed=9))  # different tokens in between
+    b = sd.teacher_forced(decoder, _tokens(2, 10, seed=1))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert decoder.entries() == _rows_needed(b[1], model.cfg.max_iters)
+
+
+def test_bfloat16_autocast_follows_the_reference_decoder():
+    model = _model("pattern", {"depths": [2, 4, 1]})
+    tokens = _tokens(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        decoder = sd.StaticDecoder(model, 2)
+        logits, depths = sd.teacher_forced(decoder, tokens)
+        ref, ref_depths, _ = decode.teacher_forced(model, tokens)
+    assert decoder.kv_dtype == torch.bfloat16
+    assert torch.equal(depths, ref_depths)
+    assert torch.allclose(logits.float(), ref.float(), atol=2e-2)
+
+
+def test_pool_size_follows_the_exit_depths_and_running_out_is_an_error():
+    """Planted depths: a token of depth d needs min(d + 1, D) rows; a pool of exactly
+    that many rows serves every token, one row fewer is an error, not wrong output."""
+    depths = [1, 2, 3, 8]
+    model = _model("pattern", {"depths": depths}, max_iters=8)
+    tokens = _tokens(1, 12)
+    need = 3 * sum(min(d + 1, 8) for d in depths)
+    exact = sd.StaticDecoder(model, 1, max_len=12, rows=need)
+    logits, _ = sd.teacher_forced(exact, tokens)
+    assert exact.entries() == need
+    assert torch.allclose(logits, model(tokens).logits, atol=1e-5)
+    full = sd.StaticDecoder(model, 1, max_len=12, layout="full")
+    sd.teacher_forced(full, tokens)
+    assert exact.nbytes() / full.nbytes() == pytest.approx((need + 1) / (12 * 8))  # + the spare row
+    assert exact.nbytes_used() / full.nbytes_used() == pytest.approx(need / (12 * 8))
+    with pytest.raises(AniraError, match=rf"ran out of rows \({need} needed, {need - 1} per sequence\)"):
+        sd.teacher_forced(sd.StaticDecoder(model, 1, max_len=12, rows=need - 1), tokens)
+
+
+def test_max_length_overflow_is_a_one_line_error():
+    model = _model("anira-o")
+    decoder = sd.StaticDecoder(model, 1, max_len=3)
+    for token in (1, 2, 3):
+        decoder.step(torch.tensor([token]))
+    with pytest.raises(AniraError, match="would exceed max_len 3") as err:
+        decoder.step(torch.tensor([4]))
+    assert "\n" not in str(err.value)
+    with pytest.raises(AniraError, match="exceeds the decoder's max_len 3"):
+        sd.teacher_forced(decoder, _tokens(1, 4))
+    with pytest.raises(AniraError, match="exceeds the decoder's max_len 3"):
+        sd.generate(decoder, _tokens(1, 2), 3)
+    assert sd.generate(decoder, _tokens(1, 2), 2).shape == (1, 4)  # the last token is never fed
+
+
+def test_bad_arguments_are_one_line_errors():
+    model = _model("anira-o")
+    bad = [
+        (lambda: sd.StaticDecoder(model, 1, layout="paged"), "layout must be one of aware, full"),
+        (lambda: sd.StaticDecoder(model, 1, graphs="always"), "graphs must be one of auto, off"),
+        (lambda: sd.StaticDecoder(model, 1, max_len=model.cfg.max_len + 1), "max_len must be in 1.."),
+        (lambda: sd.StaticDecoder(model, 0), "batch must be >= 1"),
+        (lambda: sd.StaticDecoder(model, 1, rows=0), "rows must be >= 1"),
+        (lambda: sd.StaticDecoder(_model("anira-o", {"rule": "mode"}), 1), "full-distribution rule"),
+        (lambda: sd.StaticDecoder(_model("fixed", n_core=2), 1), "n_core == 1"),
+        (lambda: sd.StaticDecoder(model, 2).step(torch.tensor([1])), "each of the 2 sequences"),
+        (lambda: sd.StaticDecoder(model, 1).step(torch.tensor([1.0])), "integer ids"),
+        (lambda: sd.StaticDecoder(model, 1).step(torch.tensor([24])), r"lie in 0\.\.23"),
+        (lambda: sd.teacher_forced(sd.StaticDecoder(model, 2), _tokens(3, 4)), "made for 2"),
+        (lambda: sd.generate(sd.StaticDecoder(model, 1), _tokens(1, 2), -1), "max_new_tokens"),
+    ]
+    for make, message in bad:
+        with pytest.raises(AniraError, match=message):
+            make()
+
+
+def test_decoding_fires_no_hooks_and_records_no_graph_on_a_cpu():
+    model = _model("anira-o")
+    fired = []
+    model.add_perma_hook(lambda name: True, lambda value, hook: fired.append(hook.name))
+    decoder = sd.StaticDecoder(model, 2)  # graphs="auto": eager on a CPU
+    sd.teacher_forced(decoder, _tokens(2, 4))
+    assert fired == [] and decoder._graph is None
+    model(_tokens(2, 4))
+    assert fired  # the hooks were there to fire
+    model.reset_hooks(including_permanent=True)
+
+
+# -- CUDA graphs (run on a GPU machine: python -m pytest -m gpu tests/test_static_decode.py) -----------
+
+
+def _cuda_case(policy, options, layout):
+    model = _model(policy, options, max_iters=5, max_len=64).cuda()
+    tokens = _tokens(3, 20, seed=4).cuda()
+    return model, tokens
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("policy, options", CASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_graphed_step_equals_the_eager_step_and_the_reference(policy, options, layout):
+    model, tokens = _cuda_case(policy, options, layout)
+    eager = sd.teacher_forced(sd.StaticDecoder(model, 3, layout=layout, graphs="off"), tokens)
+    decoder = sd.StaticDecoder(model, 3, layout=layout)
+    graphed = [sd.teacher_forced(decoder, tokens) for _ in range(2)]  # recorded in the first, replayed in both
+    assert decoder._graph is not None
+    ref_logits, ref_depths, _ = decode.teacher_forced(model, tokens)
+    for logits, depths in graphed:
+        assert torch.equal(depths, eager[1]) and torch.equal(depths, ref_depths)
+        assert torch.allclose(logits, eager[0], atol=1e-5) and torch.allclose(logits, ref_logits, atol=1e-4)
+    seq = sd.generate(decoder, tokens[:, :6], 8)
+    assert torch.equal(seq, decode.generate(model, tokens[:, :6], 8)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_graphed_step_under_bf16_autocast(layout):
+    """Recorded under autocast; replayed after the weights changed in place: the graph
+    casts the current weights (autocast's cast cache is off while recording)."""
+    model, tokens = _cuda_case("pattern", {"depths": [1, 5, 3, 2]}, layout)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        decoder = sd.StaticDecoder(model, 3, layout=layout)
+        sd.teacher_forced(decoder, tokens)
+        with torch.no_grad():
+            model.core_blocks[0].attn.W_qkv.weight.mul_(1.5)
+        graphed = sd.teacher_forced(decoder, tokens)
+        eager = sd.teacher_forced(sd.StaticDecoder(model, 3, layout=layout, graphs="off"), tokens)
+        ref_logits, ref_depths, _ = decode.teacher_forced(model, tokens)
+    assert decoder._graph is not None
+    assert torch.equal(graphed[1], eager[1]) and torch.equal(graphed[1], ref_depths)
+    assert torch.allclose(graphed[0].float(), eager[0].float(), atol=2e-2)
+    assert torch.allclose(graphed[0].float(), ref_logits.float(), atol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_decoder_refuses_replaced_weights():
+    model, tokens = _cuda_case("anira-o", {}, "aware")
+    decoder = sd.StaticDecoder(model, 3)
+    sd.teacher_forced(decoder, tokens)
+    model.core_blocks[0].attn.W_qkv.weight = torch.nn.Parameter(model.core_blocks[0].attn.W_qkv.weight * 1)
+    with pytest.raises(AniraError, match="moved or replaced"):
+        sd.teacher_forced(decoder, tokens)
