@@ -4,7 +4,9 @@ In the static graph, iteration t of the core feeds every token its state
 h(min(t, d_i)): a halted token offers the keys and values of its exit state.
 So a token only needs its core keys/values for the iterations it ran (computed
 from its input states h(0) .. h(d_i − 1)) plus one entry for its exit state
-h(d_i) (none when d_i = D): d_i + 1 entries instead of D. Later tokens at
+h(d_i): d_i + 1 entries instead of D. (The exit entries are kept as one dense
+tensor, so a token that ran all D iterations also has one, never served: D + 1 for
+it. ``anira.static_decode``'s allocation-aware layout omits it.) Later tokens at
 iteration t are served entry min(t, d_i). Cache memory therefore grows with the
 mean exit depth, not with D.
 
@@ -163,6 +165,16 @@ def new_state(model, *, full_cache: bool = False) -> DecodeState:
     )
 
 
+def no_readout(state: Tensor) -> Tensor:
+    """``LoopContext.readout`` while decoding: refused. In the full forward the readout runs
+    the Coda over every token's *current* state, attending to the earlier tokens' states at
+    the same iteration; a decode step has only the new token's state (the Coda's cache holds
+    the earlier tokens' exit states), so the logits, and a policy's decision on them, would
+    silently differ from ``model(tokens)``."""
+    raise AniraError("decoding does not support a policy that reads the Coda's logits inside the loop "
+                     "(ctx.readout, e.g. exit-kl / exit-entropy): run the whole sequence with model(tokens)")
+
+
 @torch.no_grad()
 def step(model, state: DecodeState, token: Tensor) -> tuple[Tensor, Tensor]:
     """Feed one token per sequence (b,); returns next-token logits (b, V) and its exit depth (b,)."""
@@ -176,7 +188,7 @@ def step(model, state: DecodeState, token: Tensor) -> tuple[Tensor, Tensor]:
     for block, cache in zip(model.prelude_blocks, state.prelude):
         x = _plain_layer(model, block, cache, x, pos)
     h = x
-    ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=model.readout, positions=pos, tokens=token)
+    ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=no_readout, positions=pos, tokens=token)
     no_hook = lambda name, value: value  # noqa: E731 - decoding fires no hooks
     pstate = model.policy.begin(h, ctx, no_hook)
     running = torch.ones(b, dtype=torch.bool, device=h.device)

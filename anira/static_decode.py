@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from anira.decode import _kv
+from anira.decode import _kv, no_readout
 from anira.errors import AniraError
 from anira.graphs import _autocast_without_cache, autocast_key
 from anira.halting import LoopContext
@@ -252,7 +252,7 @@ class StaticDecoder:
         for block, (K, V) in zip(model.prelude_blocks, self.prelude_kv):
             x = self._plain(block, K, V, x, pos, pos_b, visible)
         h = x
-        ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=model.readout, positions=pos_b,
+        ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=no_readout, positions=pos_b,
                           tokens=token[:, None])
         pstate = model.policy.begin(h, ctx, _no_hook)
         core = model.core_blocks[0]

@@ -170,6 +170,22 @@ def test_max_length_overflow_is_a_one_line_error():
     assert sd.generate(decoder, _tokens(1, 2), 2).shape == (1, 4)  # the last token is never fed
 
 
+def test_policies_reading_the_coda_mid_loop_are_refused_by_both_decoders():
+    """exit-kl reads ctx.readout, whose logits in a decode step would lack the earlier
+    tokens' states at that iteration (unlike model(tokens)): a one-line error, not a
+    silently different decision; exit-latent reads only the state and decodes."""
+    tokens = _tokens(1, 4)
+    kl = _model("exit-kl")
+    for run in (lambda: decode.teacher_forced(kl, tokens), lambda: sd.teacher_forced(sd.StaticDecoder(kl, 1), tokens)):
+        with pytest.raises(AniraError, match="ctx.readout") as err:
+            run()
+        assert "\n" not in str(err.value)
+    latent = _model("exit-latent")
+    logits, depths, _ = decode.teacher_forced(latent, tokens)
+    out = latent(tokens)
+    assert torch.allclose(logits, out.logits, atol=1e-5) and torch.equal(depths, out.exit_depth)
+
+
 def test_bad_arguments_are_one_line_errors():
     model = _model("anira-o")
     bad = [
