@@ -102,6 +102,20 @@ def next_token_loss(out: Any, tokens: Tensor) -> Tensor:
     return torch.nn.functional.cross_entropy(logits[keep], targets[keep])
 
 
+def full_depth_hooks(max_iters: int) -> list[tuple[str, Callable[[Tensor, Any], Tensor]]]:
+    """``fwd_hooks`` that make every token run all ``max_iters`` iterations: each
+    iteration's ``hook_running`` is patched to all True (a patch of ``hook_running`` is
+    a(t), docs/hooks.md "Patching"). The model's own weights at full depth: how much
+    accuracy its halting policy gives away (``scripts/halting_headroom.py``)."""
+    if max_iters < 1:
+        raise AniraError(f"max_iters must be >= 1, got {max_iters}")
+
+    def run_on(running: Tensor, hook: Any) -> Tensor:
+        return torch.ones_like(running)
+
+    return [(f"loop.{t}.hook_running", run_on) for t in range(max_iters)]
+
+
 class LensMixin:
     """TransformerLens conveniences for :class:`anira.model.RecurrentTransformer`
     (module doc). Mixed in before ``HookedRootModule``."""

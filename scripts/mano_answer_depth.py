@@ -20,6 +20,7 @@ import torch
 from scipy.stats import spearmanr
 
 import anira
+from anira.lens import full_depth_hooks
 from anira.task import collate
 
 
@@ -30,11 +31,7 @@ def answer_depths(path: str, n: int, seed: int) -> dict:
         raise SystemExit(f"{path}: a {task.name} checkpoint; this table is for MANO")
     lo, hi = task.ranges.test_id
     D = model.cfg.max_iters
-
-    def run_all(running, hook):
-        return torch.ones_like(running)
-
-    full_depth = [(f"loop.{t}.hook_running", run_all) for t in range(D)]
+    full_depth = full_depth_hooks(D)
     eq, result, sizes, solved, solved_full = [], [], [], [], []
     for L in range(lo, hi + 1):
         rng = np.random.default_rng([seed, L])

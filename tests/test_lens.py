@@ -192,3 +192,26 @@ def _bundled() -> bool:
 def _built(name):
     task = default_registry().task(name)()
     return build_model(preset_config("test", vocab_size=task.vocab_size), "fixed", seed=0).set_tokenizer(task), task
+
+
+def test_full_depth_hooks_run_the_model_at_depth_d():
+    """Patched to run every iteration, an anira-o model computes what the same weights
+    compute under the fixed policy (the policy's own parameters aside)."""
+    from anira import build_model, preset_config
+    from anira.lens import full_depth_hooks
+
+    cfg = preset_config("test", vocab_size=24, max_iters=5)
+    adaptive = build_model(cfg, "anira-o", seed=1).eval()
+    fixed = build_model(cfg, "fixed", seed=2).eval()
+    missing, unexpected = fixed.load_state_dict(adaptive.state_dict(), strict=False)
+    assert not missing and all(k.startswith("policy.") for k in unexpected)
+    tokens = torch.randint(1, 24, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = adaptive(tokens)
+        forced = adaptive.run_with_hooks(tokens, fwd_hooks=full_depth_hooks(5))
+        reference = fixed(tokens)
+    assert (plain.exit_depth < 5).any()  # the policy alone halts some tokens early
+    assert (forced.exit_depth == 5).all()
+    assert torch.allclose(forced.logits, reference.logits, atol=1e-5)
+    with pytest.raises(AniraError, match="max_iters"):
+        full_depth_hooks(0)
