@@ -183,7 +183,11 @@ def _check_in_parallel(paths: list[Path], suites: list[str], args: argparse.Name
     results = {}
     try:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(check_one, p, suites, args.n, args.probe_n, args.seed): p for p in paths}
+            # adaptive checkpoints first: their probe suites fit every model, a fixed-depth
+            # checkpoint's decision is constant and skipped, so the long jobs start early
+            # and the short ones fill in at the end (results keep the order of `paths`)
+            order = sorted(paths, key=lambda p: _policy_of(p) == "fixed")
+            futures = {pool.submit(check_one, p, suites, args.n, args.probe_n, args.seed): p for p in order}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 update(len(results), len(paths))
@@ -192,6 +196,13 @@ def _check_in_parallel(paths: list[Path], suites: list[str], args: argparse.Name
     evals = [results[p][0] for p in paths]
     probes = [r for p in paths for r in results[p][1]]
     return evals, probes
+
+
+def _policy_of(path: Path) -> str:
+    from anira.checkpoint import read_config
+
+    policy = read_config(path).get("policy")
+    return str(policy.get("name", "")) if isinstance(policy, dict) else str(policy)
 
 
 def _f(metrics, key: str, digits: int = 3) -> str:
