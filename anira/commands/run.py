@@ -103,8 +103,8 @@ def main_job(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     from anira.checkpoint import read_config
 
-    for path in paths:  # a missing or corrupt checkpoint fails before any work
-        read_config(path)
+    # a missing or corrupt checkpoint fails before any work
+    policies = {path: (read_config(path).get("policy") or {}).get("name") for path in paths}
     suites = [] if args.suites.strip() == "none" else [s.strip() for s in args.suites.split(",") if s.strip()]
     if suites:
         from anira.probes.run import parse_suite_names
@@ -116,7 +116,11 @@ def main_job(args: argparse.Namespace) -> int:
     jobs = min(args.jobs or available_cores(), len(paths))
     start = time.perf_counter()
     if jobs > 1:
-        evals, probes = _check_in_parallel(paths, suites, args, jobs)
+        # adaptive checkpoints first: their probe suites fit every model, a fixed-depth
+        # checkpoint's decision is constant and skipped, so the long jobs start early and
+        # the short ones fill in at the end (results keep the order of `paths`)
+        start_order = sorted(paths, key=lambda p: policies[p] == "fixed")
+        evals, probes = _check_in_parallel(paths, start_order, suites, args, jobs)
     else:
         evals, probes = [], []
         for path in paths:
@@ -171,9 +175,10 @@ def check_one(path: Path, suites: list[str], n: int, probe_n: int, seed: int, pr
         close()
 
 
-def _check_in_parallel(paths: list[Path], suites: list[str], args: argparse.Namespace, jobs: int):
-    """check_one on every checkpoint in ``jobs`` fresh processes; results in the order of
-    ``paths``. Each checkpoint's work is seeded on its own, so the results equal the
+def _check_in_parallel(paths: list[Path], start_order: list[Path], suites: list[str], args: argparse.Namespace,
+                       jobs: int):
+    """check_one on every checkpoint in ``jobs`` fresh processes, started in ``start_order``;
+    results in the order of ``paths``. Each checkpoint's work is seeded on its own, so the results equal the
     sequential run's. Workers are spawned (not forked: torch's thread pools do not survive
     a fork) and inherit the thread settings through the environment (configure_threads)."""
     import multiprocessing
@@ -183,11 +188,7 @@ def _check_in_parallel(paths: list[Path], suites: list[str], args: argparse.Name
     results = {}
     try:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            # adaptive checkpoints first: their probe suites fit every model, a fixed-depth
-            # checkpoint's decision is constant and skipped, so the long jobs start early
-            # and the short ones fill in at the end (results keep the order of `paths`)
-            order = sorted(paths, key=lambda p: _policy_of(p) == "fixed")
-            futures = {pool.submit(check_one, p, suites, args.n, args.probe_n, args.seed): p for p in order}
+            futures = {pool.submit(check_one, p, suites, args.n, args.probe_n, args.seed): p for p in start_order}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 update(len(results), len(paths))
@@ -196,13 +197,6 @@ def _check_in_parallel(paths: list[Path], suites: list[str], args: argparse.Name
     evals = [results[p][0] for p in paths]
     probes = [r for p in paths for r in results[p][1]]
     return evals, probes
-
-
-def _policy_of(path: Path) -> str:
-    from anira.checkpoint import read_config
-
-    policy = read_config(path).get("policy")
-    return str(policy.get("name", "")) if isinstance(policy, dict) else str(policy)
 
 
 def _f(metrics, key: str, digits: int = 3) -> str:
