@@ -137,8 +137,17 @@ def _kv(model, block: Block, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Te
     return model.rotary(q, pos), model.rotary(k, pos), v
 
 
-def _finish(block: Block, x: Tensor, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-    z = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2))
+def no_hook(name: str, value: Tensor) -> Tensor:  # decoding fires no hooks
+    return value
+
+
+def _finish(block: Block, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, visible: Tensor | None = None
+            ) -> Tensor:
+    """Finish a layer for one new token x (b, 1, d) whose query q attends over keys/values
+    (b, L, h, e): all of them, or (static buffers) those where ``visible`` (L,) is True."""
+    mask = None if visible is None else visible[None, None, None, :]
+    z = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                                       attn_mask=mask)
     x = x + block.attn.W_o(rearrange(z.transpose(1, 2), "b p h e -> b p (h e)"))
     return x + block.mlp(block.ln_mlp(x))
 
@@ -189,7 +198,6 @@ def step(model, state: DecodeState, token: Tensor) -> tuple[Tensor, Tensor]:
         x = _plain_layer(model, block, cache, x, pos)
     h = x
     ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=no_readout, positions=pos, tokens=token)
-    no_hook = lambda name, value: value  # noqa: E731 - decoding fires no hooks
     pstate = model.policy.begin(h, ctx, no_hook)
     running = torch.ones(b, dtype=torch.bool, device=h.device)
     core = model.core_blocks[0]

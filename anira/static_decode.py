@@ -58,11 +58,9 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
-from anira.decode import _kv, no_readout
+from anira.decode import _finish, _kv, no_hook, no_readout
 from anira.errors import AniraError
 from anira.graphs import _autocast_without_cache, autocast_key
 from anira.halting import LoopContext
@@ -70,19 +68,6 @@ from anira.layers import Block
 
 LAYOUTS = ("aware", "full")
 GRAPH_CHOICES = ("auto", "off")
-
-
-def _no_hook(name: str, value: Tensor) -> Tensor:  # decoding fires no hooks
-    return value
-
-
-def _attend(block: Block, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, visible: Tensor) -> Tensor:
-    """Finish a layer for one new token x (b, 1, d) whose query q attends over the
-    buffers keys/values (b, L, h, e) where ``visible`` (L,) is True."""
-    z = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
-                                       attn_mask=visible[None, None, None, :])
-    x = x + block.attn.W_o(rearrange(z.transpose(1, 2), "b p h e -> b p (h e)"))
-    return x + block.mlp(block.ln_mlp(x))
 
 
 class StaticDecoder:
@@ -254,7 +239,7 @@ class StaticDecoder:
         h = x
         ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=no_readout, positions=pos_b,
                           tokens=token[:, None])
-        pstate = model.policy.begin(h, ctx, _no_hook)
+        pstate = model.policy.begin(h, ctx, no_hook)
         core = model.core_blocks[0]
         running = torch.ones(b, dtype=torch.bool, device=h.device)
         ran_before = running  # iteration -1 "ran": the first iteration's state h(0) is new
@@ -262,10 +247,10 @@ class StaticDecoder:
         for t in range(cfg.max_iters):
             q, k, v = _kv(model, core, h, pos_b)
             keys, values = self._core_kv(t, k, v, pos, ran_before)
-            candidate = _attend(core, h, q, keys, values, visible)
+            candidate = _finish(core, h, q, keys, values, visible)
             h = torch.where(running[:, None, None], candidate, h)  # freezing: exact for a in {0, 1}
             depth = depth + running.long()
-            pstate, keep = model.policy.step(pstate, h, t, ctx, _no_hook)
+            pstate, keep = model.policy.step(pstate, h, t, ctx, no_hook)
             ran_before = running
             running = running & (keep.reshape(b) > 0.5)
         x = model.policy.readout_state(pstate, h)
@@ -280,7 +265,7 @@ class StaticDecoder:
         q, k, v = _kv(self.model, block, x, pos_b)
         K.index_copy_(1, pos, k.to(K.dtype))
         V.index_copy_(1, pos, v.to(V.dtype))
-        return _attend(block, x, q, K, V, visible)
+        return _finish(block, x, q, K, V, visible)
 
     def _core_kv(self, t: int, k: Tensor, v: Tensor, pos: Tensor, ran_before: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new token's keys/values (b, 1, h, e) of iteration t (computed from its
