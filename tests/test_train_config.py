@@ -94,17 +94,27 @@ def test_unknown_preset():
 
 @pytest.mark.parametrize("name", ["mano-fixed", "mano-anira-e", "mano-anira-o",
                                   "brevo-fixed", "brevo-anira-e", "brevo-anira-o"])
-def test_ref_presets_reproduce_the_bundled_checkpoints(name):
-    """`--preset ref-<task>` is the recipe the bundled checkpoints were trained with
-    (only the machine-specific device and worker count differ)."""
+def test_the_recorded_command_reproduces_the_bundled_checkpoints_recipe(name):
+    """The first line of a bundled checkpoint's train_command.txt, parsed by `anira train`'s
+    own parser, describes the recipe its config.json records (only the machine-specific
+    device and worker count differ), and that line is `--preset ref-<task>` plus at most
+    deliberate `--set` overrides of the recipe."""
     import json
+    import shlex
     from pathlib import Path
 
-    from anira.presets import get_preset
+    from anira.cli import build_parser
+    from anira.commands.train import build_spec
+    from anira.registry import default_registry
 
     task, policy = name.split("-", 1)
-    recorded = json.loads((Path(__file__).parent.parent / "checkpoints" / name / "config.json").read_text())["run"]
-    spec = get_preset(f"ref-{task}").spec(policy).to_dict()
+    folder = Path(__file__).parent.parent / "checkpoints" / name
+    recorded = json.loads((folder / "config.json").read_text())["run"]
+    argv = shlex.split((folder / "train_command.txt").read_text().splitlines()[0])
+    assert argv[:2] == ["anira", "train"]
+    args = build_parser().parse_args(argv[1:])
+    assert (args.preset, args.policy) == (f"ref-{task}", policy)
+    spec = build_spec(args, default_registry()).to_dict()
     for key in ("task", "policy", "task_options", "model_preset", "model"):
         assert spec[key] == recorded[key], key
     if policy != "fixed":
@@ -117,3 +127,18 @@ def test_ref_presets_reproduce_the_bundled_checkpoints(name):
     defaults = TrainConfig.from_dict({}).to_dict()
     theirs = {k: recorded["train"].get(k, defaults[k]) for k in defaults if k not in machine}
     assert mine == theirs
+
+
+def test_a_recorded_set_override_reaches_the_recipe():
+    """What the check above relies on: a `--set` on the recorded command line changes the
+    spec it compares (mano-anira-o's recipe differs from the preset by one such override)."""
+    from anira.cli import build_parser
+    from anira.commands.train import build_spec
+    from anira.registry import default_registry
+
+    args = build_parser().parse_args(["train", "--preset", "ref-mano", "--policy", "anira-o"])
+    plain = build_spec(args, default_registry()).to_dict()["train"]
+    args = build_parser().parse_args(["train", "--preset", "ref-mano", "--policy", "anira-o",
+                                      "--set", "train.decider_lr_mult=0.3"])
+    slower = build_spec(args, default_registry()).to_dict()["train"]
+    assert plain["decider_lr_mult"] == 1.0 and slower["decider_lr_mult"] == 0.3
