@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""docs/deciders.md's BREVO per-token table: why exit depth and the task's per-token
+complexity (operations of the reference DFS since the previous output) hardly correlate.
+
+For each checkpoint, over the answer positions of `anira eval`'s test instances
+(the same seeds): the pooled Spearman(exit depth, complexity) of the deciders'
+criterion, the same within each N, how each of the two follows N, and per answer
+index (the first node emitted, the second, ...) the mean exit depth, complexity and
+in-degree of the emitted node at two sizes. The first node emitted is always a leaf
+of the query's dependency graph (in-degree 0) while the DFS does most of its work
+before emitting it, so a decider that follows the emitted node's dependencies gives
+the token with the most DFS work the least depth.
+
+    python scripts/brevo_answer_depth.py checkpoints/brevo-anira-o checkpoints/brevo-anira-e [--n 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+import anira
+from anira.task import collate
+
+
+def answer_rows(path: str, n: int, seed: int) -> tuple[str, dict[str, np.ndarray]]:
+    """One row per answer position with a defined complexity (the <eos> step included)."""
+    model, task = anira.load(path)
+    model.eval()
+    if task.name != "brevo":
+        raise SystemExit(f"{path}: a {task.name} checkpoint; this table is for BREVO")
+    lo, hi = task.ranges.test_id
+    cols: dict[str, list] = {"depth": [], "complexity": [], "in_degree": [], "index": [], "N": []}
+    for N in range(lo, hi + 1):
+        rng = np.random.default_rng([seed, N])  # the instances `anira eval --seed` uses
+        examples = [task.sample(N, rng, split="test") for _ in range(n)]
+        batch = collate(examples, pad_id=task.tokenizer.pad_id)
+        with torch.no_grad():
+            depth = model(torch.from_numpy(batch.tokens)).exit_depth.numpy()
+        for j, example in enumerate(examples):
+            for index, p in enumerate(np.flatnonzero(batch.answer_mask[j])):
+                if np.isnan(example.complexity[p]):
+                    continue
+                cols["depth"].append(depth[j, p])
+                cols["complexity"].append(example.complexity[p])
+                cols["in_degree"].append(example.features["in_degree"][p])  # NaN at the <eos> step
+                cols["index"].append(index)
+                cols["N"].append(N)
+    return path.rstrip("/").split("/")[-1], {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+
+
+def rho(a: np.ndarray, b: np.ndarray) -> float:
+    return float(spearmanr(a, b)[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--n", type=int, default=128, help="test instances per N")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sizes", default="6,10", help="the N values of the per-index table")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    tables = [answer_rows(path, args.n, args.seed) for path in args.checkpoints]
+
+    Ns = np.unique(tables[0][1]["N"]).astype(int)
+    print("| checkpoint | answer tokens | ρ(depth, complexity) | ρ(depth, N) | ρ(complexity, N) | "
+          + " | ".join(f"ρ within N = {N}" for N in Ns) + " |")
+    print("| --- " * (5 + len(Ns)) + "|")
+    for name, t in tables:
+        within = [rho(t["depth"][t["N"] == N], t["complexity"][t["N"] == N]) for N in Ns]
+        print(f"| {name} | {len(t['depth'])} | {rho(t['depth'], t['complexity']):+.3f} | "
+              f"{rho(t['depth'], t['N']):+.2f} | {rho(t['complexity'], t['N']):+.2f} | "
+              + " | ".join(f"{r:+.2f}" for r in within) + " |")
+
+    print()
+    print("| checkpoint | N | quantity | " + " | ".join(f"output {i + 1}" for i in range(6)) + " |")
+    print("| --- " * 9 + "|")
+    for name, t in tables:
+        for N in sizes:
+            at = t["N"] == N
+            for label, key in (("exit depth", "depth"), ("complexity", "complexity"), ("in-degree", "in_degree")):
+                cells = []
+                for i in range(6):
+                    sel = at & (t["index"] == i)
+                    vals = t[key][sel]
+                    vals = vals[~np.isnan(vals)]
+                    cells.append(f"{vals.mean():.2f}" if vals.size else "")
+                print(f"| {name} | {N} | {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
