@@ -142,3 +142,27 @@ def test_a_recorded_set_override_reaches_the_recipe():
                                       "--set", "train.decider_lr_mult=0.3"])
     slower = build_spec(args, default_registry()).to_dict()["train"]
     assert plain["decider_lr_mult"] == 1.0 and slower["decider_lr_mult"] == 0.3
+
+
+@pytest.mark.parametrize("jobs_file", sorted((__import__("pathlib").Path(__file__).parent.parent
+                                               / "scripts" / "device").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_every_device_jobs_file_describes_runs_anira_train_accepts(jobs_file):
+    """A typo in a jobs file would cost a device call; each job (and its fallback) must parse
+    with `anira train`'s own parser and build its spec, task and model config here."""
+    import json
+
+    from anira.cli import build_parser
+    from anira.commands.train import build_spec
+    from anira.registry import default_registry
+
+    registry = default_registry()
+    jobs = json.loads(jobs_file.read_text())
+    assert jobs and len({j["name"] for j in jobs}) == len(jobs)
+    for job in jobs:
+        for argv in (job["args"], [*job["args"], *job.get("fallback", [])]):
+            args = build_parser().parse_args(["train", *argv, "--out", "unused"])
+            spec = build_spec(args, registry)
+            task = spec.build_task(registry)
+            cfg = spec.model_config(task)
+            assert cfg.max_len >= task.max_len(task.ranges.test_ood[1]), job["name"]
