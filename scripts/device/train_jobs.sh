@@ -4,6 +4,7 @@
 # gpu-marked tests run beside them; then the runs' latest checkpoints and metrics are packed
 # under $OUT (scripts/device/collect.sh). Usage (device, repo root, .whl carried):
 #   JOBS=scripts/device/reference_checkpoints.json CAP=540 bash scripts/device/train_jobs.sh
+# JOBS may list several files, comma-separated: their runs go side by side as one set.
 # RESUME=1 continues the runs of JOBS left in /tmp/runs by the previous call (a warm machine
 # keeps its disk for a few seconds after a call); without it /tmp/runs starts empty.
 # STATE=REGEX also packs the matching runs whole, optimizer state included
@@ -11,6 +12,15 @@
 set -uo pipefail
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1 ANIRA_CACHE_DIR=/tmp/anira-cache TORCHINDUCTOR_COMPILE_THREADS=2
+python3 - "$JOBS" /tmp/jobs.json <<'PY' || exit 1
+import json, sys
+jobs = [job for path in sys.argv[1].split(",") for job in json.load(open(path))]
+names = [job["name"] for job in jobs]
+if len(set(names)) != len(names):
+    sys.exit(f"train_jobs.sh: a run name repeats across {sys.argv[1]}")
+json.dump(jobs, open(sys.argv[2], "w"), indent=1)
+PY
+JOBS=/tmp/jobs.json
 source "$(dirname "$0")/setup.sh"
 REPO=$(pwd)
 nvidia-cuda-mps-control -d && echo "MPS on" > $OUT/timeline.txt
