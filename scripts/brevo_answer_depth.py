@@ -17,6 +17,7 @@ the token with the most DFS work the least depth.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def answer_rows(path: str, n: int, seed: int) -> tuple[str, dict[str, np.ndarray
                 cols["in_degree"].append(example.features["in_degree"][p])  # NaN at the <eos> step
                 cols["index"].append(index)
                 cols["N"].append(N)
-    return path.rstrip("/").split("/")[-1], {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+    return Path(path).name, {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
 
 
 def rho(a: np.ndarray, b: np.ndarray) -> float:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+from pathlib import Path
+
 import pytest
 
 from anira.training.config import TrainConfig
@@ -11,6 +15,16 @@ from anira.errors import AniraError
 from anira.presets import PRESETS, get_preset
 from anira.registry import default_registry
 from anira.training.config import apply_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def command_spec(argv: list[str], registry):
+    """The RunSpec an `anira train ARGV` command line describes, through the CLI's own parser."""
+    from anira.cli import build_parser
+    from anira.commands.train import build_spec
+
+    return build_spec(build_parser().parse_args(["train", *argv]), registry)
 
 
 @pytest.fixture(scope="module")
@@ -94,27 +108,19 @@ def test_unknown_preset():
 
 @pytest.mark.parametrize("name", ["mano-fixed", "mano-anira-e", "mano-anira-o",
                                   "brevo-fixed", "brevo-anira-e", "brevo-anira-o"])
-def test_the_recorded_command_reproduces_the_bundled_checkpoints_recipe(name):
+def test_the_recorded_command_reproduces_the_bundled_checkpoints_recipe(name, registry):
     """The first line of a bundled checkpoint's train_command.txt, parsed by `anira train`'s
     own parser, describes the recipe its config.json records (only the machine-specific
     device and worker count differ), and that line is `--preset ref-<task>` plus at most
-    deliberate `--set` overrides of the recipe."""
-    import json
-    import shlex
-    from pathlib import Path
-
-    from anira.cli import build_parser
-    from anira.commands.train import build_spec
-    from anira.registry import default_registry
-
+    deliberate `--set` overrides of the recipe (mano-anira-o: the slower decider)."""
     task, policy = name.split("-", 1)
-    folder = Path(__file__).parent.parent / "checkpoints" / name
+    folder = ROOT / "checkpoints" / name
     recorded = json.loads((folder / "config.json").read_text())["run"]
     argv = shlex.split((folder / "train_command.txt").read_text().splitlines()[0])
     assert argv[:2] == ["anira", "train"]
-    args = build_parser().parse_args(argv[1:])
-    assert (args.preset, args.policy) == (f"ref-{task}", policy)
-    spec = build_spec(args, default_registry()).to_dict()
+    spec = command_spec(argv[2:], registry)
+    assert (spec.preset, spec.policy) == (f"ref-{task}", policy)
+    spec = spec.to_dict()
     for key in ("task", "policy", "task_options", "model_preset", "model"):
         assert spec[key] == recorded[key], key
     if policy != "fixed":
@@ -129,40 +135,15 @@ def test_the_recorded_command_reproduces_the_bundled_checkpoints_recipe(name):
     assert mine == theirs
 
 
-def test_a_recorded_set_override_reaches_the_recipe():
-    """What the check above relies on: a `--set` on the recorded command line changes the
-    spec it compares (mano-anira-o's recipe differs from the preset by one such override)."""
-    from anira.cli import build_parser
-    from anira.commands.train import build_spec
-    from anira.registry import default_registry
-
-    args = build_parser().parse_args(["train", "--preset", "ref-mano", "--policy", "anira-o"])
-    plain = build_spec(args, default_registry()).to_dict()["train"]
-    args = build_parser().parse_args(["train", "--preset", "ref-mano", "--policy", "anira-o",
-                                      "--set", "train.decider_lr_mult=0.3"])
-    slower = build_spec(args, default_registry()).to_dict()["train"]
-    assert plain["decider_lr_mult"] == 1.0 and slower["decider_lr_mult"] == 0.3
-
-
-@pytest.mark.parametrize("jobs_file", sorted((__import__("pathlib").Path(__file__).parent.parent
-                                               / "scripts" / "device").glob("*.json")),
-                         ids=lambda p: p.name)
-def test_every_device_jobs_file_describes_runs_anira_train_accepts(jobs_file):
+@pytest.mark.parametrize("jobs_file", sorted((ROOT / "scripts" / "device").glob("*.json")), ids=lambda p: p.name)
+def test_every_device_jobs_file_describes_runs_anira_train_accepts(jobs_file, registry):
     """A typo in a jobs file would cost a device call; each job (and its fallback) must parse
     with `anira train`'s own parser and build its spec, task and model config here."""
-    import json
-
-    from anira.cli import build_parser
-    from anira.commands.train import build_spec
-    from anira.registry import default_registry
-
-    registry = default_registry()
     jobs = json.loads(jobs_file.read_text())
     assert jobs and len({j["name"] for j in jobs}) == len(jobs)
     for job in jobs:
         for argv in (job["args"], [*job["args"], *job.get("fallback", [])]):
-            args = build_parser().parse_args(["train", *argv, "--out", "unused"])
-            spec = build_spec(args, registry)
+            spec = command_spec([*argv, "--out", "unused"], registry)
             task = spec.build_task(registry)
             cfg = spec.model_config(task)
             assert cfg.max_len >= task.max_len(task.ranges.test_ood[1]), job["name"]
