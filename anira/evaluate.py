@@ -374,6 +374,15 @@ def default_difficulties(task: Task) -> list[int]:
     return sorted(set(task.ranges.values("test_id")) | set(task.ranges.values("test_ood")))
 
 
+def eval_instances(task: Task, difficulty: int, n: int, seed: int = 0) -> list[Example]:
+    """The ``n`` test instances of ``difficulty`` that :func:`evaluate` (``anira eval
+    --seed``) scores: drawn from ``np.random.default_rng([seed, difficulty])``, so they do
+    not depend on which other difficulties are evaluated. Analysis scripts that compare
+    with an evaluation call this rather than re-deriving the seeding."""
+    rng = np.random.default_rng([int(seed), int(difficulty)])
+    return [task.sample(difficulty, rng, split="test") for _ in range(n)]
+
+
 def _in(k: int, bounds: tuple[int, int]) -> bool:
     return bounds[0] <= k <= bounds[1]
 
@@ -463,8 +472,7 @@ def evaluate(
     model.eval()
     try:
         for k in ks:
-            rng = np.random.default_rng([int(seed), k])
-            examples = [task.sample(k, rng, split="test") for _ in range(n_per_difficulty)]
+            examples = eval_instances(task, k, n_per_difficulty, seed)
             longest = max(len(e) for e in examples)
             if longest > max_len:
                 skipped.append({"difficulty": k, "reason": f"instances of {longest} tokens exceed the model's max_len {max_len}"})

@@ -24,6 +24,7 @@ import torch
 from scipy.stats import spearmanr
 
 import anira
+from anira.evaluate import eval_instances
 from anira.task import collate
 
 
@@ -36,8 +37,7 @@ def answer_rows(path: str, n: int, seed: int) -> tuple[str, dict[str, np.ndarray
     lo, hi = task.ranges.test_id
     cols: dict[str, list] = {"depth": [], "complexity": [], "in_degree": [], "index": [], "N": []}
     for N in range(lo, hi + 1):
-        rng = np.random.default_rng([seed, N])  # the instances `anira eval --seed` uses
-        examples = [task.sample(N, rng, split="test") for _ in range(n)]
+        examples = eval_instances(task, N, n, seed)  # the instances `anira eval --seed` scores
         batch = collate(examples, pad_id=task.tokenizer.pad_id)
         with torch.no_grad():
             depth = model(torch.from_numpy(batch.tokens)).exit_depth.numpy()

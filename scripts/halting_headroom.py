@@ -18,7 +18,7 @@ import torch
 
 import anira
 from anira.lens import full_depth_hooks
-from anira.evaluate import default_difficulties
+from anira.evaluate import default_difficulties, eval_instances
 from anira.task import collate
 
 
@@ -30,8 +30,7 @@ def headroom(path: str, n: int, seed: int) -> list[dict]:
     rows = []
     lo, hi = task.ranges.test_id
     for k in (k for k in default_difficulties(task) if lo <= k <= hi):
-        rng = np.random.default_rng([seed, k])  # the instances `anira eval --seed` uses
-        examples = [task.sample(k, rng, split="test") for _ in range(n)]
+        examples = eval_instances(task, k, n, seed)  # the instances `anira eval --seed` scores
         batch = collate(examples, pad_id=task.tokenizer.pad_id)
         tokens = torch.from_numpy(batch.tokens)
         with torch.no_grad():

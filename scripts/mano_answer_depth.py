@@ -21,6 +21,7 @@ from scipy.stats import spearmanr
 
 import anira
 from anira.lens import full_depth_hooks
+from anira.evaluate import eval_instances
 from anira.task import collate
 
 
@@ -34,8 +35,7 @@ def answer_depths(path: str, n: int, seed: int) -> dict:
     full_depth = full_depth_hooks(D)
     eq, result, sizes, solved, solved_full = [], [], [], [], []
     for L in range(lo, hi + 1):
-        rng = np.random.default_rng([seed, L])
-        examples = [task.sample(L, rng, split="test") for _ in range(n)]
+        examples = eval_instances(task, L, n, seed)  # the instances `anira eval --seed` scores
         batch = collate(examples)
         tokens = torch.from_numpy(batch.tokens)
         with torch.no_grad():
