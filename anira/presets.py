@@ -152,13 +152,17 @@ def _ref(task: str, knob: str, train: tuple[int, int], ood: tuple[int, int], d: 
 
 # MANO on L 1-5, where depth matters; with L up to 5 the core learns slowly (0.47 after 11.6k steps
 # at batch 1024, docs/deciders.md), so a batch of 4096 drawn from a 2M-example pool, and a long
-# full-depth warm-up so the core can evaluate expressions before the deciders allocate depth
+# full-depth warm-up so the core can evaluate expressions before the deciders allocate depth; the
+# deciders learn at 0.3x the network's rate: at 1x both halted early on hard instances they then
+# failed, 4-11 points below the fixed model (docs/deciders.md, section 2; not the paper's recipe)
 _add(dataclasses.replace(
     _ref("mano", "L", (1, 5), (6, 7), d=8, base=1.25),
     description="the reference MANO runs: L 1-5 (OOD 6-7), d_model 128, D 8, batch 4096, 2M-example pool, "
-                "all-tokens straight-through gradient after a 6,000-step full-depth warm-up, CUDA graphs",
+                "all-tokens straight-through gradient after a 6,000-step full-depth warm-up, deciders at 0.3x "
+                "the learning rate, CUDA graphs",
     train={**_REF_TRAIN, "steps": 20_000, "batch_size": 4096, "data_pool": 2_000_000, "eval_every": 1000,
-           "eval_examples": 128, "stop_at_acc": 0.0, "straight_through": "all", "full_depth_steps": 6000},
+           "eval_examples": 128, "stop_at_acc": 0.0, "straight_through": "all", "full_depth_steps": 6000,
+           "decider_lr_mult": 0.3},
 ))
 # BREVO on N 3-10, where depth matters (a model at depth 1 loses 50 points at N = 10), with the
 # deciders' remedies (docs/deciders.md): the all-tokens straight-through surrogate and a 500-step
