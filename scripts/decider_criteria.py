@@ -34,6 +34,11 @@ def summary(path: Path) -> dict:
     }
 
 
+def _token_rho(rho: float | None) -> str:
+    # None where depth is constant (a fixed-depth model given among the adaptive ones)
+    return "—" if rho is None else f"{rho:+.3f} {'✔' if rho >= 0.3 else '✘'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fixed", type=Path)
@@ -54,7 +59,7 @@ def main() -> None:
         print(f"| {row['name']} | {row['step']} | {row['id_accuracy']:.3f} ({gap:+.1f} pts {'✔' if gap >= -3 else '✘'}) "
               f"| {row['mean_exit_depth']:.2f} {'✔' if row['mean_exit_depth'] <= limit else '✘'} "
               f"| {rho_d if rho_d is None else f'{rho_d:.2f}'} {'✔' if rho_d is not None and rho_d >= 0.9 else '✘'} "
-              f"| {row['spearman_exit_depth_complexity']:+.3f} {'✔' if row['spearman_exit_depth_complexity'] >= 0.3 else '✘'} "
+              f"| {_token_rho(row['spearman_exit_depth_complexity'])} "
               f"| {row['ood_accuracy']:.3f} |")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
