@@ -60,6 +60,10 @@ BUILTIN_SUITES: tuple[tuple[str, str, str], ...] = (
      "project a feature's probe direction out of running tokens' states at iteration t; "
      "change in exit depth and accuracy vs random directions",
      "anira.probes.causal:CausalSuite"),
+    ("alignment",
+     "paper's LANO alignment table: Spearman ρ of expected depth with each task feature, "
+     "bootstrap interval over instances",
+     "anira.probes.alignment:AlignmentSuite"),
 )
 
 
