@@ -386,6 +386,19 @@ def train_decider(path: str, straight_through: str, *, steps: int, batch_size: i
 # ---------------------------------------------------------------------------------------
 
 
+def compact_json(value: Any, indent: str = "") -> str:
+    """JSON with one line per innermost object or list (small diffs, short files)."""
+    leaf = lambda v: not isinstance(v, (dict, list)) or (isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v))
+    if isinstance(value, dict) and not all(leaf(v) for v in value.values()):
+        inner = indent + " "
+        items = [f"{inner}{json.dumps(k)}: {compact_json(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and not leaf(value):
+        inner = indent + " "
+        return "[\n" + ",\n".join(inner + compact_json(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value)
+
+
 def _merge(path: str, section: str, key: str, sub: str | None, value: dict[str, Any], command: str) -> None:
     file = Path(path)
     data = json.loads(file.read_text()) if file.is_file() else {}
@@ -396,7 +409,7 @@ def _merge(path: str, section: str, key: str, sub: str | None, value: dict[str, 
         data[section][key] = value
     else:
         node[sub] = value
-    file.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    file.write_text(compact_json(data) + "\n")
 
 
 def _print_follow(name: str, r: dict[str, Any]) -> None:

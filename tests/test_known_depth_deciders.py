@@ -148,3 +148,12 @@ def test_training_a_decider_leaves_the_network_alone(tmp_path):
     bundled, _ = anira.load(path)
     changed = [k for k, v in bundled.state_dict().items() if not torch.equal(v, fresh.state_dict()[k])]
     assert changed and all(k.startswith("policy.") for k in changed)
+
+
+def test_compact_json_round_trips():
+    import json
+
+    data = {"a": {"b": [1, 2.5, None], "c": {"d": "x", "e": [{"f": 1}, {"g": [True]}]}}, "h": []}
+    text = kd.compact_json(data)
+    assert json.loads(text) == data
+    assert '"b": [1, 2.5, null]' in text  # an innermost list stays on one line
