@@ -13,6 +13,11 @@ is the depth this network needs for token i when its context runs equally deep; 
 decider the context runs at the decider's depths, which the network was trained with but
 n_i does not see.
 
+Three further readings: n_i in the decider's own context (only the answer positions forced,
+every other token at the decider's depth), n_i with "right" read as p(right token) >= 0.9,
+and the loss-optimal depth argmin_d CE_i(d) + c·d, c being what the regulariser charges one
+answer token per iteration (``iteration_price``).
+
 ``follow``: the checkpoints' own deciders' exit depths (inference rule) against n_i:
 Spearman, the share of tokens exiting before n_i (premature), at it, after it (wasted
 iterations), mean excess depth; pooled and within each difficulty value.
