@@ -164,6 +164,33 @@ def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
     model.load_state_dict(tensors, strict=True)
 
 
+def load_network(model: torch.nn.Module, path: str | Path, *, task: str) -> Path:
+    """Copy every tensor of the checkpoint at ``path`` but its policy's into ``model``,
+    whose own policy keeps its parameters: a new decider on a trained network
+    (``train.init_network_from``). The checkpoint must be of ``task`` and hold each of
+    the model's network tensors at the model's shape; its policy may differ (a fixed-depth
+    checkpoint has none). Returns the checkpoint directory read."""
+    from anira.layers import merge_legacy_projections
+
+    ck = resolve(path)
+    config = read_config(ck)
+    if config["task"]["name"] != task:
+        raise AniraError(f"{ck}: a {config['task']['name']!r} checkpoint cannot initialise a {task!r} run's network")
+    tensors, _ = _load_tensors(ck / MODEL_FILE, (config.get("files") or {}).get(MODEL_FILE))
+    tensors = merge_legacy_projections(tensors)
+    policy = {f"policy.{name}" for name in model.policy.state_dict()}
+    own = {name: value for name, value in model.state_dict().items() if name not in policy}
+    missing = sorted(set(own) - set(tensors))
+    if missing:
+        raise AniraError(f"{ck}: tensor {missing[0]!r} is missing ({len(missing)} missing); not the run's network")
+    for name, value in own.items():
+        if tuple(tensors[name].shape) != tuple(value.shape):
+            raise AniraError(f"{ck}: tensor {name!r} has shape {tuple(tensors[name].shape)}, the run's model "
+                             f"{tuple(value.shape)}; not the run's network")
+    model.load_state_dict({name: tensors[name] for name in own}, strict=False)
+    return ck
+
+
 # ---------------------------------------------------------------------------------------
 # optimizer + RNG state, flattened to tensors (no pickle)
 # ---------------------------------------------------------------------------------------

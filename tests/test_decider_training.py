@@ -10,6 +10,7 @@ from anira import checkpoint as ckpt
 from anira import preset_config
 from anira.gradients import estimate_gradients, exit_log_prob
 from anira.objective import compute_loss
+from anira.training import Callback, train
 from anira.training.config import TrainConfig
 from conftest import make_model
 
@@ -120,3 +121,66 @@ def test_score_function_and_finite_difference_agree_on_a_lone_token():
     exact = (expected(1e-3) - expected(-1e-3)) / 2e-3
     assert abs(est.score_function - exact) < 4 * est.score_function_se + 1e-3
     assert abs(est.finite_difference - exact) < 0.1 * abs(exact) + 0.02
+
+
+class _Initial(Callback):
+    """Keeps a copy of every parameter as the loop starts."""
+
+    def on_start(self, trainer, start_step, total):
+        self.params = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def copy_registry():
+    import test_train_support as support
+
+    return support.registry()
+
+
+@pytest.fixture(scope="module")
+def donor(tmp_path_factory, copy_registry):
+    """A trained fixed-depth network: its weights initialise the runs below."""
+    import test_train_support as support
+
+    out = tmp_path_factory.mktemp("donor") / "run"
+    train(support.spec("fixed", steps=3, checkpoint_every=0, eval_every=0), out, registry=copy_registry)
+    return out
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_fresh_decider_on_a_loaded_network(tmp_path, copy_registry, donor, freeze):
+    """`init_network_from` copies every tensor but the policy's; `freeze_network` then keeps
+    them bit-identical while the decider trains (without it, the network trains too)."""
+    import test_train_support as support
+
+    spec = support.spec("anira-o", steps=3, checkpoint_every=0, eval_every=0, straight_through="all",
+                        init_network_from=str(donor), freeze_network=freeze)
+    initial = _Initial()
+    result = train(spec, tmp_path / "run", registry=copy_registry, callbacks=[initial])
+    donor_model, _ = ckpt.load(donor, registry=copy_registry)
+    trained, _ = ckpt.load(result.checkpoint, registry=copy_registry)
+    network = {k: v for k, v in donor_model.state_dict().items()}
+    for k, v in initial.params.items():
+        if not k.startswith("policy."):
+            assert torch.equal(v, network[k]), k  # loaded from the donor
+    moved = {k for k, v in trained.state_dict().items() if not torch.equal(v, initial.params[k])}
+    assert any(k.startswith("policy.") for k in moved)  # the decider trained
+    assert all(k.startswith("policy.") for k in moved) == freeze
+    records = [r for r in ckpt.read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert all((r["network_grad_norm"] == 0.0) == freeze for r in records)
+
+
+def test_init_network_from_refuses_another_network(tmp_path, copy_registry, donor):
+    import dataclasses
+
+    import test_train_support as support
+    from anira.errors import AniraError
+
+    wider = support.spec("anira-o", steps=1, init_network_from=str(donor))
+    wider = dataclasses.replace(wider, model={**wider.model, "d_model": 48})
+    with pytest.raises(AniraError, match="has shape .* not the run's network"):
+        train(wider, tmp_path / "a", registry=copy_registry)
+    with pytest.raises(AniraError, match="no such checkpoint"):
+        train(support.spec("anira-o", steps=1, init_network_from=str(tmp_path / "none")), tmp_path / "b",
+              registry=copy_registry)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # a failed start leaves nothing

@@ -85,6 +85,12 @@ class TrainConfig:
     full_depth_steps: int = 0
     # the policy's parameters train at lr * decider_lr_mult
     decider_lr_mult: float = 1.0
+    # -- a new decider on a trained network (docs/deciders.md, "known depth")
+    # a checkpoint (or run directory) of the same task whose network weights -- every
+    # tensor but the policy's -- initialise a new run; the policy keeps its fresh init
+    init_network_from: str = ""
+    # only the policy's parameters train: every other parameter stays bit-identical
+    freeze_network: bool = False
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "eval_examples", "eval_batch_size", "log_every")

@@ -75,6 +75,12 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, 2, step, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def network_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` but its policy's (what ``train.freeze_network`` freezes)."""
+    policy = {id(p) for p in model.policy.parameters()}
+    return [p for p in model.parameters() if id(p) not in policy]
+
+
 def make_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (norm gains and biases are not decayed); the
     policy's parameters in groups of their own, at lr · ``train.decider_lr_mult``."""
@@ -134,6 +140,11 @@ class Trainer:
         model = build_model(self.model_config, spec.policy, registry=self.registry, seed=spec.train.seed,
                             **self.policy_options)
         model.straight_through = spec.train.straight_through
+        if spec.train.init_network_from and self.resume_from is None:  # a resume reads its own weights
+            ckpt.load_network(model, spec.train.init_network_from, task=spec.task)
+        if spec.train.freeze_network:  # no gradient, so no optimizer state and no update
+            for p in network_parameters(model):
+                p.requires_grad_(False)
         self.model = model.to(self.device)
         self.model.train()
         self.optimizer = make_optimizer(self.model, spec)
