@@ -407,9 +407,10 @@ class StaticDecoder:
         """Record the skipping step's pieces: iteration t (t = 0 with the Prelude) and its
         flag "any token still runs", for t = 0 .. D − 1; then the close after k
         iterations, for k = 1 .. D. They share one memory pool: every piece's outputs
-        are kept (so no later recording reuses them), and a piece's temporaries may
-        reuse only those of pieces recorded earlier, which run earlier in a step (the
-        iterations in their order, the closes, which end a step, last)."""
+        are kept (so no later recording reuses them), and the memory a recording
+        frees (its temporaries) is reused only by later recordings, whose pieces run
+        later in a step (the iterations in their order, the closes, which end a step,
+        last)."""
         D = self.model.cfg.max_iters
         pieces: list[_Piece] = []
         pool = None
@@ -492,7 +493,8 @@ def teacher_forced(decoder: StaticDecoder, tokens: Tensor) -> tuple[Tensor, Tens
 @torch.no_grad()
 def generate(decoder: StaticDecoder, prompt: Tensor, max_new_tokens: int) -> Tensor:
     """Reset ``decoder``; greedy decoding: returns prompt + generated tokens (b, n + max_new_tokens).
-    Each next token is chosen on the device (no host synchronisation per token)."""
+    Each next token is chosen on the device (no host synchronisation per token, other
+    than ``skip_halted``'s flag reads)."""
     if max_new_tokens < 0:
         raise AniraError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     prompt = decoder.model.check_tokens(prompt)
