@@ -16,11 +16,10 @@ What makes a step static:
   a = 1[the token still runs]; the policy's own inference rule decides ``a``
   after every iteration, as in :func:`anira.decode.step`. So a token that exits
   early still pays for D iterations of compute (its candidates are computed and
-  dropped): a data-dependent stop would need a host synchronisation per iteration
-  or conditional graph nodes, which this module does not do;
+  dropped), unless ``skip_halted`` (below);
 * nothing in the step reads a device value on the host (no ``.item()``, no
-  ``bool(tensor)``): the host only keeps its own count of tokens fed, for the
-  max-length check.
+  ``bool(tensor)``; ``skip_halted`` reads one flag per iteration): the host only
+  keeps its own count of tokens fed, for the max-length check.
 
 Core cache layouts (``layout``):
 
@@ -44,18 +43,35 @@ still follow the exit depths: :meth:`StaticDecoder.rows_used`); a smaller pool
 of the layout, and running out of it is detected on the device and raised as an
 AniraError by :meth:`StaticDecoder.check` (which :func:`teacher_forced` and
 :func:`generate` call before returning anything). Reading through the slot table
-costs one gather per iteration that the full layout does not need, and both run
-all D iterations, so in this static form the allocation-aware layout saves
-memory, not time.
+costs one gather per iteration that the full layout does not need.
 
-Decoding fires no hook points (as :mod:`anira.decode`); use ``run_with_cache`` on
-the full sequence for activations (the same function: tested).
+Skipping the iterations nobody runs (``skip_halted=True``): the step is cut into
+pieces — the Prelude with iteration 0, then one piece per further iteration, then
+the close — each recorded as its own CUDA graph on a GPU. After each iteration the
+host reads one device flag, "does any token still run" (one synchronisation per
+iteration run), and once none does, the close after k iterations runs instead of
+the remaining ones: it writes what the skipped depths k .. D − 1 offer later tokens
+(every token's state there is its exit state, so depth k's entry, computed once,
+stands for all of them: the aware layout takes the exit row only where the state
+is new and points the later slots at it, the full layout copies the entry into
+each skipped depth), then the policy's readout, the Coda and the logits. A step
+thus runs max_i d_i iterations (over the batch) instead of D, and, like
+:func:`anira.decode.step` and the model's forward, asks the policy nothing for the
+skipped depths; it writes the same caches, exit depths and logits as the step that
+runs all D (tested). It pays when a batch's deepest token often stops early (small
+batches, d̄ well below D); a batch whose deepest token always runs to D pays only
+the synchronisations, which is why it is not the default.
+
+Decoding fires no hook points in either mode (as :mod:`anira.decode`); use
+``run_with_cache`` on the full sequence for activations (the same function: tested).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -74,12 +90,14 @@ class StaticDecoder:
     """Static buffers and the decode step of one model, for ``batch`` sequences of
     up to ``max_len`` tokens (default the model's). ``graphs="auto"`` records the
     step as a CUDA graph on a GPU (the first step runs eagerly as warm-up and the
-    recording follows it); ``"off"`` or a CPU runs it eagerly. The step reads the
-    model's weights where they are: in-place updates are seen, but a model moved
-    or given new tensors needs a new decoder (checked)."""
+    recording follows it); ``"off"`` or a CPU runs it eagerly. ``skip_halted``:
+    stop each step's loop once no token runs (see the module docstring; its pieces
+    are the graphs). The step reads the model's weights where they are: in-place
+    updates are seen, but a model moved or given new tensors needs a new decoder
+    (checked)."""
 
     def __init__(self, model: Any, batch: int, *, max_len: int | None = None, layout: str = "aware",
-                 rows: int | None = None, graphs: str = "auto") -> None:
+                 rows: int | None = None, graphs: str = "auto", skip_halted: bool = False) -> None:
         cfg = model.cfg
         if cfg.n_core != 1:
             raise AniraError("decoding with a static cache needs n_core == 1")
@@ -90,6 +108,8 @@ class StaticDecoder:
             raise AniraError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if graphs not in GRAPH_CHOICES:
             raise AniraError(f"graphs must be one of {', '.join(GRAPH_CHOICES)}, got {graphs!r}")
+        if not isinstance(skip_halted, bool):
+            raise AniraError(f"skip_halted must be True or False, got {skip_halted!r}")
         max_len = cfg.max_len if max_len is None else int(max_len)
         if not 1 <= max_len <= cfg.max_len:  # the rotary tables end at the model's max_len
             raise AniraError(f"max_len must be in 1..{cfg.max_len} (the model's max_len), got {max_len}")
@@ -101,7 +121,7 @@ class StaticDecoder:
             raise AniraError(f"rows must be >= 1, got {rows}")
         self.model, self.batch, self.max_len, self.layout = model, batch, max_len, layout
         self.rows = rows if layout == "aware" else 0
-        self.graphs = graphs
+        self.graphs, self.skip_halted = graphs, skip_halted
         dev = model.device
         # under autocast the projections (and so the keys/values) come out in its dtype
         dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else model.embed.weight.dtype
@@ -127,21 +147,31 @@ class StaticDecoder:
         self.pos = torch.zeros((), dtype=torch.long, device=dev)  # the position the next token takes
         self.key_positions = torch.arange(max_len, device=dev)
         self.length = 0  # tokens fed, counted on the host (for the max-length check only)
+        self.iterations_run = 0  # core iterations the steps ran since the reset (each for the whole batch)
         self._weights = self._weight_key()
-        # the recorded step: its static input and outputs
-        self._graph = None
+        # the recorded step: its static input, and the graph with its outputs (skip_halted:
+        # one graph per piece, see _record_pieces)
         self._token_in = torch.zeros(batch, dtype=torch.long, device=dev)
+        self._graph = None
         self._out: tuple[Tensor, Tensor] | None = None
+        self._pieces: list[_Piece] | None = None
+        self._closes: list[tuple[Any, tuple[Tensor, Tensor]]] | None = None
 
     # -- state ------------------------------------------------------------------------
     def reset(self) -> None:
         """Start new sequences (in place: a recorded graph stays valid)."""
         self.pos.zero_()
         self.length = 0
+        self.iterations_run = 0
         if self.layout == "aware":
             self.slots.fill_(self.rows)
             self.used.zero_()
             self.missed.zero_()
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the step replays recorded CUDA graphs (False on a CPU or with graphs="off")."""
+        return self._graph is not None or self._pieces is not None
 
     def _weight_key(self) -> tuple:
         m = self.model
@@ -207,7 +237,9 @@ class StaticDecoder:
                                  "make a new one")
             out = self._graphed(token)
         else:
-            out = self._body(token)
+            out = self._skipping(token) if self.skip_halted else self._body(token)
+        if not self.skip_halted:
+            self.iterations_run += self.model.cfg.max_iters
         self.length += 1
         return out
 
@@ -225,40 +257,72 @@ class StaticDecoder:
                 raise AniraError(f"token ids must lie in 0..{vocab - 1}")
         return token.to(self.pos.device, torch.long)
 
+    # -- the step, in pieces -------------------------------------------------------------
     @torch.no_grad()
     def _body(self, token: Tensor) -> tuple[Tensor, Tensor]:
-        """One decode step: only device work, the same kernels every step."""
-        model, cfg = self.model, self.model.cfg
-        b = self.batch
+        """One decode step of all D iterations: only device work, the same kernels every step."""
+        s = self._start(token)
+        for t in range(self.model.cfg.max_iters):
+            s = self._iterate(t, s)
+        return self._close(self.model.cfg.max_iters, s)
+
+    @torch.no_grad()
+    def _skipping(self, token: Tensor) -> tuple[Tensor, Tensor]:
+        """One decode step that stops once no token runs (one flag read per iteration)."""
+        D = self.model.cfg.max_iters
+        s = self._start(token)
+        k = 0  # iterations run
+        while k == 0 or (k < D and bool(s.running.any())):
+            s = self._iterate(k, s)
+            k += 1
+        self.iterations_run += k
+        return self._close(k, s)
+
+    def _start(self, token: Tensor) -> _Loop:
+        """Embedding, Prelude and the policy's ``begin`` for the new tokens (b,)."""
+        model, b = self.model, self.batch
         pos = self.pos.view(1)
         pos_b = pos.expand(b)[:, None]  # (b, 1) for rotary and the policy
         visible = self.key_positions <= pos  # (L,)
         x = model.embed(token[:, None])
         for block, (K, V) in zip(model.prelude_blocks, self.prelude_kv):
             x = self._plain(block, K, V, x, pos, pos_b, visible)
-        h = x
-        ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=no_readout, positions=pos_b,
+        ctx = LoopContext(max_iters=model.cfg.max_iters, stochastic=False, readout=no_readout, positions=pos_b,
                           tokens=token[:, None])
-        pstate = model.policy.begin(h, ctx, no_hook)
+        everyone = torch.ones(b, dtype=torch.bool, device=x.device)
+        # iteration -1 "ran": the first iteration's state h(0) is new
+        return _Loop(pos=pos, pos_b=pos_b, visible=visible, ctx=ctx, h=x, pstate=model.policy.begin(x, ctx, no_hook),
+                     running=everyone, ran=everyone, depth=torch.zeros(b, dtype=torch.long, device=x.device))
+
+    def _iterate(self, t: int, s: _Loop) -> _Loop:
+        """Core iteration t on every token, frozen where the token no longer runs."""
+        model = self.model
         core = model.core_blocks[0]
-        running = torch.ones(b, dtype=torch.bool, device=h.device)
-        ran_before = running  # iteration -1 "ran": the first iteration's state h(0) is new
-        depth = torch.zeros(b, dtype=torch.long, device=h.device)
-        for t in range(cfg.max_iters):
-            q, k, v = _kv(model, core, h, pos_b)
-            keys, values = self._core_kv(t, k, v, pos, ran_before)
-            candidate = _finish(core, h, q, keys, values, visible)
-            h = torch.where(running[:, None, None], candidate, h)  # freezing: exact for a in {0, 1}
-            depth = depth + running.long()
-            pstate, keep = model.policy.step(pstate, h, t, ctx, no_hook)
-            ran_before = running
-            running = running & (keep.reshape(b) > 0.5)
-        x = model.policy.readout_state(pstate, h)
+        q, k, v = _kv(model, core, s.h, s.pos_b)
+        self._store(t, k, v, s.pos, s.ran)
+        keys, values = self._offered(t)
+        candidate = _finish(core, s.h, q, keys, values, s.visible)
+        h = torch.where(s.running[:, None, None], candidate, s.h)  # freezing: exact for a in {0, 1}
+        pstate, keep = model.policy.step(s.pstate, h, t, s.ctx, no_hook)
+        running = s.running & (keep.reshape(self.batch) > 0.5)
+        return replace(s, h=h, pstate=pstate, running=running, ran=s.running, depth=s.depth + s.running.long())
+
+    def _close(self, k: int, s: _Loop) -> tuple[Tensor, Tensor]:
+        """End a step after k iterations: if k < D (no token runs iteration k), the cache
+        entries of the skipped depths k .. D − 1, all of the exit state; then the
+        policy's readout, the Coda, the logits (b, V), and the exit depths (b,)."""
+        model = self.model
+        if k < model.cfg.max_iters:
+            # what iteration k would store, computed once; later depths offer the same
+            _, key, value = _kv(model, model.core_blocks[0], s.h, s.pos_b)
+            self._store(k, key, value, s.pos, s.ran)
+            self._carry(k, s.pos)
+        x = model.policy.readout_state(s.pstate, s.h)
         for block, (K, V) in zip(model.coda_blocks, self.coda_kv):
-            x = self._plain(block, K, V, x, pos, pos_b, visible)
+            x = self._plain(block, K, V, x, s.pos, s.pos_b, s.visible)
         logits = model.unembed(model.ln_final(x))[:, 0]
         self.pos.add_(1)
-        return logits, depth
+        return logits, s.depth
 
     def _plain(self, block: Block, K: Tensor, V: Tensor, x: Tensor, pos: Tensor, pos_b: Tensor,
                visible: Tensor) -> Tensor:
@@ -267,18 +331,20 @@ class StaticDecoder:
         V.index_copy_(1, pos, v.to(V.dtype))
         return _finish(block, x, q, K, V, visible)
 
-    def _core_kv(self, t: int, k: Tensor, v: Tensor, pos: Tensor, ran_before: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new token's keys/values (b, 1, h, e) of iteration t (computed from its
-        state entering t) and return what every position offers at t (b, L, h, e)."""
+    # -- the core cache ---------------------------------------------------------------------
+    def _store(self, t: int, k: Tensor, v: Tensor, pos: Tensor, fresh: Tensor) -> None:
+        """Store the new token's keys/values (b, 1, h, e) of iteration t, computed from its
+        state entering t; ``fresh`` (b,): that state is new (the token ran iteration
+        t − 1, or t = 0)."""
         if self.layout == "full":
             self.core_k[t].index_copy_(1, pos, k.to(self.core_k.dtype))
             self.core_v[t].index_copy_(1, pos, v.to(self.core_v.dtype))
-            return self.core_k[t], self.core_v[t]
-        # a new row where the state is new (the token ran the previous iteration, or
-        # t = 0); otherwise the slot of iteration t - 1 (its exit row) carries over
+            return
+        # a new row where the state is new; otherwise the slot of iteration t - 1 (its
+        # exit row) carries over
         fits = self.used < self.rows
-        self.missed.add_((ran_before & ~fits).long())
-        new = ran_before & fits
+        self.missed.add_((fresh & ~fits).long())
+        new = fresh & fits
         row = torch.where(new, self.used, self.rows)  # not new: the spare row takes the write
         flat = self._row_base + row
         self.pool_k.view(-1, *self.pool_k.shape[2:]).index_copy_(0, flat, k[:, 0].to(self.pool_k.dtype))
@@ -286,35 +352,122 @@ class StaticDecoder:
         earlier = self.slots[t - 1].index_select(1, pos)[:, 0] if t > 0 else row
         self.slots[t].index_copy_(1, pos, torch.where(new, row, earlier)[:, None])
         self.used.add_(new.long())
+
+    def _offered(self, t: int) -> tuple[Tensor, Tensor]:
+        """What every position offers at iteration t (b, L, h, e)."""
+        if self.layout == "full":
+            return self.core_k[t], self.core_v[t]
         return self._gather(self.slots[t])
 
-    # -- the CUDA graph -------------------------------------------------------------------
+    def _carry(self, k: int, pos: Tensor) -> None:
+        """The new token offers at depths k + 1 .. D − 1 what it offers at depth k: its
+        entry (full) or its slot (aware)."""
+        later = self.model.cfg.max_iters - k - 1
+        if later == 0:
+            return
+        tables = (self.core_k, self.core_v) if self.layout == "full" else (self.slots,)
+        for table in tables:  # (D, b, L, ...)
+            column = table[k].index_select(1, pos)  # (b, 1, ...)
+            table[k + 1:].index_copy_(2, pos, column.expand(later, *column.shape))
+
+    # -- CUDA graphs ------------------------------------------------------------------------
     def _graphed(self, token: Tensor) -> tuple[Tensor, Tensor]:
         self._token_in.copy_(token)
         if self._graph is not None:
             self._graph.replay()
             return self._out
+        if self._pieces is not None:
+            return self._replay_pieces()
         # first step: run it for real on a side stream (warms up cuBLAS and the
         # allocator, as recording requires, and is this step's result); then record
         # the same body, which records kernels without running them, so the state
         # it reads (position, caches) is the one the next replay should see
-        side = torch.cuda.Stream(self.pos.device)
-        side.wait_stream(torch.cuda.current_stream(self.pos.device))
+        dev = self.pos.device
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            logits, depth = self._body(self._token_in)
+            logits, depth = (self._skipping if self.skip_halted else self._body)(self._token_in)
             result = logits.clone(), depth.clone()
-        torch.cuda.current_stream(self.pos.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
+        torch.cuda.current_stream(dev).wait_stream(side)
         try:
-            with _autocast_without_cache(), torch.cuda.graph(graph):
-                self._out = self._body(self._token_in)
+            with _autocast_without_cache():
+                if self.skip_halted:
+                    self._record_pieces()
+                else:
+                    self._graph, self._out = _record(partial(self._body, self._token_in))
         except RuntimeError as err:  # an operation that cannot be recorded (e.g. a plugin policy's)
             self.graphs = "off"  # eager from now on; benchmarks report graphed: false
+            self._graph = self._pieces = self._closes = None
             warnings.warn(f"anira: the decode step could not be recorded as a CUDA graph and runs eagerly: {err}",
                           RuntimeWarning, stacklevel=4)
-            return result
-        self._graph = graph
         return result
+
+    @torch.no_grad()
+    def _record_pieces(self) -> None:
+        """Record the skipping step's pieces: iteration t (t = 0 with the Prelude) and its
+        flag "any token still runs", for t = 0 .. D − 1; then the close after k
+        iterations, for k = 1 .. D. They share one memory pool: every piece's outputs
+        are kept (so no later recording reuses them), and the memory a recording
+        frees (its temporaries) is reused only by later recordings, whose pieces run
+        later in a step (the iterations in their order, the closes, which end a step,
+        last)."""
+        D = self.model.cfg.max_iters
+        pieces: list[_Piece] = []
+        pool = None
+        for t in range(D):
+            def piece(t: int = t) -> tuple[_Loop, Tensor]:
+                s = self._start(self._token_in) if t == 0 else pieces[t - 1].state
+                s = self._iterate(t, s)
+                return s, s.running.any()
+
+            graph, (s, anyone) = _record(piece, pool)
+            pool = graph.pool()
+            pieces.append(_Piece(graph, s, anyone))
+        closes = [_record(partial(self._close, k, pieces[k - 1].state), pool) for k in range(1, D + 1)]
+        self._pieces, self._closes = pieces, closes
+
+    def _replay_pieces(self) -> tuple[Tensor, Tensor]:
+        """The skipping step over the recorded pieces (as :meth:`_skipping`)."""
+        D = self.model.cfg.max_iters
+        k = 0
+        while k == 0 or (k < D and bool(self._pieces[k - 1].anyone)):
+            self._pieces[k].graph.replay()
+            k += 1
+        self.iterations_run += k
+        graph, out = self._closes[k - 1]
+        graph.replay()
+        return out
+
+
+@dataclass
+class _Loop:
+    """One step's state between its pieces (with graphs: a recorded piece's outputs)."""
+
+    pos: Tensor  # (1,) the new tokens' position
+    pos_b: Tensor  # (b, 1)
+    visible: Tensor  # (L,) positions written so far, the new one included
+    ctx: LoopContext
+    h: Tensor  # (b, 1, d) the state entering the next iteration
+    pstate: dict  # the policy's state
+    running: Tensor  # (b,) bool: the token runs the next iteration
+    ran: Tensor  # (b,) bool: the token ran the last iteration (so its state is new)
+    depth: Tensor  # (b,) iterations the token ran
+
+
+@dataclass
+class _Piece:
+    graph: Any  # torch.cuda.CUDAGraph
+    state: _Loop  # what the piece leaves
+    anyone: Tensor  # () bool: some token runs the next iteration
+
+
+def _record(fn: Callable[[], Any], pool: Any = None) -> tuple[Any, Any]:
+    """Record ``fn`` as a CUDA graph (its kernels are not run); returns the graph and
+    ``fn``'s outputs, the buffers each replay overwrites."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
 
 
 @torch.no_grad()
@@ -340,7 +493,8 @@ def teacher_forced(decoder: StaticDecoder, tokens: Tensor) -> tuple[Tensor, Tens
 @torch.no_grad()
 def generate(decoder: StaticDecoder, prompt: Tensor, max_new_tokens: int) -> Tensor:
     """Reset ``decoder``; greedy decoding: returns prompt + generated tokens (b, n + max_new_tokens).
-    Each next token is chosen on the device (no host synchronisation per token)."""
+    Each next token is chosen on the device (no host synchronisation per token, other
+    than ``skip_halted``'s flag reads)."""
     if max_new_tokens < 0:
         raise AniraError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     prompt = decoder.model.check_tokens(prompt)

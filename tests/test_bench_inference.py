@@ -57,6 +57,16 @@ def test_decoding_reports_the_reference_and_the_static_decoder_side_by_side():
     assert static["aware"]["core_kv_entries"] < static["full"]["core_kv_entries"] == 6 * 8
     assert static["aware"]["core_kv_bytes"] < static["full"]["core_kv_bytes"]
     assert static["speed_ratio"] == pytest.approx(static["aware"]["tokens_per_s"] / static["full"]["tokens_per_s"])
+    # skipping the iterations no token runs: the same depths and cache entries, fewer iterations;
+    # at batch 1 a step runs exactly its token's exit depth
+    for layout in ("aware", "full"):
+        skip = static[f"{layout}_skip"]
+        assert skip["depths_match"] is True and skip["tokens_per_s"] > 0
+        assert skip["core_kv_entries"] == static[layout]["core_kv_entries"]
+        assert static[layout]["iterations_per_step"] == 8
+        assert skip["iterations_per_step"] == pytest.approx(dec["mean_depth"]) and dec["mean_depth"] < 8
+    assert static["skip_speed_ratio"] == pytest.approx(
+        static["aware_skip"]["tokens_per_s"] / static["full"]["tokens_per_s"])
 
 
 def test_cli_decodes_in_bfloat16(capsys):
@@ -65,6 +75,7 @@ def test_cli_decodes_in_bfloat16(capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "(static cache, eager, buffers for 16 tokens): allocation-aware" in out
+    assert "(static cache, eager), skipping the iterations no token runs (mean exit depth" in out
     assert "EXIT DEPTHS DIFFER" not in out
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "inference", "--dtype", "float16"])

@@ -1,7 +1,8 @@
 """Decoding over a static cache (anira/static_decode.py) computes what the reference
 decoder (anira/decode.py) and the full forward compute: logits, exit depths and the
-keys/values each cache serves, for every layout. The ``gpu`` tests record the step as a
-CUDA graph and compare its replays with the eager step (run them with
+keys/values each cache serves, for every layout, with and without skipping the
+iterations no token runs (``skip_halted``). The ``gpu`` tests record the step (or its
+pieces) as CUDA graphs and compare their replays with the eager step (run them with
 ``python -m pytest -m gpu tests/test_static_decode.py`` on a GPU machine)."""
 
 from pathlib import Path
@@ -82,11 +83,87 @@ def test_a_wrong_served_row_is_caught():
     assert not torch.allclose(decoder.served(3)[0], state.core.served(3)[0], atol=1e-5)
 
 
+# -- skipping the iterations no token runs (skip_halted) -------------------------------------
+
+SKIP_CASES = CASES + [("pattern", {"depths": [2]}), ("mor-token", {})]  # [2]: every step stops at 2 of 5
+
+
+def _assert_serve_alike(skipping, every, state, max_iters, atol=1e-5):
+    """At every depth the skipping decoder serves what the decoder running all D
+    iterations serves (bitwise: the same kernels on the same states) and what the
+    reference decoder's cache serves; the aware layout's slot tables and row counts
+    are the same too."""
+    for t in range(max_iters):
+        k, v = skipping.served(t)
+        assert torch.equal(k, every.served(t)[0]) and torch.equal(v, every.served(t)[1]), t
+        ref_k, ref_v = state.core.served(t)
+        assert torch.allclose(k, ref_k, atol=atol) and torch.allclose(v, ref_v, atol=atol), t
+    if skipping.layout == "aware":
+        n = skipping.length
+        assert torch.equal(skipping.slots[:, :, :n], every.slots[:, :, :n])
+        assert torch.equal(skipping.used, every.used)
+
+
+@pytest.mark.parametrize("policy, options", SKIP_CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_generation_equals_the_reference_and_the_forward(layout):
+def test_skipping_halted_iterations_changes_no_output_and_no_cache(policy, options, layout):
+    model = _model(policy, options)
+    tokens = _tokens(3, 11)
+    D = model.cfg.max_iters
+    ref_logits, ref_depths, state = decode.teacher_forced(model, tokens)
+    every = sd.StaticDecoder(model, 3, max_len=12, layout=layout)
+    logits, depths = sd.teacher_forced(every, tokens)
+    skipping = sd.StaticDecoder(model, 3, max_len=12, layout=layout, skip_halted=True)
+    skip_logits, skip_depths = sd.teacher_forced(skipping, tokens)
+    assert torch.equal(skip_depths, depths) and torch.equal(skip_depths, ref_depths)
+    assert torch.equal(skip_logits, logits) and torch.allclose(skip_logits, ref_logits, atol=1e-5)
+    _assert_serve_alike(skipping, every, state, D)
+    assert skipping.entries() == every.entries()
+    # a step runs as many iterations as its deepest token; the other decoder always D
+    assert every.iterations_run == D * tokens.shape[1]
+    assert skipping.iterations_run == int(depths.amax(0).sum())
+    if policy != "fixed":  # the comparison means something only if iterations were skipped
+        assert skipping.iterations_run < every.iterations_run
+
+
+def test_skipped_iterations_are_not_computed():
+    """Planted depths 1, 5, 3, 2 (batch 1): the core's MLP, which only an iteration
+    runs, is called 1 + 5 + 3 + 2 times per four tokens, not 4·D; counted by a torch
+    forward hook, independently of the decoder's own count."""
+    model = _model("pattern", {"depths": [1, 5, 3, 2]})
+    calls = []
+    handle = model.core_blocks[0].mlp.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        for skip_halted, expected in ((True, 2 * (1 + 5 + 3 + 2)), (False, 8 * 5)):
+            calls.clear()
+            decoder = sd.StaticDecoder(model, 1, skip_halted=skip_halted)
+            sd.teacher_forced(decoder, _tokens(1, 8))
+            assert len(calls) == decoder.iterations_run == expected, skip_halted
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_skipping_step_that_leaves_out_the_skipped_depths_is_caught(layout):
+    """The comparisons above can fail: a close that does not write the skipped depths'
+    entries (their slots or keys/values) serves later tokens something else there,
+    and their logits change."""
+    model = _model("pattern", {"depths": [1, 5, 3, 2]})
+    tokens = _tokens(1, 8)
+    ref_logits, _, state = decode.teacher_forced(model, tokens)
+    decoder = sd.StaticDecoder(model, 1, layout=layout, skip_halted=True)
+    decoder._carry = lambda k, pos: None
+    logits, _ = sd.teacher_forced(decoder, tokens)
+    assert not torch.allclose(decoder.served(4)[0], state.core.served(4)[0], atol=1e-5)
+    assert not torch.allclose(logits, ref_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("skip_halted", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_generation_equals_the_reference_and_the_forward(layout, skip_halted):
     model = _model("anira-o", seed=1, max_iters=4)
     prompt = _tokens(2, 5, seed=7)
-    seq = sd.generate(sd.StaticDecoder(model, 2, layout=layout), prompt, 6)
+    seq = sd.generate(sd.StaticDecoder(model, 2, layout=layout, skip_halted=skip_halted), prompt, 6)
     ref, _ = decode.generate(model, prompt, 6)
     assert seq.shape == (2, 11) and torch.equal(seq, ref)
     assert torch.equal(seq[:, 5:], model(seq[:, :-1]).logits[:, 4:].argmax(-1))
@@ -101,16 +178,24 @@ def test_bundled_checkpoints_decode_as_they_forward(name, policy):
     tokens = torch.from_numpy(collate(examples).tokens).long()
     out = model(tokens)
     assert out.exit_depth.min() < out.exit_depth.max()  # the policy really varies depths here
+    _, _, state = decode.teacher_forced(model, tokens)
     for layout in LAYOUTS:
-        logits, depths = sd.teacher_forced(sd.StaticDecoder(model, 3, layout=layout), tokens)
+        every = sd.StaticDecoder(model, 3, layout=layout)
+        logits, depths = sd.teacher_forced(every, tokens)
         assert torch.equal(depths, out.exit_depth), layout
         assert torch.allclose(logits, out.logits, atol=1e-4), layout
+        skipping = sd.StaticDecoder(model, 3, layout=layout, skip_halted=True)
+        skip_logits, skip_depths = sd.teacher_forced(skipping, tokens)
+        assert torch.equal(skip_depths, depths) and torch.equal(skip_logits, logits), layout
+        assert skipping.iterations_run == int(depths.amax(0).sum()) < every.iterations_run, layout
+        _assert_serve_alike(skipping, every, state, model.cfg.max_iters, atol=1e-4)
     # a prompt (the shortest question), then generated tokens
     n = min(len(task.question_tokens(e)) for e in examples)
     prompt = tokens[:, :n]
     seq = sd.generate(sd.StaticDecoder(model, 3), prompt, 5)
     ref, _ = decode.generate(model, prompt, 5)
     assert torch.equal(seq, ref)
+    assert torch.equal(sd.generate(sd.StaticDecoder(model, 3, skip_halted=True), prompt, 5), ref)
     assert torch.equal(seq[:, n:], model(seq[:, :-1]).logits[:, n - 1:].argmax(-1))
 
 
@@ -122,13 +207,19 @@ def test_a_decoder_is_reused_across_calls():
     b = sd.teacher_forced(decoder, _tokens(2, 10, seed=1))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert decoder.entries() == _rows_needed(b[1], model.cfg.max_iters)
+    skipping = sd.StaticDecoder(model, 2, max_len=10, skip_halted=True)
+    sd.teacher_forced(skipping, _tokens(2, 4, seed=9))
+    c = sd.teacher_forced(skipping, _tokens(2, 10, seed=1))
+    assert torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+    assert skipping.iterations_run == int(c[1].amax(0).sum())  # counted since the reset
 
 
-def test_bfloat16_autocast_follows_the_reference_decoder():
+@pytest.mark.parametrize("skip_halted", [False, True])
+def test_bfloat16_autocast_follows_the_reference_decoder(skip_halted):
     model = _model("pattern", {"depths": [2, 4, 1]})
     tokens = _tokens(2, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        decoder = sd.StaticDecoder(model, 2)
+        decoder = sd.StaticDecoder(model, 2, skip_halted=skip_halted)
         logits, depths = sd.teacher_forced(decoder, tokens)
         ref, ref_depths, _ = decode.teacher_forced(model, tokens)
     assert decoder.kv_dtype == torch.bfloat16
@@ -136,14 +227,15 @@ def test_bfloat16_autocast_follows_the_reference_decoder():
     assert torch.allclose(logits.float(), ref.float(), atol=2e-2)
 
 
-def test_pool_size_follows_the_exit_depths_and_running_out_is_an_error():
+@pytest.mark.parametrize("skip_halted", [False, True])
+def test_pool_size_follows_the_exit_depths_and_running_out_is_an_error(skip_halted):
     """Planted depths: a token of depth d needs min(d + 1, D) rows; a pool of exactly
     that many rows serves every token, one row fewer is an error, not wrong output."""
     depths = [1, 2, 3, 8]
     model = _model("pattern", {"depths": depths}, max_iters=8)
     tokens = _tokens(1, 12)
     need = 3 * sum(min(d + 1, 8) for d in depths)
-    exact = sd.StaticDecoder(model, 1, max_len=12, rows=need)
+    exact = sd.StaticDecoder(model, 1, max_len=12, rows=need, skip_halted=skip_halted)
     logits, _ = sd.teacher_forced(exact, tokens)
     assert exact.entries() == need
     assert torch.allclose(logits, model(tokens).logits, atol=1e-5)
@@ -152,7 +244,7 @@ def test_pool_size_follows_the_exit_depths_and_running_out_is_an_error():
     assert exact.nbytes() / full.nbytes() == pytest.approx((need + 1) / (12 * 8))  # + the spare row
     assert exact.nbytes_used() / full.nbytes_used() == pytest.approx(need / (12 * 8))
     with pytest.raises(AniraError, match=rf"ran out of rows \({need} needed, {need - 1} per sequence\)"):
-        sd.teacher_forced(sd.StaticDecoder(model, 1, max_len=12, rows=need - 1), tokens)
+        sd.teacher_forced(sd.StaticDecoder(model, 1, max_len=12, rows=need - 1, skip_halted=skip_halted), tokens)
 
 
 def test_max_length_overflow_is_a_one_line_error():
@@ -195,6 +287,8 @@ def test_bad_arguments_are_one_line_errors():
         (lambda: sd.StaticDecoder(model, 0), "batch must be >= 1"),
         (lambda: sd.StaticDecoder(model, 1, rows=0), "rows must be >= 1"),
         (lambda: sd.StaticDecoder(_model("anira-o", {"rule": "mode"}), 1), "full-distribution rule"),
+        (lambda: sd.StaticDecoder(_model("anira-o", {"rule": "mean"}), 1, skip_halted=True), "full-distribution rule"),
+        (lambda: sd.StaticDecoder(model, 1, skip_halted="yes"), "skip_halted must be True or False"),
         (lambda: sd.StaticDecoder(_model("fixed", n_core=2), 1), "n_core == 1"),
         (lambda: sd.StaticDecoder(model, 2).step(torch.tensor([1])), "each of the 2 sequences"),
         (lambda: sd.StaticDecoder(model, 1).step(torch.tensor([1.0])), "integer ids"),
@@ -207,13 +301,14 @@ def test_bad_arguments_are_one_line_errors():
             make()
 
 
-def test_decoding_fires_no_hooks_and_records_no_graph_on_a_cpu():
+@pytest.mark.parametrize("skip_halted", [False, True])
+def test_decoding_fires_no_hooks_and_records_no_graph_on_a_cpu(skip_halted):
     model = _model("anira-o")
     fired = []
     model.add_perma_hook(lambda name: True, lambda value, hook: fired.append(hook.name))
-    decoder = sd.StaticDecoder(model, 2)  # graphs="auto": eager on a CPU
+    decoder = sd.StaticDecoder(model, 2, skip_halted=skip_halted)  # graphs="auto": eager on a CPU
     sd.teacher_forced(decoder, _tokens(2, 4))
-    assert fired == [] and decoder._graph is None
+    assert fired == [] and not decoder.recorded
     model(_tokens(2, 4))
     assert fired  # the hooks were there to fire
     model.reset_hooks(including_permanent=True)
@@ -248,8 +343,36 @@ def test_graphed_step_equals_the_eager_step_and_the_reference(policy, options, l
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("policy, options", SKIP_CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_graphed_step_under_bf16_autocast(layout):
+def test_graphed_skipping_step_equals_the_eager_one_and_the_reference(policy, options, layout):
+    """The skipping step's recorded pieces (one graph per iteration, one per close)
+    replay what the eager skipping step computes, run as many iterations, and serve
+    the same keys/values as the reference decoder's cache."""
+    model, tokens = _cuda_case(policy, options, layout)
+    eager_decoder = sd.StaticDecoder(model, 3, layout=layout, graphs="off", skip_halted=True)
+    eager = sd.teacher_forced(eager_decoder, tokens)
+    decoder = sd.StaticDecoder(model, 3, layout=layout, skip_halted=True)
+    graphed = [sd.teacher_forced(decoder, tokens) for _ in range(2)]  # recorded in the first, replayed in both
+    assert decoder.recorded and decoder._graph is None  # the pieces, not the whole step
+    ref_logits, ref_depths, state = decode.teacher_forced(model, tokens)
+    for logits, depths in graphed:
+        assert torch.equal(depths, eager[1]) and torch.equal(depths, ref_depths)
+        assert torch.allclose(logits, eager[0], atol=1e-5) and torch.allclose(logits, ref_logits, atol=1e-4)
+    assert decoder.iterations_run == eager_decoder.iterations_run == int(ref_depths.amax(0).sum())
+    for t in range(model.cfg.max_iters):
+        k, v = decoder.served(t)
+        assert torch.allclose(k, eager_decoder.served(t)[0], atol=1e-5), t
+        assert torch.allclose(v, state.core.served(t)[1], atol=1e-4), t
+    seq = sd.generate(decoder, tokens[:, :6], 8)
+    assert torch.equal(seq, decode.generate(model, tokens[:, :6], 8)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("skip_halted", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_graphed_step_under_bf16_autocast(layout, skip_halted):
     """Recorded under autocast; replayed after the weights changed in place: the graph
     casts the current weights (autocast's cast cache is off while recording).
 
@@ -259,15 +382,16 @@ def test_graphed_step_under_bf16_autocast(layout):
     the eager side's staleness reproduces on the CPU with a bare nn.Linear.)"""
     model, tokens = _cuda_case("pattern", {"depths": [1, 5, 3, 2]}, layout)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        decoder = sd.StaticDecoder(model, 3, layout=layout)
+        decoder = sd.StaticDecoder(model, 3, layout=layout, skip_halted=skip_halted)
         before = sd.teacher_forced(decoder, tokens)
     with torch.no_grad():
         model.core_blocks[0].attn.W_qkv.weight.mul_(1.5)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         graphed = sd.teacher_forced(decoder, tokens)
-        eager = sd.teacher_forced(sd.StaticDecoder(model, 3, layout=layout, graphs="off"), tokens)
+        eager = sd.teacher_forced(sd.StaticDecoder(model, 3, layout=layout, graphs="off", skip_halted=skip_halted),
+                                  tokens)
         ref_logits, ref_depths, _ = decode.teacher_forced(model, tokens)
-    assert decoder._graph is not None
+    assert decoder.recorded
     assert not torch.allclose(before[0].float(), graphed[0].float(), atol=2e-2)  # the change shows
     assert torch.equal(graphed[1], eager[1]) and torch.equal(graphed[1], ref_depths)
     assert torch.allclose(graphed[0].float(), eager[0].float(), atol=2e-2)

@@ -181,19 +181,21 @@ def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: t
     """Tokens/s of teacher-forced decoding and core KV-cache bytes, side by side on the
     same model and tokens: the reference decoder (anira/decode.py; allocation-aware cache
     against a full cache of D entries per token) and the static-cache decoder
-    (anira/static_decode.py; recorded as a CUDA graph on a GPU), in both layouts."""
+    (anira/static_decode.py; recorded as CUDA graphs on a GPU), in both layouts, running
+    all D iterations per step and skipping those no token runs (``skip_halted``)."""
     tokens = torch.randint(1, model.cfg.vocab_size, (batch, seq),
                            generator=torch.Generator().manual_seed(seed)).to(device)
     timer = partial(time_call, device=device)
     out: dict[str, Any] = {"batch": batch, "tokens": seq}
     # static buffers for the model's whole max_len (what a real decode would allocate)
-    decoders = {layout: StaticDecoder(model, batch, layout=layout) for layout in LAYOUTS}
+    decoders = {f"{layout}{suffix}": StaticDecoder(model, batch, layout=layout, skip_halted=bool(suffix))
+                for suffix in ("", "_skip") for layout in LAYOUTS}
     runs: dict[str, Callable[[], Any]] = {
         "aware": lambda: decode.teacher_forced(model, tokens, full_cache=False),
         "full": lambda: decode.teacher_forced(model, tokens, full_cache=True),
-        **{f"static_{layout}": partial(static_teacher_forced, dec, tokens) for layout, dec in decoders.items()},
+        **{f"static_{name}": partial(static_teacher_forced, dec, tokens) for name, dec in decoders.items()},
     }
-    results = {name: run() for name, run in runs.items()}  # warm-up; records the static step's graph
+    results = {name: run() for name, run in runs.items()}  # warm-up; records the static steps' graphs
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits all alike
         for name, run in runs.items():
@@ -207,16 +209,19 @@ def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: t
     out["bytes_ratio"] = out["aware"]["core_kv_bytes"] / out["full"]["core_kv_bytes"]
     out["speed_ratio"] = out["aware"]["tokens_per_s"] / out["full"]["tokens_per_s"]
     reference_depths = results["aware"][1]
-    static: dict[str, Any] = {"graphed": any(dec._graph is not None for dec in decoders.values()),
+    out["mean_depth"] = float(reference_depths.float().mean())  # of the decoded tokens
+    static: dict[str, Any] = {"graphed": any(dec.recorded for dec in decoders.values()),
                               "max_len": decoders["aware"].max_len}
-    for layout, dec in decoders.items():
-        name = f"static_{layout}"
-        static[layout] = {"tokens_per_s": batch * seq / statistics.median(times[name]),
-                          "core_kv_bytes": dec.nbytes_used(), "core_kv_bytes_allocated": dec.nbytes(),
-                          "core_kv_entries": dec.entries(),
-                          # the static step's exit depths are the reference decoder's (a check, not a timing)
-                          "depths_match": bool(torch.equal(results[name][1], reference_depths))}
+    for name, dec in decoders.items():
+        static[name] = {"tokens_per_s": batch * seq / statistics.median(times[f"static_{name}"]),
+                        "core_kv_bytes": dec.nbytes_used(), "core_kv_bytes_allocated": dec.nbytes(),
+                        "core_kv_entries": dec.entries(),
+                        # core iterations a step ran (for the whole batch), mean over the steps
+                        "iterations_per_step": dec.iterations_run / seq,
+                        # the static step's exit depths are the reference decoder's (a check, not a timing)
+                        "depths_match": bool(torch.equal(results[f"static_{name}"][1], reference_depths))}
     static["speed_ratio"] = static["aware"]["tokens_per_s"] / static["full"]["tokens_per_s"]
+    static["skip_speed_ratio"] = static["aware_skip"]["tokens_per_s"] / static["full"]["tokens_per_s"]
     static["speedup_over_reference"] = static["aware"]["tokens_per_s"] / out["aware"]["tokens_per_s"]
     out["static"] = static
     return out

@@ -68,4 +68,13 @@ def run(args: argparse.Namespace) -> int:
                      f"{st['speed_ratio']:.3f}, aware over the reference decoder x{st['speedup_over_reference']:.2f}"
                      + ("" if st["aware"]["depths_match"] and st["full"]["depths_match"]
                         else "; EXIT DEPTHS DIFFER FROM THE REFERENCE DECODER"))
+        lines.append(f"decode {dec['tokens']} tokens x batch {dec['batch']} ({kind}), skipping the iterations no "
+                     f"token runs (mean exit depth {dec['mean_depth']:.2f} of {r['config']['max_iters']}): "
+                     f"allocation-aware {st['aware_skip']['tokens_per_s']:.1f} tok/s, full "
+                     f"{st['full_skip']['tokens_per_s']:.1f} tok/s, "
+                     f"{st['aware_skip']['iterations_per_step']:.2f} iterations per step (all D: "
+                     f"{st['aware']['iterations_per_step']:.2f}); aware skipping / full all D speed "
+                     f"{st['skip_speed_ratio']:.3f}"
+                     + ("" if st["aware_skip"]["depths_match"] and st["full_skip"]["depths_match"]
+                        else "; EXIT DEPTHS DIFFER FROM THE REFERENCE DECODER"))
     return emit(r, args.json, lines)
