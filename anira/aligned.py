@@ -10,14 +10,17 @@ output (``Linear(I, 1)``: its backward dX has K = 1).
 :class:`AlignedLinear` is an ``nn.Linear`` (same parameters, same state_dict keys,
 so checkpoints are unchanged) that computes
 
-* with one output: y = Σ_i x_i·w_i + b, an element-wise product and a sum over the
-  features (no GEMM at all; inductor fuses it with its neighbours), accumulated in
-  float32 as a GEMM accumulates;
-* with any other output count that is not a multiple of 8: the product with the
-  weight padded by zero rows to the next multiple of 8, then the extra (zero)
-  columns sliced off, so every caller sees exactly ``out_features`` columns. The
-  padding is made from the parameter inside ``forward`` (never a cached copy that
-  could go stale); the real rows' gradients are those of the unpadded product.
+* with an output count that is not a multiple of 8: the product with the weight
+  padded by zero rows to the next multiple of 8, then the extra (zero) columns
+  sliced off, so every caller sees exactly ``out_features`` columns. The padding
+  is made from the parameter inside ``forward`` (never a cached copy that could go
+  stale); the real rows' gradients are those of the unpadded product;
+* with one output under ``torch.compile``: y = Σ_i x_i·w_i + b, an element-wise
+  product and a sum over the features, accumulated in float32 as a GEMM
+  accumulates: no GEMM at all, and inductor fuses the reduction (and its backward,
+  an outer product) with the neighbouring element-wise work. Run eagerly the same
+  reduction would write the (tokens × in) product to memory, in float32, and keep
+  it for the backward, so eager padding to 8 outputs is the cheaper aligned form.
 
 ``aligned = False`` computes exactly what ``nn.Linear`` computes: the training
 benchmark sets it on its baseline model (:func:`set_aligned_gemms`) to time both
@@ -65,7 +68,7 @@ class AlignedLinear(nn.Linear):
         n = self.out_features
         if not self.aligned or n % ALIGN == 0:
             return super().forward(x)
-        if n == 1:
+        if n == 1 and torch.compiler.is_compiling():
             return single_output(x, self.weight, self.bias)
         pad = -n % ALIGN
         weight = F.pad(self.weight, (0, 0, 0, pad))  # (n + pad, in): zero rows at the end

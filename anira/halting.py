@@ -227,9 +227,10 @@ def build_policy(policy_cls: type[HaltingPolicy], cfg: ModelConfig, options: dic
 
 class Decider(nn.Module):
     """The paper's decider FFN: LayerNorm (affine) -> Linear(H->I, no bias) -> SiLU
-    -> Linear(I->out, with bias). The output layer is an :class:`~anira.aligned.AlignedLinear`:
-    with one output (online deciders) a reduction over I, with D outputs (early
-    deciders) a product padded to a multiple of 8; its parameters are nn.Linear's."""
+    -> Linear(I->out, with bias). The output layer is an :class:`~anira.aligned.AlignedLinear`
+    (nn.Linear's parameters): an output count off a multiple of 8 (D of an early
+    decider) is padded to one, a single output (online deciders) is a reduction
+    over I when compiled, so that no matrix product has a dimension of 1."""
 
     def __init__(self, d_model: int, d_hidden: int, d_out: int) -> None:
         super().__init__()

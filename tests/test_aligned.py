@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from anira import build_model, preset_config
-from anira.aligned import ALIGN, AlignedLinear, set_aligned_gemms
+from anira.aligned import ALIGN, AlignedLinear, set_aligned_gemms, single_output
 from anira.objective import compute_loss
 
 VOCAB = 30  # MANO's vocabulary: not a multiple of 8
@@ -108,12 +108,64 @@ class MatmulShapes(TorchDispatchMode):
                 if any(dim % ALIGN for shape in shapes for dim in shape[-2:])]
 
 
-def test_one_output_is_a_reduction_not_a_matrix_product():
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_single_output_reduction_matches_nn_linear(dtype, tol, bias):
+    plain, _ = _pair(1, bias, dtype)
+    x, upstream = torch.randn(3, 5, 24, dtype=dtype), torch.randn(3, 5, 1, dtype=dtype)
+    y0, g0 = _forward_backward(plain, x, upstream)
+    plain.zero_grad()
+    x = x.clone().requires_grad_(True)
+    y1 = single_output(x, plain.weight, plain.bias)
+    (y1 * upstream).sum().backward()
+    g1 = {"x": x.grad, **{name: p.grad for name, p in plain.named_parameters()}}
+    y1 = y1.detach()
+    assert y1.shape == y0.shape and y1.dtype == y0.dtype
+    torch.testing.assert_close(y1, y0, rtol=tol, atol=tol)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=tol, atol=tol, msg=name)
+
+
+def _products(graphs) -> list[tuple[tuple[int, ...], ...]]:
+    """Operand shapes of the matrix products in traced aten graphs."""
+    found = []
+    for graph in graphs:
+        for node in graph.graph.nodes:
+            packet = getattr(node.target, "overloadpacket", None)
+            if packet is not None and packet.__name__ in MatmulShapes.PRODUCTS:
+                mats = node.args[1:] if packet.__name__ in ("addmm", "baddbmm") else node.args
+                found.append(tuple(tuple(m.meta["val"].shape) for m in mats[:2]))
+    return found
+
+
+@pytest.mark.parametrize("n, products", [(1, 0), (VOCAB, 3)])  # VOCAB: forward, dX, dW
+def test_compiled_one_output_is_a_reduction_and_the_rest_aligned(n, products):
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    _, aligned = _pair(n, True, torch.float32)
+    compiled = torch.compile(aligned, backend=aot_autograd(fw_compiler=record, bw_compiler=record), fullgraph=True)
+    _forward_backward(compiled, torch.randn(16, 24), torch.randn(16, n))
+    assert len(graphs) == 2  # forward and backward
+    shapes = _products(graphs)
+    assert len(shapes) == products
+    assert all(dim % ALIGN == 0 for mats in shapes for shape in mats for dim in shape)
+
+
+def test_eager_one_output_is_padded_to_eight():
     plain, aligned = _pair(1, True, torch.float32)
-    for layer, products in ((aligned, 0), (plain, 3)):  # plain: the forward, dX and dW
-        with MatmulShapes() as seen:
+    for layer, widths in ((aligned, {8}), (plain, {1})):
+        with MatmulShapes() as seen:  # forward, dX and dW: all with the output width
             _forward_backward(layer, torch.randn(16, 24), torch.randn(16, 1))
-        assert len(seen.shapes) == products
+        assert len(seen.shapes) == 3
+        assert {dim for _, mats in seen.shapes for shape in mats for dim in shape} - {16, 24} == widths
 
 
 def _training_step(model, tokens: Tensor) -> tuple:
