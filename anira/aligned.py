@@ -2,10 +2,10 @@
 
 cuBLAS runs a bf16 GEMM on tensor-core kernels built for 16-byte aligned rows; a
 dimension that is not a multiple of 8 sends it to an old, slow kernel (on the H200
-a ``cutlass_75_..._align1`` GEMM, docs/benchmarks.md "Training throughput"). Two
-layers of the model have such a dimension: the unembedding (vocabulary 30 for
-MANO: forward N = 30, backward K = 30) and a decider's output layer with one
-output (``Linear(I, 1)``: its backward dX has K = 1).
+a ``cutlass_75_..._align1`` GEMM, docs/benchmarks.md "Training throughput"). Such
+dimensions: the unembedding's (vocabulary 30 for MANO: forward N = 30, backward
+K = 30), an online decider's single output (``Linear(I, 1)``: its backward dX has
+K = 1; the profiled one) and an early decider's D outputs (14 for MANO).
 
 :class:`AlignedLinear` is an ``nn.Linear`` (same parameters, same state_dict keys,
 so checkpoints are unchanged) that computes
