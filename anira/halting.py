@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anira.aligned import AlignedLinear
 from anira.config import ModelConfig
 from anira.errors import AniraError
 
@@ -226,13 +227,16 @@ def build_policy(policy_cls: type[HaltingPolicy], cfg: ModelConfig, options: dic
 
 class Decider(nn.Module):
     """The paper's decider FFN: LayerNorm (affine) -> Linear(H->I, no bias) -> SiLU
-    -> Linear(I->out, with bias)."""
+    -> Linear(I->out, with bias). The output layer is an :class:`~anira.aligned.AlignedLinear`
+    (nn.Linear's parameters): an output count off a multiple of 8 (D of an early
+    decider) is padded to one, a single output (online deciders) is a reduction
+    over I when compiled, so that no matrix product has a dimension of 1."""
 
     def __init__(self, d_model: int, d_hidden: int, d_out: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.fc_in = nn.Linear(d_model, d_hidden, bias=False)
-        self.fc_out = nn.Linear(d_hidden, d_out, bias=True)
+        self.fc_out = AlignedLinear(d_hidden, d_out, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc_out(F.silu(self.fc_in(self.norm(x))))

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from anira.aligned import AlignedLinear
 from anira.config import ModelConfig
 from anira.errors import AniraError
 from anira.fast import InferenceLoop
@@ -118,7 +119,9 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
         self.core_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_core))
         self.coda_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
         self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # padded to a multiple of 8 rows inside each product, sliced back to vocab_size
+        # before anything reads the logits (anira/aligned.py)
+        self.unembed = AlignedLinear(cfg.d_model, cfg.vocab_size, bias=False)
         self.policy = policy
         # -- hook points (no weights)
         self.hook_embed = HookPoint()  # (b, p, d)

@@ -75,6 +75,7 @@ CASES = [
     (["bench", "tasks", "--repeats", "0"], "--repeats and --workers must be >= 1"),
     (["bench", "train", "--device", "gpu"], "unknown device 'gpu'"),
     (["bench", "train", "--device", "cpu", "--config", "nope"], "unknown benchmark config 'nope'"),
+    (["bench", "train", "--device", "cpu", "--gemms", "fast"], "unknown GEMM layout(s) fast"),
     (["bench", "inference", "--batches", "x"], "--batches must be comma-separated integers"),
     (["bench", "inference", "--device", "gpu"], "unknown device 'gpu'"),
     (["bench", "compare", "--policies", "nope"], "unknown policy 'nope'"),

@@ -84,6 +84,10 @@ def _batches(task: Any, batch: int, seq: int, n: int, seed: int) -> list[Any]:
 #: execution modes ``bench_train`` can compare: eager, or a ``torch.compile`` mode
 MODES = ("eager", *COMPILE_MODES)
 
+#: matrix products ``bench_train`` can compare (anira/aligned.py): every dimension a
+#: multiple of 8 (the model as built), or the plain nn.Linear products (the baseline)
+GEMMS = ("aligned", "unaligned")
+
 
 def _bench_spec(config_name: str, policy: str, sets: list[str] | tuple[str, ...], registry: Any) -> tuple[Any, int | None, int | None]:
     """The RunSpec for a benchmark config (paper sizes) or any training preset, with overrides."""
@@ -103,6 +107,7 @@ def _bench_spec(config_name: str, policy: str, sets: list[str] | tuple[str, ...]
 
 def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30, warmup: int = 5, *,
                 policy: str = "anira-o", amp: bool = True, modes: tuple[str, ...] | list[str] = ("eager",),
+                gemms: tuple[str, ...] | list[str] = ("aligned",),
                 batch_size: int | None = None, seq_len: int | None = None, sets: tuple[str, ...] | list[str] = (),
                 pool: int = 4, seed: int = 0) -> dict[str, Any]:
     """Training throughput of one configuration under one or more execution ``modes``.
@@ -110,13 +115,19 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     ``config_name`` is ``mano`` / ``brevo`` (the paper's sizes) or any
     training preset (e.g. ``tiny-brevo``), with ``sets`` (``--set`` overrides)
     applied. Each mode (``eager`` or a ``torch.compile`` mode) gets its own model
-    with the same initial weights; after warm-up (which includes compilation) the
-    modes' timed steps alternate, so drift hits them alike. A step is a full
+    with the same initial weights, once per entry of ``gemms``: ``aligned`` (the
+    model as built: the unembedding and deciders' output layers keep every matrix
+    dimension a multiple of 8, anira/aligned.py) or ``unaligned`` (the same model
+    with those layers' plain ``nn.Linear`` products, the baseline). After warm-up
+    (which includes compilation) the runs' timed steps alternate, in the order
+    (mode, gemms) for mode in ``modes`` for gemms in ``gemms``, so drift hits them
+    alike; ``speedup_vs_first`` is relative to the first run. A step is a full
     training step (forward, loss, backward, clipping, AdamW as the trainer builds
     it) on a pool of real task batches padded to ``seq_len``. Data generation is
     measured separately (``data_examples_per_s``, one CPU process) because the
     trainer generates batches ahead in DataLoader workers.
     """
+    from anira.aligned import set_aligned_gemms
     from anira.model import build_model
     from anira.objective import compute_loss
     from anira.registry import default_registry
@@ -126,6 +137,12 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise AniraError(f"unknown benchmark mode(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(MODES)}")
+    unknown = [g for g in gemms if g not in GEMMS]
+    if unknown or not gemms:
+        raise AniraError(f"unknown GEMM layout(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(GEMMS)}")
+    runs_wanted = [(mode, g) for mode in modes for g in gemms]
+    if len(set(runs_wanted)) < len(runs_wanted):
+        raise AniraError("each benchmark mode and GEMM layout may be named only once")
     registry = default_registry()
     spec, batch, seq = _bench_spec(config_name, policy, sets, registry)
     task = spec.build_task(registry)
@@ -147,8 +164,9 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     use_amp = amp and dev.type == "cuda"
     options = spec.effective_policy_options(registry)
 
-    def make_step(mode: str):
+    def make_step(mode: str, layout: str):
         model = build_model(cfg, spec.policy, registry=registry, seed=seed, **options).to(dev).train()
+        set_aligned_gemms(model, layout == "aligned")
         optimizer = make_optimizer(model, spec)
         forward = model if mode == "eager" else torch.compile(model, mode=mode)
         cudagraphs = mode != "eager" and uses_cudagraphs(mode)
@@ -172,31 +190,31 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    runs: dict[str, Any] = {}
-    for mode in modes:
-        model, step = make_step(mode)
+    runs: dict[tuple[str, str], Any] = {}
+    for key in runs_wanted:
+        model, step = make_step(*key)
         t = time.perf_counter()
         for i in range(warmup):
             step(batches[i % pool])
         sync()
-        runs[mode] = {"model": model, "step": step, "warmup_s": time.perf_counter() - t, "times": []}
-    for i in range(steps):  # alternate the modes step by step
-        for mode in modes:
+        runs[key] = {"model": model, "step": step, "warmup_s": time.perf_counter() - t, "times": []}
+    for i in range(steps):  # alternate the runs step by step
+        for key in runs_wanted:
             t = time.perf_counter()
-            runs[mode]["step"](batches[i % pool])
+            runs[key]["step"](batches[i % pool])
             sync()
-            runs[mode]["times"].append(time.perf_counter() - t)
+            runs[key]["times"].append(time.perf_counter() - t)
     tokens = batch * seq
     real = float(sum(int(b.token_mask.sum()) for b in batches)) / pool
     fl = flops_per_token(cfg, seq, spec.policy)
     peak = peak_flops(dev)
     results = []
-    for mode in modes:
-        times = runs[mode]["times"]
+    for mode, layout in runs_wanted:
+        times = runs[mode, layout]["times"]
         step_time = statistics.median(times)
         achieved = fl["train"] * tokens / step_time
         results.append({
-            "mode": mode, "warmup_s": runs[mode]["warmup_s"],
+            "mode": mode, "gemms": layout, "warmup_s": runs[mode, layout]["warmup_s"],
             "step_time_s": step_time, "step_time_mean_s": statistics.mean(times),
             "steps_per_s": 1.0 / step_time, "tokens_per_s": tokens / step_time,
             "real_tokens_per_s": real / step_time,  # non-padding tokens
@@ -205,13 +223,13 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     base = results[0]["step_time_s"]
     for r in results:
         r["speedup_vs_first"] = base / r["step_time_s"]
-    first_model = runs[modes[0]]["model"]
+    first_model = runs[runs_wanted[0]]["model"]
     return {
         "config": config_name, "policy": spec.policy, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "batch": batch, "seq": seq, "d_model": cfg.d_model, "d_ff": cfg.d_ff, "max_iters": cfg.max_iters,
         "params": sum(p.numel() for p in first_model.parameters()), "sets": list(sets),
-        "amp_bf16": use_amp, "steps_timed": steps, "warmup_steps": warmup,
+        "amp_bf16": use_amp, "gemms": list(gemms), "steps_timed": steps, "warmup_steps": warmup,
         "flops_per_token_train": fl["train"], "peak_flops": peak,
         "data_examples_per_s": data_rate,  # one CPU process generating examples
         "paper_tokens_per_s": PAPER_MANO_TOKENS_PER_S if config_name == "mano" else None,

@@ -19,6 +19,10 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
                    help="comma-separated execution modes timed side by side: eager, or the torch.compile modes "
                         "default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs")
     p.add_argument("--compile", action="store_true", help="shorthand for --modes eager,default")
+    p.add_argument("--gemms", default="aligned",
+                   help="comma-separated matrix-product layouts timed side by side, each in every mode: aligned "
+                        "(unembedding and decider outputs padded / reduced so every GEMM dimension is a multiple "
+                        "of 8, the default) or unaligned (plain nn.Linear, the baseline), e.g. unaligned,aligned")
     p.add_argument("--batch", type=int, default=None, help="override the configuration's batch size")
     p.add_argument("--seq", type=int, default=None, help="override the padded sequence length")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
@@ -35,10 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.warmup < 0:
         raise AniraError("--steps must be >= 1 and --warmup >= 0")
     modes = ["eager", "default"] if args.compile else [m.strip() for m in args.modes.split(",") if m.strip()]
+    gemms = [g.strip() for g in args.gemms.split(",") if g.strip()]
     names = [c.strip() for c in args.config.split(",") if c.strip()]
     device = resolve_device(args.device)
     results = [bench_train(name, device=device, steps=args.steps, warmup=args.warmup, policy=args.policy,
-                           modes=modes, batch_size=args.batch, seq_len=args.seq, sets=args.sets)
+                           modes=modes, gemms=gemms, batch_size=args.batch, seq_len=args.seq, sets=args.sets)
                for name in names]
     lines = []
     for r in results:
@@ -46,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
                      f"seq {r['seq']}, {r['device_name']}):")
         for m in r["modes"]:
             mfu = "" if m["mfu"] is None else f", MFU {m['mfu'] * 100:.1f}%"
-            lines.append(f"  {m['mode']:<28} {m['step_time_s'] * 1e3:8.2f} ms/step  {m['tokens_per_s']:>12,.0f} tokens/s"
+            name = m["mode"] if r["gemms"] == ["aligned"] else f"{m['mode']}, {m['gemms']} GEMMs"
+            lines.append(f"  {name:<28} {m['step_time_s'] * 1e3:8.2f} ms/step  {m['tokens_per_s']:>12,.0f} tokens/s"
                          f"  x{m['speedup_vs_first']:.2f}{mfu}  (warm-up {m['warmup_s']:.1f} s)")
-    return emit({"benchmark": "train", "schema": 2, "results": results}, args.json, lines)
+    return emit({"benchmark": "train", "schema": 3, "results": results}, args.json, lines)

@@ -1,0 +1,245 @@
+"""anira.aligned: the unembedding and the deciders' output layers compute what
+nn.Linear computes (forward and backward, same parameters and state_dict), while
+every matrix product of a training step keeps its dimensions multiples of 8."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from anira import build_model, preset_config
+from anira.aligned import ALIGN, AlignedLinear, set_aligned_gemms, single_output
+from anira.objective import compute_loss
+
+VOCAB = 30  # MANO's vocabulary: not a multiple of 8
+
+
+def _pair(n: int, bias: bool, dtype: torch.dtype, seed: int = 0) -> tuple[nn.Linear, AlignedLinear]:
+    torch.manual_seed(seed)
+    plain = nn.Linear(24, n, bias=bias, dtype=dtype)
+    aligned = AlignedLinear(24, n, bias=bias, dtype=dtype)
+    aligned.load_state_dict(plain.state_dict())
+    return plain, aligned
+
+
+def _forward_backward(layer: nn.Module, x: Tensor, upstream: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    (y * upstream).sum().backward()
+    grads = {"x": x.grad, **{name.removeprefix("_orig_mod."): p.grad for name, p in layer.named_parameters()}}
+    return y.detach(), grads
+
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, VOCAB])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_forward_and_backward_match_nn_linear(n, bias, dtype, tol):
+    plain, aligned = _pair(n, bias, dtype)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 24, generator=g, dtype=dtype)
+    upstream = torch.randn(3, 5, n, generator=g, dtype=dtype)
+    y0, g0 = _forward_backward(plain, x, upstream)
+    y1, g1 = _forward_backward(aligned, x, upstream)
+    assert y1.shape == (3, 5, n) and y1.dtype == y0.dtype  # exactly n columns, never the padding
+    torch.testing.assert_close(y1, y0, rtol=tol, atol=tol)
+    assert g1.keys() == g0.keys()
+    for name in g0:  # the real rows' gradients are the unpadded product's
+        assert g1[name].shape == g0[name].shape, name
+        torch.testing.assert_close(g1[name], g0[name], rtol=tol, atol=tol, msg=name)
+
+
+def test_unaligned_is_exactly_nn_linear():
+    plain, aligned = _pair(VOCAB, True, torch.float32)
+    aligned.aligned = False
+    x, upstream = torch.randn(7, 24), torch.randn(7, VOCAB)
+    y0, g0 = _forward_backward(plain, x, upstream)
+    y1, g1 = _forward_backward(aligned, x, upstream)
+    assert torch.equal(y0, y1) and all(torch.equal(g0[k], g1[k]) for k in g0)
+
+
+def test_the_padding_is_computed_not_stored():
+    plain, aligned = _pair(VOCAB, True, torch.float32)
+    assert list(aligned.state_dict()) == list(plain.state_dict()) == ["weight", "bias"]
+    assert [p.shape for p in aligned.parameters()] == [p.shape for p in plain.parameters()]
+    assert list(aligned.buffers()) == []
+    with torch.no_grad():  # an in-place update of the parameter is seen by the next product
+        aligned.weight[3].fill_(1.0)
+        plain.weight[3].fill_(1.0)
+    x = torch.randn(4, 24)
+    torch.testing.assert_close(aligned(x), plain(x))
+
+
+@pytest.mark.parametrize("n", [1, VOCAB])
+def test_autocast_gives_nn_linears_dtype(n):
+    plain, aligned = _pair(n, True, torch.float32)
+    x = torch.randn(6, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y0, y1 = plain(x), aligned(x)
+    assert y1.dtype == y0.dtype == torch.bfloat16 and y1.shape == y0.shape
+    torch.testing.assert_close(y1.float(), y0.float(), rtol=2e-2, atol=2e-2)
+
+
+# -- the model ------------------------------------------------------------------------------
+
+class MatmulShapes(TorchDispatchMode):
+    """Records the operand shapes of every matrix product dispatched (forward and backward)."""
+
+    PRODUCTS = {"mm", "addmm", "bmm", "baddbmm"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.PRODUCTS:
+            mats = args[1:] if name in ("addmm", "baddbmm") else args
+            self.shapes.append((name, tuple(tuple(m.shape) for m in mats[:2])))
+        return func(*args, **(kwargs or {}))
+
+    def unaligned(self) -> list:
+        # the last two dimensions of each operand: M x K and K x N
+        return [(name, shapes) for name, shapes in self.shapes
+                if any(dim % ALIGN for shape in shapes for dim in shape[-2:])]
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_single_output_reduction_matches_nn_linear(dtype, tol, bias):
+    plain, _ = _pair(1, bias, dtype)
+    x, upstream = torch.randn(3, 5, 24, dtype=dtype), torch.randn(3, 5, 1, dtype=dtype)
+    y0, g0 = _forward_backward(plain, x, upstream)
+    plain.zero_grad()
+    x = x.clone().requires_grad_(True)
+    y1 = single_output(x, plain.weight, plain.bias)
+    (y1 * upstream).sum().backward()
+    g1 = {"x": x.grad, **{name: p.grad for name, p in plain.named_parameters()}}
+    y1 = y1.detach()
+    assert y1.shape == y0.shape and y1.dtype == y0.dtype
+    torch.testing.assert_close(y1, y0, rtol=tol, atol=tol)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=tol, atol=tol, msg=name)
+
+
+def _products(graphs) -> list[tuple[tuple[int, ...], ...]]:
+    """Operand shapes of the matrix products in traced aten graphs."""
+    found = []
+    for graph in graphs:
+        for node in graph.graph.nodes:
+            packet = getattr(node.target, "overloadpacket", None)
+            if packet is not None and packet.__name__ in MatmulShapes.PRODUCTS:
+                mats = node.args[1:] if packet.__name__ in ("addmm", "baddbmm") else node.args
+                found.append(tuple(tuple(m.meta["val"].shape) for m in mats[:2]))
+    return found
+
+
+@pytest.mark.parametrize("n, products", [(1, 0), (VOCAB, 3)])  # VOCAB: forward, dX, dW
+def test_compiled_one_output_is_a_reduction_and_the_rest_aligned(n, products):
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    _, aligned = _pair(n, True, torch.float32)
+    compiled = torch.compile(aligned, backend=aot_autograd(fw_compiler=record, bw_compiler=record), fullgraph=True)
+    _forward_backward(compiled, torch.randn(16, 24), torch.randn(16, n))
+    assert len(graphs) == 2  # forward and backward
+    shapes = _products(graphs)
+    assert len(shapes) == products
+    assert all(dim % ALIGN == 0 for mats in shapes for shape in mats for dim in shape)
+
+
+def test_eager_one_output_is_padded_to_eight():
+    plain, aligned = _pair(1, True, torch.float32)
+    for layer, widths in ((aligned, {8}), (plain, {1})):
+        with MatmulShapes() as seen:  # forward, dX and dW: all with the output width
+            _forward_backward(layer, torch.randn(16, 24), torch.randn(16, 1))
+        assert len(seen.shapes) == 3
+        assert {dim for _, mats in seen.shapes for shape in mats for dim in shape} - {16, 24} == widths
+
+
+def _training_step(model, tokens: Tensor) -> tuple:
+    torch.manual_seed(3)  # the policy's exit samples: the same draw for every model
+    out = model(tokens)
+    loss = compute_loss(model, out, tokens, torch.ones_like(tokens, dtype=torch.bool))
+    loss.total.backward()
+    return out, loss.total
+
+
+def _model(policy: str):
+    cfg = preset_config("test", vocab_size=VOCAB)  # d_model 32, d_ff 64, decider 128, D 4
+    return build_model(cfg, policy, seed=0).train()
+
+
+TOKENS = torch.randint(1, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))  # 16 rows: aligned
+
+
+@pytest.mark.parametrize("policy, unaligned_dims", [("anira-o", {VOCAB, 1}), ("anira-e", {VOCAB, 4}),
+                                                     ("fixed", {VOCAB})])
+def test_every_matrix_product_of_a_training_step_is_aligned(policy, unaligned_dims):
+    model = _model(policy)
+    with MatmulShapes() as seen:
+        _training_step(model, TOKENS)
+    assert seen.shapes and seen.unaligned() == []
+    # planted: the plain nn.Linear products have the vocabulary's and the deciders' widths
+    model = _model(policy)
+    assert set_aligned_gemms(model, False) == (1 if policy == "fixed" else 2)
+    with MatmulShapes() as seen:
+        _training_step(model, TOKENS)
+    dims = {dim for _, shapes in seen.unaligned() for shape in shapes for dim in shape[-2:] if dim % ALIGN}
+    assert dims == unaligned_dims
+
+
+@pytest.mark.parametrize("policy", ["anira-o", "anira-e"])
+def test_aligned_model_trains_like_the_unaligned_one(policy):
+    aligned = _model(policy)
+    plain = copy.deepcopy(aligned)
+    set_aligned_gemms(plain, False)
+    widths = []
+    aligned.hook_logits.add_hook(lambda x, hook: widths.append(x.shape[-1]))
+    out1, loss1 = _training_step(aligned, TOKENS)
+    out0, loss0 = _training_step(plain, TOKENS)
+    assert widths == [VOCAB] and out1.logits.shape == (*TOKENS.shape, VOCAB)
+    torch.testing.assert_close(out1.logits, out0.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out1.q, out0.q, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss1, loss0, rtol=1e-5, atol=1e-6)
+    grads0 = dict(plain.named_parameters())
+    for name, p in aligned.named_parameters():
+        torch.testing.assert_close(p.grad, grads0[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert aligned.readout(torch.randn(2, 8, 32)).shape == (2, 8, VOCAB)
+
+
+def test_state_dict_is_unchanged():
+    model = _model("anira-o")
+    keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert keys["unembed.weight"] == (VOCAB, 32)
+    assert keys["policy.decider.fc_out.weight"] == (1, 128) and keys["policy.decider.fc_out.bias"] == (1,)
+    assert not any("pad" in k for k in keys)
+    # an nn.Linear's state dict loads into it and back
+    plain = nn.Linear(32, VOCAB, bias=False)
+    model.unembed.load_state_dict(plain.state_dict())
+    assert torch.equal(model.unembed.weight, plain.weight)
+
+
+@pytest.mark.parametrize("n", [1, VOCAB])
+def test_traces_as_one_graph_forward_and_backward(n):
+    # dynamo + AOT autograd with no graph break (the inductor path is tests/test_compile.py)
+    torch._dynamo.reset()
+    plain, aligned = _pair(n, True, torch.float32)
+    compiled = torch.compile(aligned, backend="aot_eager", fullgraph=True)
+    x, upstream = torch.randn(2, 8, 24), torch.randn(2, 8, n)
+    y0, g0 = _forward_backward(plain, x, upstream)
+    y1, g1 = _forward_backward(compiled, x, upstream)
+    torch.testing.assert_close(y1, y0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], msg=name)
