@@ -243,3 +243,28 @@ def test_traces_as_one_graph_forward_and_backward(n):
     torch.testing.assert_close(y1, y0)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("n", [1, VOCAB])
+def test_inductor_compiled_layer_under_cuda_bf16_autocast_is_as_accurate_as_nn_linear(n):
+    # the training step's path on the GPU: inductor kernels (the one-output reduction, the padded
+    # product) under bf16 autocast. nn.Linear rounds its inputs to bf16 while the reduction
+    # multiplies in float32, so the two differ by bf16 input rounding (~0.05 on a weight gradient
+    # summed over 512 rows); each is compared with a float64 computation instead, and the aligned
+    # layer must be no less accurate than nn.Linear under the same autocast
+    plain, aligned = _pair(n, True, torch.float32)
+    reference = copy.deepcopy(plain).double().cuda()
+    plain, aligned = plain.cuda(), aligned.cuda()
+    compiled = torch.compile(aligned, fullgraph=True)
+    x, upstream = torch.randn(512, 24, device="cuda"), torch.randn(512, n, device="cuda")
+    y_ref, g_ref = _forward_backward(reference, x.double(), upstream.double())
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y0, g0 = _forward_backward(plain, x, upstream)
+        y1, g1 = _forward_backward(compiled, x, upstream)
+    assert y1.dtype == y0.dtype == torch.bfloat16 and y1.shape == (512, n)
+    for name, ref, a, b in [("y", y_ref, y0, y1), *((k, g_ref[k], g0[k], g1[k]) for k in g_ref)]:
+        err_plain = (a.double() - ref).abs().max().item()
+        err_aligned = (b.double() - ref).abs().max().item()
+        assert err_aligned <= 2 * err_plain + 1e-3, (name, err_aligned, err_plain)
