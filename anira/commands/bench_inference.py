@@ -66,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
                      f"{st['full']['tokens_per_s']:.1f} tok/s, {st['full']['core_kv_bytes'] / 1e6:.2f} MB in use "
                      f"({st['full']['core_kv_bytes_allocated'] / 1e6:.2f} MB allocated); aware/full speed "
                      f"{st['speed_ratio']:.3f}, aware over the reference decoder x{st['speedup_over_reference']:.2f}"
-                     + ("" if st["aware"]["depths_match"] and st["full"]["depths_match"]
-                        else "; EXIT DEPTHS DIFFER FROM THE REFERENCE DECODER"))
+                     + _depth_mismatch(st, "aware", "full"))
         lines.append(f"decode {dec['tokens']} tokens x batch {dec['batch']} ({kind}), skipping the iterations no "
                      f"token runs (mean exit depth {dec['mean_depth']:.2f} of {r['config']['max_iters']}): "
                      f"allocation-aware {st['aware_skip']['tokens_per_s']:.1f} tok/s, full "
@@ -75,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
                      f"{st['aware_skip']['iterations_per_step']:.2f} iterations per step (all D: "
                      f"{st['aware']['iterations_per_step']:.2f}); aware skipping / full all D speed "
                      f"{st['skip_speed_ratio']:.3f}"
-                     + ("" if st["aware_skip"]["depths_match"] and st["full_skip"]["depths_match"]
-                        else "; EXIT DEPTHS DIFFER FROM THE REFERENCE DECODER"))
+                     + _depth_mismatch(st, "aware_skip", "full_skip"))
     return emit(r, args.json, lines)
+
+
+def _depth_mismatch(static: dict, *decoders: str) -> str:
+    """A warning to append when a static decoder's exit depths differ from the reference's."""
+    if all(static[name]["depths_match"] for name in decoders):
+        return ""
+    return "; EXIT DEPTHS DIFFER FROM THE REFERENCE DECODER"
