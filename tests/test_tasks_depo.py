@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anira.errors import AniraError
-from anira.plugins.tasks.depo import Depo
+from anira.plugins.tasks.depo import HOP_TOKENS, NAMES, Depo
+from anira.task import Tokenizer
 
 WORKED = [("bc", "ae"), ("gi", "gi"), ("ae", "dj"), ("dj", "bc")]
 
@@ -75,3 +76,70 @@ def test_non_integer_hops_and_special_names_are_rejected():
         pairs = [(bad if u == "gi" else u, bad if v == "gi" else v) for u, v in WORKED]
         with pytest.raises(AniraError):
             Depo().build(pairs, "dj", 2)
+
+
+# --- the layout options: several queries per mapping, separators between pairs ----------
+
+
+def test_worked_instance_with_separators_and_two_queries():
+    task = Depo(queries=2, separators=True)
+    e = task.build(WORKED, ["dj", "ae"], 2)
+    assert task.decode(e.tokens) == (
+        "<bos> bc ae , gi gi , ae dj , dj bc ? dj h2 = ae ? ae h2 = bc <eos>")
+    # dj -> bc -> ae; ae -> dj -> bc
+    assert e.answer == ["ae", "bc"]
+    assert np.flatnonzero(e.answer_mask).tolist() == [15, 20, 21]  # both `=`, then the last answer
+    assert np.array_equal(e.loss_mask, e.answer_mask)
+    assert np.flatnonzero(~e.question_mask).tolist() == [16, 21, 22]  # answers and <eos>
+    np.testing.assert_array_equal(e.complexity[[15, 20, 21]], [2, 2, 0])
+    assert np.isnan(np.delete(e.complexity, [15, 20, 21])).all()
+    np.testing.assert_array_equal(e.features["k"][[15, 20, 21]], [2, 2, 2])
+    np.testing.assert_array_equal(e.features["cycle_len"][[15, 20]], [3, 3])
+    # dj's hops use pairs 3 then 0 (one backtrack); ae's use pairs 2 then 3 (none)
+    np.testing.assert_array_equal(e.features["backtracks"][[15, 20]], [1, 0])
+    assert len(e) == 1 + 4 * 2 + 3 + 5 * 2 + 1
+    # a model that gets one of the two answers wrong is wrong
+    pred = np.roll(e.tokens, -1)
+    assert task.score(e, pred)
+    pred[20] = e.tokens[16]
+    assert not task.score(e, pred)
+
+
+def test_default_layout_is_unchanged_by_the_new_token():
+    # the separator is appended to the vocabulary: the default layout's ids do not move
+    old = Tokenizer(["<bos>", "<eos>", "?", "=", *NAMES, *HOP_TOKENS])
+    assert Depo.tokenizer.encode(old.vocab) == old.encode(old.vocab)
+    assert Depo.tokenizer.encode([","]) == [len(Depo.tokenizer) - 1]
+    e = Depo().build(WORKED, ["dj"], 2)
+    assert Depo.tokenizer.decode(e.tokens) == "<bos> bc ae gi gi ae dj dj bc ? dj h2 = ae <eos>"
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 23), queries=st.integers(1, 8),
+       separators=st.booleans())
+def test_every_query_is_answered_by_following_k_links(seed, k, queries, separators):
+    task = Depo(queries=queries, separators=separators)
+    e = task.sample(k, np.random.default_rng(seed))
+    nxt = dict(tuple(p.split("->")) for p in e.instance["pairs"])
+    starts = e.instance["start"] if queries > 1 else [e.instance["start"]]
+    assert len(starts) == queries == len(set(starts)) == len(e.answer)
+    for start, answer in zip(starts, e.answer):
+        node, seen = start, []
+        for _ in range(k):
+            seen.append(node)
+            node = nxt[node]
+        assert node == answer and node not in seen  # never reachable in fewer hops
+    assert len(e) == task.max_len(k)
+    assert e.answer_mask.sum() == queries + 1
+    words = task.tokenizer.decode(e.tokens).split()
+    assert words.count(",") == (23 if separators else 0)
+
+
+def test_bad_layout_options():
+    for bad in (0, 25, True, 2.0):
+        with pytest.raises(AniraError, match="queries"):
+            Depo(queries=bad)
+    with pytest.raises(AniraError, match="distinct"):
+        Depo(queries=2).build(WORKED, ["dj", "dj"], 1)
+    with pytest.raises(AniraError, match="start node"):
+        Depo(queries=2).build(WORKED, ["dj", "zz"], 1)

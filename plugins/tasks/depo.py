@@ -10,6 +10,19 @@ Difficulty knob: k, the number of hops. The permutation is built so that the
 cycle through x has length c ~ U{k+1..n}: the answer is never reachable by
 fewer hops and never x itself. The other n - c nodes form a uniformly random
 permutation of their own (fixed points allowed).
+
+Two options change the layout, not the problem (both off by default, the
+paper's one question per mapping):
+
+- ``queries=q`` asks q questions about the same mapping, each ``? X hK = Y``
+  with the instance's k and a distinct start node whose cycle is longer than
+  k; every answer is supervised. One answer token per 55-token instance is a
+  sparse signal: our models did not learn even the one-hop lookup from it
+  (docs/deciders.md, section 7).
+- ``separators=True`` puts ``,`` between consecutive pairs, so a pair's first
+  name is recognisable from its neighbour alone; without it every node also
+  appears as the second name of another pair, a decoy told apart only by the
+  parity of its position in the pair list.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ NODES = 24
 NAMES = name_pool(100)
 MAX_HOPS = NODES - 1
 HOP_TOKENS = [f"h{k}" for k in range(1, MAX_HOPS + 1)]
-QUERY, SEP = "?", "="
+QUERY, SEP, COMMA = "?", "=", ","
 
 
 class Depo(Task):
@@ -56,7 +69,8 @@ class Depo(Task):
     min_difficulty = 1
     max_difficulty = MAX_HOPS
     default_max_iters = 6
-    tokenizer = Tokenizer([BOS, EOS, QUERY, SEP, *NAMES, *HOP_TOKENS])
+    # the pair separator comes last so that the ids of the default layout's tokens do not move
+    tokenizer = Tokenizer([BOS, EOS, QUERY, SEP, *NAMES, *HOP_TOKENS, COMMA])
 
     features: ClassVar[tuple[FeatureSpec, ...]] = (
         FeatureSpec("k", "static", "number of hops asked for"),
@@ -68,76 +82,127 @@ class Depo(Task):
         ),
     )
 
+    def __init__(self, ranges: DifficultyRanges | None = None, queries: int = 1,
+                 separators: bool = False) -> None:
+        super().__init__(ranges)
+        if isinstance(queries, bool) or not isinstance(queries, (int, np.integer)) or not 1 <= queries <= NODES:
+            raise AniraError(f"depo: queries must be an integer in 1..{NODES}, got {queries!r}")
+        self.queries = int(queries)
+        self.separators = bool(separators)
+
     def max_len(self, difficulty: int) -> int:
         self.check_difficulty(difficulty)
-        return 1 + 2 * NODES + 4 + 2
+        pairs = 2 * NODES + (NODES - 1 if self.separators else 0)
+        return 1 + pairs + 5 * self.queries + 1
 
     def _draft(self, difficulty: int, rng: np.random.Generator):
-        pairs, start = self._draw_pairs(difficulty, rng)
-        words = [BOS, *(name for pair in pairs for name in pair), QUERY, start, f"h{difficulty}", SEP]
+        pairs, starts = self._draw_pairs(difficulty, rng)
+        words = [BOS, *self._pair_words(pairs)]
+        for start in starts:
+            words += [QUERY, start, f"h{difficulty}", SEP]
         return (np.asarray(self.tokenizer.encode(words), dtype=np.int64),
-                lambda: self.build(pairs, start, difficulty))
+                lambda: self.build(pairs, starts, difficulty))
 
-    def _draw_pairs(self, difficulty: int, rng: np.random.Generator) -> tuple[list[tuple[str, str]], str]:
+    def _pair_words(self, pairs: list[tuple[str, str]]) -> list[str]:
+        words: list[str] = []
+        for i, (u, v) in enumerate(pairs):
+            words += [COMMA, u, v] if self.separators and i else [u, v]
+        return words
+
+    def _draw_pairs(self, difficulty: int, rng: np.random.Generator) -> tuple[list[tuple[str, str]], list[str]]:
         k = difficulty
         names = [NAMES[i] for i in rng.choice(len(NAMES), size=NODES, replace=False).tolist()]
         c = int(rng.integers(k + 1, NODES + 1))
         nxt: dict[str, str] = {}
-        for a in range(c):  # names[0..c-1] form the start's cycle, in link order
+        for a in range(c):  # names[0..c-1] form the first start's cycle, in link order
             nxt[names[a]] = names[(a + 1) % c]
         rest = names[c:]
         for a, b in zip(rest, [rest[i] for i in rng.permutation(len(rest)).tolist()]):
             nxt[a] = b
         order = rng.permutation(NODES).tolist()
         pairs = [(names[i], nxt[names[i]]) for i in order]
-        return pairs, names[0]
+        starts = [names[0]]
+        if self.queries > 1:
+            # further starts: distinct nodes on cycles longer than k (the first start's cycle is
+            # one), so no answer is reachable in fewer hops; a cycle of length c has c such nodes
+            eligible = [u for u in names[1:] if _cycle_length(nxt, u) > k]
+            if len(eligible) < self.queries - 1:
+                eligible = names[1:c]  # c - 1 >= k >= 1 other nodes on the first start's cycle
+            if len(eligible) < self.queries - 1:
+                raise AniraError(f"depo: {self.queries} queries need {self.queries} nodes on cycles "
+                                 f"longer than k = {k}; use fewer queries")
+            picks = rng.choice(len(eligible), size=self.queries - 1, replace=False).tolist()
+            starts += [eligible[i] for i in picks]
+        return pairs, starts
 
-    def build(self, pairs: list[tuple[str, str]], start: str, k: int) -> Example:
-        """The example for pairs ``(u, next(u))`` in input order, a start node and k hops."""
+    def build(self, pairs: list[tuple[str, str]], start: str | list[str], k: int) -> Example:
+        """The example for pairs ``(u, next(u))`` in input order, a start node (or one per
+        query) and k hops."""
+        starts = [start] if isinstance(start, str) else list(start)
         nxt = dict(pairs)
         if len(nxt) != len(pairs) or sorted(nxt) != sorted(nxt.values()):
             raise AniraError("depo: the pairs do not form a permutation")
         if not set(nxt) <= set(NAMES):
             raise AniraError(f"depo: {sorted(set(nxt) - set(NAMES), key=str)[0]!r} is not a node name")
-        if start not in nxt:
-            raise AniraError(f"depo: start node {start!r} is not in the mapping")
+        if not starts or len(set(starts)) != len(starts):
+            raise AniraError(f"depo: the start nodes must be distinct and at least one, got {starts}")
+        for s in starts:
+            if s not in nxt:
+                raise AniraError(f"depo: start node {s!r} is not in the mapping")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_HOPS:
             raise AniraError(f"depo: k must be in 1..{MAX_HOPS}, got {k}")
         where = {u: idx for idx, (u, _) in enumerate(pairs)}
-        node, backtracks, prev_at = start, 0, None
-        for _ in range(k):
-            at = where[node]
-            if prev_at is not None and at < prev_at:
-                backtracks += 1
-            prev_at = at
-            node = nxt[node]
-        cycle_len, walker = 1, nxt[start]
-        while walker != start:
-            walker, cycle_len = nxt[walker], cycle_len + 1
 
-        tokens = [BOS]
-        for u, v in pairs:
-            tokens += [u, v]
-        tokens += [QUERY, start, f"h{k}", SEP, node, EOS]
+        tokens = [BOS, *self._pair_words(pairs)]
+        answers, rows = [], []  # rows: (position predicting the answer, cycle_len, backtracks)
+        for s in starts:
+            node, backtracks, prev_at = s, 0, None
+            for _ in range(k):
+                at = where[node]
+                if prev_at is not None and at < prev_at:
+                    backtracks += 1
+                prev_at = at
+                node = nxt[node]
+            tokens += [QUERY, s, f"h{k}", SEP]
+            rows.append((len(tokens) - 1, _cycle_length(nxt, s), backtracks))
+            tokens.append(node)
+            answers.append(node)
+        tokens.append(EOS)
         n = len(tokens)
-        eq = n - 3
         feats = {spec.name: nan_array(n) for spec in self.features}
-        feats["k"][eq:eq + 2] = k
-        feats["n"][eq:eq + 2] = len(pairs)
-        feats["cycle_len"][eq] = cycle_len
-        feats["backtracks"][eq] = backtracks
         complexity = nan_array(n)
-        complexity[eq], complexity[eq + 1] = k, 0
+        for eq, cycle_len, backtracks in rows:
+            feats["cycle_len"][eq], feats["backtracks"][eq], complexity[eq] = cycle_len, backtracks, k
+        ends = [eq for eq, _, _ in rows] + [n - 2]  # the answers, and the last one predicting <eos>
+        feats["k"][ends], feats["n"][ends] = k, len(pairs)
+        complexity[n - 2] = 0
         instance = {
             "pairs": [f"{u}->{v}" for u, v in pairs],
-            "start": start,
+            "start": starts[0] if len(starts) == 1 else starts,
             "k": k,
-            "cycle_len": cycle_len,
+            "cycle_len": rows[0][1] if len(rows) == 1 else [r[1] for r in rows],
         }
-        return assemble(
-            self.tokenizer, tokens, eq + 1, complexity=complexity, features=feats,
-            instance=instance, difficulty=k, answer=[node],
+        example = assemble(
+            self.tokenizer, tokens, rows[0][0] + 1, complexity=complexity, features=feats,
+            instance=instance, difficulty=k, answer=answers,
         )
+        # with several queries the answer positions are not one span: only the positions
+        # predicting an answer or the closing <eos> are scored and trained; the rest
+        # (the later questions) belong to the question
+        scored = np.zeros(n, dtype=bool)
+        scored[ends] = True
+        example.answer_mask[:] = scored
+        example.loss_mask[:] = scored
+        example.question_mask[:] = True
+        example.question_mask[[eq + 1 for eq, _, _ in rows] + [n - 1]] = False
+        return example
+
+
+def _cycle_length(nxt: dict[str, str], start: str) -> int:
+    length, walker = 1, nxt[start]
+    while walker != start:
+        walker, length = nxt[walker], length + 1
+    return length
 
 
 @hookimpl
