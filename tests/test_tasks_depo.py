@@ -143,3 +143,13 @@ def test_bad_layout_options():
         Depo(queries=2).build(WORKED, ["dj", "dj"], 1)
     with pytest.raises(AniraError, match="start node"):
         Depo(queries=2).build(WORKED, ["dj", "zz"], 1)
+
+
+def test_many_queries_at_few_hops_redraw_the_mapping():
+    # k = 4 lets the first start's cycle be as short as 5 nodes: eight starts on cycles
+    # longer than k need the mapping to be drawn again, never a short cycle's node
+    task = Depo(queries=8)
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        e = task.sample(4, rng)
+        assert (e.features["cycle_len"][e.answer_mask][:-1] > 4).all()

@@ -110,30 +110,35 @@ class Depo(Task):
         return words
 
     def _draw_pairs(self, difficulty: int, rng: np.random.Generator) -> tuple[list[tuple[str, str]], list[str]]:
-        k = difficulty
+        # with several queries, every start must lie on a cycle longer than k (so that no answer
+        # is reachable in fewer hops); a mapping with too few such nodes is drawn again
+        for _ in range(1000):
+            nxt, names = self._draw_mapping(difficulty, rng)
+            if self.queries == 1:
+                return [(names[i], nxt[names[i]]) for i in rng.permutation(NODES).tolist()], [names[0]]
+            eligible = [u for u in names[1:] if _cycle_length(nxt, u) > difficulty]
+            if len(eligible) >= self.queries - 1:
+                break
+        else:
+            raise AniraError(f"depo: could not draw a mapping with {self.queries} nodes on cycles "
+                             f"longer than k = {difficulty}; use fewer queries")
+        order = rng.permutation(NODES).tolist()
+        pairs = [(names[i], nxt[names[i]]) for i in order]
+        picks = rng.choice(len(eligible), size=self.queries - 1, replace=False).tolist()
+        return pairs, [names[0], *(eligible[i] for i in picks)]
+
+    @staticmethod
+    def _draw_mapping(k: int, rng: np.random.Generator) -> tuple[dict[str, str], list[str]]:
+        """A random permutation whose cycle through ``names[0]`` has length c ~ U{k+1..n}."""
         names = [NAMES[i] for i in rng.choice(len(NAMES), size=NODES, replace=False).tolist()]
         c = int(rng.integers(k + 1, NODES + 1))
         nxt: dict[str, str] = {}
-        for a in range(c):  # names[0..c-1] form the first start's cycle, in link order
+        for a in range(c):  # names[0..c-1] form the start's cycle, in link order
             nxt[names[a]] = names[(a + 1) % c]
         rest = names[c:]
         for a, b in zip(rest, [rest[i] for i in rng.permutation(len(rest)).tolist()]):
             nxt[a] = b
-        order = rng.permutation(NODES).tolist()
-        pairs = [(names[i], nxt[names[i]]) for i in order]
-        starts = [names[0]]
-        if self.queries > 1:
-            # further starts: distinct nodes on cycles longer than k (the first start's cycle is
-            # one), so no answer is reachable in fewer hops; a cycle of length c has c such nodes
-            eligible = [u for u in names[1:] if _cycle_length(nxt, u) > k]
-            if len(eligible) < self.queries - 1:
-                eligible = names[1:c]  # c - 1 >= k >= 1 other nodes on the first start's cycle
-            if len(eligible) < self.queries - 1:
-                raise AniraError(f"depo: {self.queries} queries need {self.queries} nodes on cycles "
-                                 f"longer than k = {k}; use fewer queries")
-            picks = rng.choice(len(eligible), size=self.queries - 1, replace=False).tolist()
-            starts += [eligible[i] for i in picks]
-        return pairs, starts
+        return nxt, names
 
     def build(self, pairs: list[tuple[str, str]], start: str | list[str], k: int) -> Example:
         """The example for pairs ``(u, next(u))`` in input order, a start node (or one per
