@@ -114,9 +114,7 @@ class Depo(Task):
         # is reachable in fewer hops); a mapping with too few such nodes is drawn again
         for _ in range(1000):
             nxt, names = self._draw_mapping(difficulty, rng)
-            if self.queries == 1:
-                return [(names[i], nxt[names[i]]) for i in rng.permutation(NODES).tolist()], [names[0]]
-            eligible = [u for u in names[1:] if _cycle_length(nxt, u) > difficulty]
+            eligible = [] if self.queries == 1 else [u for u in names[1:] if _cycle_length(nxt, u) > difficulty]
             if len(eligible) >= self.queries - 1:
                 break
         else:
@@ -124,7 +122,7 @@ class Depo(Task):
                              f"longer than k = {difficulty}; use fewer queries")
         order = rng.permutation(NODES).tolist()
         pairs = [(names[i], nxt[names[i]]) for i in order]
-        picks = rng.choice(len(eligible), size=self.queries - 1, replace=False).tolist()
+        picks = rng.choice(len(eligible), size=self.queries - 1, replace=False).tolist() if self.queries > 1 else []
         return pairs, [names[0], *(eligible[i] for i in picks)]
 
     @staticmethod
