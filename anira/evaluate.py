@@ -4,6 +4,9 @@ Definitions (docs/evaluation.md states them in full):
 
 * accuracy: exact match of the teacher-forced argmax predictions on every
   answer token (``task.score``).
+* token_acc: the fraction of answer positions whose teacher-forced argmax
+  prediction is right (``task.token_correct``), pooled over all answer
+  positions of all instances (each answer token weighs the same).
 * mean exit depth / mean expected depth over *answer* positions (positions
   ``i`` with ``answer_mask[i]``: position ``i`` computes the prediction of answer
   token ``i + 1``), pooled over all answer positions of all instances.
@@ -110,6 +113,8 @@ class Tally:
     n_correct: int = 0
     n_tokens: int = 0  # non-pad positions
     n_answer: int = 0  # answer positions
+    n_answer_scored: int = 0  # answer positions whose correctness was given (``answer_correct``)
+    n_answer_correct: int = 0  # of those, the ones predicted right
     exit_all: float = 0.0  # Σ exit depth over non-pad positions
     expected_all: float = 0.0
     exit_answer: float = 0.0  # Σ exit depth over answer positions
@@ -133,11 +138,14 @@ class Tally:
         complexity: np.ndarray,
         running: np.ndarray | None = None,
         features: dict[str, np.ndarray] | None = None,
+        answer_correct: np.ndarray | None = None,
     ) -> None:
         """Add one batch. Arrays are (b, p) except ``correct`` (b,) and ``running``
         (D, b, p); ``complexity`` and each of ``features`` (b, p) are NaN where undefined. Without ``running`` the
         cost is the sum of exit depths (equal by construction when every token
-        runs iterations 1..d_i)."""
+        runs iterations 1..d_i). ``answer_correct`` (b, p) marks the positions
+        predicted right; only answer positions count. Without it the batch's
+        answer tokens are left out of ``token_acc``."""
         token_mask = np.asarray(token_mask, dtype=bool)
         answer_mask = np.asarray(answer_mask, dtype=bool) & token_mask
         exit_depth = np.asarray(exit_depth, dtype=np.float64)
@@ -148,6 +156,12 @@ class Tally:
         self.n_correct += int(correct.sum())
         self.n_tokens += int(token_mask.sum())
         self.n_answer += int(answer_mask.sum())
+        if answer_correct is not None:
+            answer_correct = np.asarray(answer_correct, dtype=bool)
+            if answer_correct.shape != answer_mask.shape:
+                raise AniraError(f"answer_correct has shape {answer_correct.shape}, answer_mask {answer_mask.shape}")
+            self.n_answer_scored += int(answer_mask.sum())
+            self.n_answer_correct += int((answer_correct & answer_mask).sum())
         self.exit_all += float(exit_depth[token_mask].sum())
         self.expected_all += float(expected_depth[token_mask].sum())
         self.exit_answer += float(exit_depth[answer_mask].sum())
@@ -174,8 +188,8 @@ class Tally:
         if other.max_iters != self.max_iters:
             raise AniraError(f"cannot merge tallies of D={self.max_iters} and D={other.max_iters}")
         out = Tally(max_iters=self.max_iters)
-        for name in ("n_instances", "n_correct", "n_tokens", "n_answer", "exit_all", "expected_all",
-                     "exit_answer", "expected_answer", "cost"):
+        for name in ("n_instances", "n_correct", "n_tokens", "n_answer", "n_answer_scored", "n_answer_correct",
+                     "exit_all", "expected_all", "exit_answer", "expected_answer", "cost"):
             setattr(out, name, getattr(self, name) + getattr(other, name))
         for name in ("complexity", "complexity_exit", "complexity_expected"):
             setattr(out, name, getattr(self, name) + getattr(other, name))
@@ -215,6 +229,8 @@ class Tally:
                 name: {"exit_depth": spearman(_cat(ex), _cat(vals)), "expected_depth": spearman(_cat(ed), _cat(vals))}
                 for name, (vals, ex, ed) in sorted(self.features.items())
             },
+            token_acc=_ratio(self.n_answer_correct, self.n_answer_scored),
+            n_correct_answer_tokens=self.n_answer_correct,
         )
 
 
@@ -243,6 +259,10 @@ class Metrics:
     # Spearman of exit / expected depth with each task feature (e.g. LANO's parser
     # proxies, docs/paper.md §4), over the positions where the feature is defined
     feature_spearman: dict[str, dict[str, float]] = field(default_factory=dict)
+    # answer tokens predicted right / answer tokens, pooled over instances (each token
+    # weighs the same); NaN (null) when not measured, e.g. read from JSON of an older anira
+    token_acc: float = math.nan
+    n_correct_answer_tokens: int = 0
 
 
 @dataclass
@@ -416,6 +436,29 @@ def _sample(task: Task, example: Example, row: int, out: Any, predicted: np.ndar
     )
 
 
+def _score_batch(task: Task, chunk: list[Example], predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Exact match per instance (b,) and right answer positions (b, p), or None where
+    the task redefines ``score`` without ``token_correct``: then its per-token
+    rule is unknown and ``token_acc`` is left undefined rather than contradicting
+    its exact match."""
+    cls = type(task)
+    own_score = cls.score is not Task.score
+    if own_score and cls.token_correct is Task.token_correct:
+        return np.array([task.score(e, predicted[j, : len(e)]) for j, e in enumerate(chunk)], dtype=bool), None
+    right = np.zeros(predicted.shape, dtype=bool)
+    for j, e in enumerate(chunk):
+        right[j, : len(e)] = task.token_correct(e, predicted[j, : len(e)])
+    # Task.score is exactly this; computing it here saves a second pass (LANO parses)
+    whole = np.array([right[j, : len(e) - 1][e.answer_mask[:-1]].all() for j, e in enumerate(chunk)], dtype=bool)
+    if own_score:
+        correct = np.array([task.score(e, predicted[j, : len(e)]) for j, e in enumerate(chunk)], dtype=bool)
+        if not np.array_equal(correct, whole):
+            raise AniraError(f"{task.name}: score() and token_correct() disagree on an instance "
+                             "(exact match must be every answer token right)")
+        return correct, right
+    return whole, right
+
+
 def _check_positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise AniraError(f"{name} must be a positive integer, got {value!r}")
@@ -487,7 +530,7 @@ def evaluate(
                 with torch.no_grad():
                     out = model(torch.from_numpy(batch.tokens))
                 predicted = out.logits.argmax(-1).cpu().numpy()
-                correct = np.array([task.score(e, predicted[j, : len(e)]) for j, e in enumerate(chunk)])
+                correct, answer_correct = _score_batch(task, chunk, predicted)
                 width = batch.tokens.shape[1]
                 token_mask = np.arange(width)[None, :] < batch.lengths[:, None]
                 tally.add(
@@ -499,6 +542,7 @@ def evaluate(
                     complexity=_padded(chunk, width, "complexity", math.nan),
                     running=out.running.cpu().numpy(),
                     features={spec.name: _padded_feature(chunk, width, spec.name) for spec in task.features},
+                    answer_correct=answer_correct,
                 )
                 for j in range(max(0, min(n_samples - start, len(chunk)))):
                     samples.append(_sample(task, chunk[j], j, out, predicted[j], bool(correct[j])))

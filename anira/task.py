@@ -222,16 +222,30 @@ class Task:
         ``predicted[i]`` is the model's (teacher-forced, greedy) prediction at
         position ``i`` for token ``i + 1``. For deterministic answers, all-correct
         teacher-forced predictions are exactly what greedy decoding would emit.
+        Defined as :meth:`token_correct` at every answer position, so a task that
+        redefines what a right token is overrides that method only.
+        """
+        right = self.token_correct(example, predicted)
+        # the last position predicts no token, so it is never scored
+        return bool(np.all(right[:-1][example.answer_mask[:-1]]))
+
+    def token_correct(self, example: Example, predicted: np.ndarray) -> np.ndarray:
+        """Bool [n]: True exactly at the answer positions ``i`` whose prediction
+        ``predicted[i]`` is right (here: equals token ``i + 1``); False elsewhere.
+
+        The per-token form of :meth:`score`; its share of the answer positions
+        is ``token_acc`` in ``anira eval`` (docs/evaluation.md).
         """
         target = example.tokens[1:]
-        mask = example.answer_mask[:-1]
         pred = np.asarray(predicted)
         if pred.ndim != 1 or len(pred) < len(target):
             raise AniraError(
                 f"{self.name}: expected one prediction per position (at least {len(target)}), "
                 f"got shape {pred.shape}"
             )
-        return bool(np.all(pred[: len(target)][mask] == target[mask]))
+        right = np.zeros(len(example), dtype=bool)
+        right[: len(target)] = (pred[: len(target)] == target) & example.answer_mask[:-1]
+        return right
 
     def decode(self, ids: Any) -> str:
         return self.tokenizer.decode(ids)

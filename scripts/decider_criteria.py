@@ -3,7 +3,8 @@
     python scripts/decider_criteria.py FIXED.json ADAPTIVE.json [...] [--out summary.json]
 
 For each adaptive model against the fixed-depth model of the same recipe and budget:
-in-distribution exact match and its gap to the fixed model, mean exit depth over
+in-distribution exact match and its gap to the fixed model (``--out`` also keeps the
+answer-token accuracy ID and OOD), mean exit depth over
 answer tokens against 0.75·D, Spearman of per-difficulty mean exit depth with the
 difficulty, and per-token Spearman(exit depth, complexity) on answer tokens.
 """
@@ -26,6 +27,8 @@ def summary(path: Path) -> dict:
     return {
         "name": path.stem, "policy": data["policy"], "step": data["step"], "max_iters": data["max_iters"],
         "id_accuracy": ind["accuracy"], "ood_accuracy": data["ood"]["metrics"]["accuracy"],
+        # answer tokens right / answer tokens (docs/evaluation.md); None in JSON of an older anira
+        "id_token_acc": ind.get("token_acc"), "ood_token_acc": data["ood"]["metrics"].get("token_acc"),
         "mean_exit_depth": ind["mean_exit_depth"],
         "depth_by_difficulty": {p["difficulty"]: round(p["metrics"]["mean_exit_depth"], 3) for p in rows},
         "accuracy_by_difficulty": {p["difficulty"]: round(p["metrics"]["accuracy"], 3) for p in rows},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -14,7 +15,7 @@ from anira import build_model, preset_config
 from anira.errors import AniraError
 from anira.evaluate import SCHEMA_VERSION, EvalResult, Tally, evaluate, rankdata, spearman
 from anira.registry import default_registry
-from anira.task import DifficultyRanges, collate
+from anira.task import DifficultyRanges, Task, collate
 
 RANGES = DifficultyRanges(train=(3, 4), test_id=(3, 4), test_ood=(5, 6))
 
@@ -120,6 +121,31 @@ def test_tally_cost_from_running_mask_and_merge():
     assert math.isnan(pooled.spearman_exit_depth)  # complexity never defined
 
 
+def test_tally_token_acc_weights_tokens_not_instances():
+    D = 4
+    # row 1: two answer positions, both right; row 2: four answer positions (one is a pad,
+    # ignored), one right. Right marks outside answer positions must not count.
+    answer_mask = np.array([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], dtype=bool)
+    token_mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], dtype=bool)
+    answer_correct = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 0, 1]], dtype=bool)
+    kw = dict(correct=np.array([True, False]), exit_depth=np.ones((2, 5)), expected_depth=np.ones((2, 5)),
+              token_mask=token_mask, answer_mask=answer_mask, complexity=np.full((2, 5), np.nan))
+    t = Tally(max_iters=D)
+    t.add(**kw, answer_correct=answer_correct)
+    m = t.metrics()
+    assert m.n_answer_tokens == 5 and m.n_correct_answer_tokens == 3
+    assert m.token_acc == pytest.approx(3 / 5)  # per token; per instance it would be (1 + 1/3) / 2
+    assert m.accuracy == 0.5  # exact match untouched
+    # pooled with a batch without token correctness: only the scored answer tokens count
+    other = Tally(max_iters=D)
+    other.add(**kw)
+    assert math.isnan(other.metrics().token_acc)
+    assert t.merge(other).metrics().token_acc == pytest.approx(3 / 5)
+    assert t.merge(t).metrics().n_correct_answer_tokens == 6
+    with pytest.raises(AniraError):
+        Tally(max_iters=D).add(**kw, answer_correct=answer_correct[:, :4])
+
+
 # --- evaluate() on real (tiny) models -------------------------------------------------------
 
 
@@ -138,6 +164,94 @@ class ForcedDepth(nn.Module):
 
     def forward(self, tokens):
         return self.inner(tokens, exit_depths=self.depths(tokens, self.cfg.max_iters))
+
+
+class PlantedPredictions(nn.Module):
+    """Wraps a model so its argmax is the true next token (teacher forcing shows it) at
+    every position except those with ``i % 3 == 0``, where it is a wrong token."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.cfg = model.cfg
+        self.policy = model.policy
+
+    @staticmethod
+    def right(length: int) -> np.ndarray:
+        return np.arange(length) % 3 != 0
+
+    def forward(self, tokens):
+        out = self.inner(tokens)
+        vocab = out.logits.shape[-1]
+        nxt = torch.cat([tokens[:, 1:], tokens[:, -1:]], dim=1)  # (b, p): token i + 1
+        wrong = (nxt + 1) % vocab
+        pred = torch.where(torch.from_numpy(self.right(tokens.shape[1])), nxt, wrong)
+        return dataclasses.replace(out, logits=nn.functional.one_hot(pred, vocab).float())
+
+
+@pytest.mark.parametrize("name,options,ks", [("brevo", {}, [3, 4]), ("depo", {"queries": 3}, [2])])
+def test_token_acc_on_planted_predictions(name, options, ks):
+    task = default_registry().task(name)(**options)
+    model = PlantedPredictions(small_model(task, "fixed", max_len=160))
+    n, seed = 6, 2
+    res = evaluate(model, task, n_per_difficulty=n, seed=seed, difficulties=ks, batch_size=4)
+    pooled_right = pooled_answer = 0
+    per_instance = []
+    for k in ks:
+        rng = np.random.default_rng([seed, k])
+        examples = [task.sample(k, rng, split="test") for _ in range(n)]
+        right = [PlantedPredictions.right(len(e))[e.answer_mask] for e in examples]
+        n_right, n_answer = sum(int(r.sum()) for r in right), sum(r.size for r in right)
+        m = res.difficulty(k).metrics
+        assert m.n_correct_answer_tokens == n_right and m.n_answer_tokens == n_answer
+        assert m.token_acc == pytest.approx(n_right / n_answer)
+        assert 0 < m.token_acc < 1
+        # exact match is what it always was: the task's scorer on the same predictions
+        assert m.accuracy == pytest.approx(np.mean([r.all() for r in right]))
+        pooled_right, pooled_answer = pooled_right + n_right, pooled_answer + n_answer
+        per_instance += [r.mean() for r in right]
+    summary = res.in_distribution.metrics
+    assert summary.token_acc == pytest.approx(pooled_right / pooled_answer)
+    if name == "brevo":  # answers of different lengths: per token differs from per instance
+        assert not summary.token_acc == pytest.approx(np.mean(per_instance))
+    else:  # every instance has queries answers plus <eos>
+        assert pooled_answer == (3 + 1) * n * len(ks)
+
+
+class ScoreOnly(Task):
+    """A plugin-style task that redefines exact match without a per-token rule."""
+
+    def __init__(self, inner, score):
+        self.inner, self._score = inner, score
+        self.name, self.tokenizer, self.ranges = inner.name, inner.tokenizer, inner.ranges
+        self.knob, self.features = inner.knob, inner.features
+
+    def sample(self, difficulty, rng, split="train"):
+        return self.inner.sample(difficulty, rng, split)
+
+    def check_difficulty(self, difficulty):
+        self.inner.check_difficulty(difficulty)
+
+    def score(self, example, predicted):
+        return self._score(example, predicted)
+
+
+class ScoreAndTokens(ScoreOnly):
+    def token_correct(self, example, predicted):
+        return Task.token_correct(self, example, predicted)
+
+
+def test_token_acc_needs_a_per_token_rule_that_agrees_with_score():
+    task = small_task()
+    model = PlantedPredictions(small_model(task, "fixed"))
+    kw = dict(n_per_difficulty=3, difficulties=[3])
+    ref = evaluate(model, task, **kw).difficulty(3).metrics
+    only = evaluate(model, ScoreOnly(task, lambda e, p: True), **kw).difficulty(3).metrics
+    assert only.accuracy == 1.0 and math.isnan(only.token_acc) and ref.token_acc > 0
+    both = evaluate(model, ScoreAndTokens(task, task.score), **kw).difficulty(3).metrics
+    assert both == ref
+    with pytest.raises(AniraError, match="disagree"):
+        evaluate(model, ScoreAndTokens(task, lambda e, p: True), **kw)
 
 
 def test_fixed_policy_costs_exactly_D():
@@ -240,6 +354,7 @@ METRIC_KEYS = {
     "n", "accuracy", "mean_exit_depth", "mean_expected_depth", "mean_exit_depth_all",
     "mean_expected_depth_all", "execution_cost", "cost_ratio", "spearman_exit_depth",
     "spearman_expected_depth", "n_tokens", "n_answer_tokens", "n_complexity_tokens", "feature_spearman",
+    "token_acc", "n_correct_answer_tokens",
 }
 
 
@@ -264,3 +379,15 @@ def test_json_schema_is_stable_and_round_trips():
     assert EvalResult.from_json(res.to_json()).to_json() == res.to_json()
     with pytest.raises(AniraError):
         EvalResult.from_dict({**data, "schema_version": 99})
+
+
+def test_json_without_token_acc_still_reads():
+    # an eval JSON of an anira before token_acc: same schema version, the keys only added
+    task = small_task()
+    data = evaluate(small_model(task, "anira-e"), task, n_per_difficulty=2, seed=0).to_dict()
+    assert data["in_distribution"]["metrics"]["token_acc"] is not None
+    for m in [r["metrics"] for r in data["per_difficulty"]] + [data["in_distribution"]["metrics"], data["ood"]["metrics"]]:
+        del m["token_acc"], m["n_correct_answer_tokens"]
+    old = EvalResult.from_dict(data)
+    assert math.isnan(old.in_distribution.metrics.token_acc)
+    assert old.to_dict()["in_distribution"]["metrics"]["token_acc"] is None

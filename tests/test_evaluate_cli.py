@@ -44,6 +44,8 @@ def test_eval_json_and_plots(checkpoints, tmp_path, capsys):
     assert data["label"] == "fixed" and data["seed"] == 3 and data["n_per_difficulty"] == 2
     assert [r["difficulty"] for r in data["per_difficulty"]] == [3, 4, 5, 6]
     assert data["in_distribution"]["metrics"]["cost_ratio"] == 1.0
+    m = data["in_distribution"]["metrics"]
+    assert m["token_acc"] == pytest.approx(m["n_correct_answer_tokens"] / m["n_answer_tokens"])
     assert sorted(p.name for p in out.iterdir()) == [
         "accuracy_vs_difficulty.png", "depth_vs_difficulty.png", "eval.json", "token_depths.png",
         "training_dynamics.png",
@@ -56,6 +58,7 @@ def test_eval_table(checkpoints, capsys):
     text = capsys.readouterr().out
     assert "mano · policy anira-e" in text
     assert "ID" in text and "OOD" in text and "(5..6)" in text
+    assert "tok acc" in text.splitlines()[3]  # the header row
 
 
 def test_report_cli(checkpoints, tmp_path, capsys):

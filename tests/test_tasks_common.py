@@ -82,6 +82,12 @@ def test_determinism_and_wrong_answers(registry, name):
         i = int(np.flatnonzero(a.answer_mask)[0])
         pred[i] = (pred[i] % (task.vocab_size - 1)) + 1 if pred[i] != 1 else 2
         assert not task.score(a, pred)
+        # per token: every answer position right except the corrupted one, nothing else marked
+        want = np.zeros(len(a), dtype=bool)
+        want[:-1] = a.answer_mask[:-1]
+        np.testing.assert_array_equal(task.token_correct(a, a.tokens[1:]), want)
+        want[i] = False
+        np.testing.assert_array_equal(task.token_correct(a, pred), want)
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -196,6 +202,8 @@ def test_score_and_decode_reject_malformed_input(registry):
         task.score(e, e.tokens[1:3])  # fewer predictions than the example's positions
     with pytest.raises(AniraError):
         task.score(e, np.stack([e.tokens[1:], e.tokens[1:]]))  # a batch, not one example
+    with pytest.raises(AniraError):
+        task.token_correct(e, e.tokens[1:3])
     with pytest.raises(AniraError):
         task.decode(np.array([1.5]))
 

@@ -177,6 +177,24 @@ def test_score_rejects_ungrammatical_predictions():
     assert not task.score(e, np.array([ids["a"], ids["<eos>"], ids["<eos>"]]))  # "a" is not a sentence
 
 
+def test_token_correct_marks_each_grammatical_prediction():
+    task = Lano(grammar=hand_grammar())
+    e = task.build(["a", "b"])
+    ids = task.tokenizer.index
+
+    def right(*words):
+        return task.token_correct(e, np.array([ids[w] for w in words])).tolist()
+
+    # positions <bos> a b <eos>: after <bos> a or b may follow, after "a" a or b,
+    # after "a b" only <eos>; the last position predicts nothing
+    assert right("a", "b", "<eos>") == [True, True, True, False]
+    assert right("b", "a", "<eos>") == [True, True, True, False]
+    assert right("c", "b", "<eos>") == [False, True, True, False]
+    assert right("a", "<eos>", "<eos>") == [True, False, True, False]
+    assert right("a", "b") == [True, True, False, False]  # a missing prediction is wrong
+    assert not task.score(e, np.array([ids["a"], ids["b"]]))
+
+
 def test_knob_raises_total_parser_work():
     task = Lano()
     rng = np.random.default_rng(0)

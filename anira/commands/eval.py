@@ -1,4 +1,5 @@
-"""``anira eval CKPT``: per-difficulty accuracy, depth, cost and alignment of one checkpoint.
+"""``anira eval CKPT``: per-difficulty accuracy (exact match and per answer token), depth, cost and
+alignment of one checkpoint.
 
 Prints a table, or with ``--json`` the result in the schema documented in
 docs/evaluation.md; ``--out DIR`` also writes the plots and ``eval.json``.
@@ -108,13 +109,13 @@ def format_result(result: Any) -> str:
         "depths over answer positions; * = training range",
         "",
     ]
-    header = f"{'k':>5}  {'n':>5}  {'acc':>6}  {'exit d':>6}  {'E[d]':>6}  {'E[d] all':>8}  {'cost':>6}  {'ρ exit':>6}  {'ρ E[d]':>6}"
+    header = f"{'k':>5}  {'n':>5}  {'acc':>6}  {'tok acc':>7}  {'exit d':>6}  {'E[d]':>6}  {'E[d] all':>8}  {'cost':>6}  {'ρ exit':>6}  {'ρ E[d]':>6}"
     lines.append(header)
     lines.append("-" * len(header))
 
     def row(label: str, m: Any) -> str:
         return (
-            f"{label:>5}  {m.n:>5}  {_f(m.accuracy, 3):>6}  {_f(m.mean_exit_depth, 2):>6}  "
+            f"{label:>5}  {m.n:>5}  {_f(m.accuracy, 3):>6}  {_f(m.token_acc, 3):>7}  {_f(m.mean_exit_depth, 2):>6}  "
             f"{_f(m.mean_expected_depth, 2):>6}  {_f(m.mean_expected_depth_all, 2):>8}  {_f(m.cost_ratio, 3):>6}  "
             f"{_f(m.spearman_exit_depth, 3):>6}  {_f(m.spearman_expected_depth, 3):>6}"
         )
@@ -128,5 +129,6 @@ def format_result(result: Any) -> str:
             lines.append(row(name, summary.metrics) + f"   ({bounds[0]}..{bounds[1]})")
     for s in result.skipped:
         lines.append(f"skipped difficulty {s['difficulty']}: {s['reason']}")
+    lines.append("acc = exact match (every answer token right); tok acc = answer tokens right / answer tokens")
     lines.append("cost = Σ_d |A_d| / (D × tokens); ρ = Spearman with the task's per-token complexity")
     return "\n".join(lines)

@@ -229,28 +229,25 @@ class Lano(Task):
             answer=list(words),
         )
 
-    def score(self, example: Example, predicted: np.ndarray) -> bool:
-        """Every greedy prediction is a grammatical continuation of its prefix.
+    def token_correct(self, example: Example, predicted: np.ndarray) -> np.ndarray:
+        """A prediction is right when it is a grammatical continuation of its prefix.
 
         A sample of a language has no single right next token, so exact match
         would be meaningless; instead the prediction at position i must be a
         terminal the grammar allows after tokens 1..i, or ``<eos>`` where the
-        prefix is a complete sentence.
+        prefix is a complete sentence. ``score`` (every prediction right) uses this.
         """
         words = self.tokenizer.decode(example.tokens).split()[1:-1]
         stats = parse_proxies(self.grammar, words)
         pred = np.asarray(predicted).reshape(-1)
         eos = self.tokenizer.index[EOS]
-        for i, st in enumerate(stats):
-            if i >= len(pred):
-                return False
+        right = np.zeros(len(example), dtype=bool)
+        for i, st in enumerate(stats[: len(pred)]):  # a missing prediction is wrong
             p = int(pred[i])
-            ok = (p == eos and st.complete) or (
+            right[i] = (p == eos and st.complete) or (
                 0 <= p < len(self.tokenizer) and self.tokenizer.vocab[p] in st.expected
             )
-            if not ok:
-                return False
-        return True
+        return right & example.answer_mask
 
 
 @hookimpl
