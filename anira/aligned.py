@@ -15,16 +15,23 @@ so checkpoints are unchanged) that computes
   sliced off, so every caller sees exactly ``out_features`` columns. The padding
   is made from the parameter inside ``forward`` (never a cached copy that could go
   stale); the real rows' gradients are those of the unpadded product;
-* with one output under ``torch.compile``: y = Σ_i x_i·w_i + b, an element-wise
-  product and a sum over the features, accumulated in float32 as a GEMM
-  accumulates: no GEMM at all, and inductor fuses the reduction (and its backward,
-  an outer product) with the neighbouring element-wise work. Run eagerly the same
-  reduction would write the (tokens × in) product to memory, in float32, and keep
-  it for the backward, so eager padding to 8 outputs is the cheaper aligned form.
+* with one output: y = Σ_i x_i·w_i + b, an element-wise product and a sum over the
+  features, accumulated in float32 as a GEMM accumulates: no GEMM at all, and
+  inductor fuses the reduction (and its backward, an outer product) with the
+  neighbouring element-wise work.
 
-``aligned = False`` computes exactly what ``nn.Linear`` computes: the training
-benchmark sets it on its baseline model (:func:`set_aligned_gemms`) to time both
-side by side.
+Only under ``torch.compile`` (``torch.compiler.is_compiling()``): there the padding and
+the slice fuse into the surrounding graph and the aligned forms pay (1.017× MANO,
+1.026× BREVO training steps under CUDA graphs on the H200). Run eagerly, each call
+would materialise a fresh padded weight and a sliced copy, which cost more than the
+unaligned kernel they avoid (0.96× BREVO, 0.99× MANO eager steps on the H200,
+docs/benchmarks.md "Training throughput"), and the one-output reduction would write
+the (tokens × in) product to memory; so eager calls compute the plain ``nn.Linear``
+product.
+
+``aligned = False`` computes exactly what ``nn.Linear`` computes under compilation
+too: the training benchmark sets it on its baseline model (:func:`set_aligned_gemms`)
+to time both side by side.
 """
 
 from __future__ import annotations
@@ -66,9 +73,9 @@ class AlignedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.out_features
-        if not self.aligned or n % ALIGN == 0:
-            return super().forward(x)
-        if n == 1 and torch.compiler.is_compiling():
+        if not self.aligned or n % ALIGN == 0 or not torch.compiler.is_compiling():
+            return super().forward(x)  # eager: the plain product is the faster one (module docstring)
+        if n == 1:
             return single_output(x, self.weight, self.bias)
         pad = -n % ALIGN
         weight = F.pad(self.weight, (0, 0, 0, pad))  # (n + pad, in): zero rows at the end

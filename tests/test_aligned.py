@@ -159,19 +159,29 @@ def test_compiled_one_output_is_a_reduction_and_the_rest_aligned(n, products):
     assert all(dim % ALIGN == 0 for mats in shapes for shape in mats for dim in shape)
 
 
-def test_eager_one_output_is_padded_to_eight():
-    plain, aligned = _pair(1, True, torch.float32)
-    for layer, widths in ((aligned, {8}), (plain, {1})):
-        with MatmulShapes() as seen:  # forward, dX and dW: all with the output width
-            _forward_backward(layer, torch.randn(16, 24), torch.randn(16, 1))
-        assert len(seen.shapes) == 3
-        assert {dim for _, mats in seen.shapes for shape in mats for dim in shape} - {16, 24} == widths
+@pytest.mark.parametrize("n", [1, VOCAB])
+def test_eager_calls_are_the_plain_product(n):
+    # eagerly the padding would cost more than the unaligned kernel it avoids (module docstring):
+    # the aligned layer dispatches exactly nn.Linear's products and gives its values bit for bit
+    plain, aligned = _pair(n, True, torch.float32)
+    g = torch.Generator().manual_seed(2)
+    x, upstream = torch.randn(16, 24, generator=g), torch.randn(16, n, generator=g)
+    seen = {}
+    for name, layer in (("plain", plain), ("aligned", aligned)):
+        with MatmulShapes() as rec:  # forward, dX and dW
+            seen[name] = _forward_backward(layer, x, upstream)
+        seen[name + "_shapes"] = rec.shapes
+    assert seen["aligned_shapes"] == seen["plain_shapes"] and len(seen["plain_shapes"]) == 3
+    y0, g0 = seen["plain"]
+    y1, g1 = seen["aligned"]
+    assert torch.equal(y0, y1) and all(torch.equal(g0[k], g1[k]) for k in g0)
 
 
-def _training_step(model, tokens: Tensor) -> tuple:
+def _training_step(forward, tokens: Tensor, model=None) -> tuple:
     torch.manual_seed(3)  # the policy's exit samples: the same draw for every model
-    out = model(tokens)
-    loss = compute_loss(model, out, tokens, torch.ones_like(tokens, dtype=torch.bool))
+    out = forward(tokens)
+    loss = compute_loss(model if model is not None else forward, out, tokens,
+                        torch.ones_like(tokens, dtype=torch.bool))
     loss.total.backward()
     return out, loss.total
 
@@ -184,31 +194,39 @@ def _model(policy: str):
 TOKENS = torch.randint(1, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))  # 16 rows: aligned
 
 
-@pytest.mark.parametrize("policy, unaligned_dims", [("anira-o", {VOCAB, 1}), ("anira-e", {VOCAB, 4}),
-                                                     ("fixed", {VOCAB})])
-def test_every_matrix_product_of_a_training_step_is_aligned(policy, unaligned_dims):
-    model = _model(policy)
-    with MatmulShapes() as seen:
-        _training_step(model, TOKENS)
-    assert seen.shapes and seen.unaligned() == []
-    # planted: the plain nn.Linear products have the vocabulary's and the deciders' widths
-    model = _model(policy)
-    assert set_aligned_gemms(model, False) == (1 if policy == "fixed" else 2)
-    with MatmulShapes() as seen:
-        _training_step(model, TOKENS)
-    dims = {dim for _, shapes in seen.unaligned() for shape in shapes for dim in shape[-2:] if dim % ALIGN}
-    assert dims == unaligned_dims
+def _compiled_training_step(model) -> tuple:
+    """One training step of ``model`` compiled (AOT autograd, eager kernels): its output,
+    loss, and the operand shapes of every matrix product in the traced forward and
+    backward graphs (the aligned forms apply only under compilation)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=record, bw_compiler=record))
+    out, loss = _training_step(compiled, TOKENS, model)
+    return out, loss, _products(graphs)
 
 
-@pytest.mark.parametrize("policy", ["anira-o", "anira-e"])
-def test_aligned_model_trains_like_the_unaligned_one(policy):
+@pytest.mark.parametrize("policy, unaligned_dims", [("anira-o", {VOCAB, 1}), ("anira-e", {VOCAB, 4})])
+def test_compiled_training_step_is_aligned_and_computes_the_unaligned_one(policy, unaligned_dims):
     aligned = _model(policy)
     plain = copy.deepcopy(aligned)
-    set_aligned_gemms(plain, False)
+    assert set_aligned_gemms(plain, False) == 2  # the unembedding and the decider's output layer
     widths = []
     aligned.hook_logits.add_hook(lambda x, hook: widths.append(x.shape[-1]))
-    out1, loss1 = _training_step(aligned, TOKENS)
-    out0, loss0 = _training_step(plain, TOKENS)
+    out1, loss1, shapes1 = _compiled_training_step(aligned)
+    out0, loss0, shapes0 = _compiled_training_step(plain)
+    # every product of the aligned step has its dimensions multiples of 8 ...
+    assert shapes1 and all(dim % ALIGN == 0 for mats in shapes1 for shape in mats for dim in shape[-2:])
+    # ... while the plain nn.Linear products (planted) have the vocabulary's and the decider's widths
+    assert {dim for mats in shapes0 for shape in mats for dim in shape[-2:] if dim % ALIGN} == unaligned_dims
+    # and both compute the same step: callers see exactly VOCAB columns, gradients included
     assert widths == [VOCAB] and out1.logits.shape == (*TOKENS.shape, VOCAB)
     torch.testing.assert_close(out1.logits, out0.logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out1.q, out0.q, rtol=1e-5, atol=1e-6)

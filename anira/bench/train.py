@@ -118,7 +118,9 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     with the same initial weights, once per entry of ``gemms``: ``aligned`` (the
     model as built: the unembedding and deciders' output layers keep every matrix
     dimension a multiple of 8, anira/aligned.py) or ``unaligned`` (the same model
-    with those layers' plain ``nn.Linear`` products, the baseline). After warm-up
+    with those layers' plain ``nn.Linear`` products, the baseline; the aligned forms
+    apply under ``torch.compile`` only, so in ``eager`` mode the two compute the same
+    products). After warm-up
     (which includes compilation) the runs' timed steps alternate, in the order
     (mode, gemms) for mode in ``modes`` for gemms in ``gemms``, so drift hits them
     alike; ``speedup_vs_first`` is relative to the first run. A step is a full

@@ -22,7 +22,8 @@ def add_parser(inner: argparse._SubParsersAction) -> None:
     p.add_argument("--gemms", default="aligned",
                    help="comma-separated matrix-product layouts timed side by side, each in every mode: aligned "
                         "(unembedding and decider outputs padded / reduced so every GEMM dimension is a multiple "
-                        "of 8, the default) or unaligned (plain nn.Linear, the baseline), e.g. unaligned,aligned")
+                        "of 8, the default) or unaligned (plain nn.Linear, the baseline), e.g. unaligned,aligned; "
+                        "the aligned forms apply under torch.compile modes only (eager calls are nn.Linear's)")
     p.add_argument("--batch", type=int, default=None, help="override the configuration's batch size")
     p.add_argument("--seq", type=int, default=None, help="override the padded sequence length")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
