@@ -32,7 +32,9 @@ independent permutation, into ``table.nulls`` (K tables; ``table.null`` is the
 first). Draw 0 permutes with ``default_rng([seed, k, NULL_STREAM])`` for
 difficulty k, as a single null always has (so K = 1 is the table it always
 was); draw j ≥ 1 with ``default_rng([seed, k, NULL_STREAM, j])``. Each draw
-costs one more forward pass per batch, without hidden states.
+costs one more forward pass per batch, without hidden states, unless its
+depths repeat an earlier draw's (a fixed-depth model's always do): the model
+is deterministic, so that draw reuses the earlier outcome.
 
 :func:`planted_table` builds the same table without a model: depths from a
 rule, correctness from a rule — the suites' planted-truth tests use it.
@@ -524,9 +526,15 @@ def _collect_batch(
     for site in sites:
         sink.append(f"hidden.{site}", out.hidden[site][mask].astype(np.float32))
     roles = position_roles(batch) if null_sinks else None
+    seen: list[tuple[np.ndarray, BatchOutcome]] = []  # the draws' depths run so far, and what they gave
     for null_sink, null_rng in zip(null_sinks, null_rngs):
         depth, q_null = permute_within_roles(np.asarray(out.exit_depth, dtype=np.int64), q, roles, null_rng)
-        again = runner(examples, batch, depth, ())
+        # the same depths give the same outcome: a draw that repeats an earlier one (every draw
+        # of a fixed-depth model) is not run again
+        again = next((done for prev, done in seen if np.array_equal(prev, depth)), None)
+        if again is None:
+            again = runner(examples, batch, depth, ())
+            seen.append((depth, again))
         running = np.arange(D)[None, None, :] < depth[..., None]
         _append_rows(null_sink, examples, batch, mask, first_id, depth, q_null, running, again.correct,
                      again.token_correct, specs)

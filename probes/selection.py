@@ -23,13 +23,15 @@ So every verdict on solved instances is computed three more times:
 
 One permutation is one random draw of what the filter makes, so a check that
 passes or fails only just can flip with the permutation's seed. Option
-``null_permutations`` = K (default 1) draws K independent permutations
+``null_permutations`` = K (default 3) draws K independent permutations
 (``table.nulls``); each is read through the solved filter and the check
 compares the solved instances with the null *pooled* over the draws, whose
 standard error includes the spread between them (:func:`pool_null`). The
 sanity check on all instances reads the first draw only. When the solved
 instances read ``none`` or ``baseline`` the check passes whatever the null
-says, so the extra draws are not analysed.
+says, so the extra draws are not analysed. A stored table collected with
+fewer draws is pooled over those it holds (a note says so); K = 1 is the
+single-draw check of earlier versions, exactly.
 
 Option ``correct_only``:
 
@@ -264,9 +266,6 @@ def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
     if null is None and correct_only == "auto":
         flags.append("selection: no null control in this table (collected without one): the headline uses every "
                      "instance")
-    if null is not None and len(nulls) < k:
-        flags.append(f"selection: {k} null permutations asked for, the table holds {len(nulls)}: the check pools "
-                     f"{len(nulls)}")
     if label.get("null_all") not in (None, *NULL_LABELS):
         flags.append(f"selection: the null control reads '{label['null_all']}' even on all instances: chance, or "
                      "depths that follow something the permutation kept (role, size)")
@@ -279,6 +278,9 @@ def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
     result["flags"] = list(result.get("flags", [])) + flags
     notes = list(notes) + [f"selection: headline from {'solved' if headline == 'solved' else 'all'} instances "
                            f"({share:.1%} solved); " + ", ".join(f"{k} → {v['label']}" for k, v in verdicts.items())]
+    if null is not None and len(nulls) < k:
+        notes.append(f"selection: {k} null permutations asked for, the table holds {len(nulls)} (collected with "
+                     f"fewer): the check pools {len(nulls)}")
     if len(draws) > 1:
         notes.append("selection: the null's permutations under the solved filter read "
                      + ", ".join(str(d["label"]) for d in result["selection"]["null_draws"]))

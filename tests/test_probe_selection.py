@@ -117,6 +117,24 @@ def test_draws_are_distinct_reproducible_permutations_within_size_and_role():
     assert [n["exit_depth"].tolist() for n in sub.nulls] == [n["exit_depth"][rows].tolist() for n in table.nulls]
 
 
+def test_a_draw_that_repeats_an_earlier_one_is_not_run_again():
+    """Every permutation of a fixed depth is the same depths: the model (here the planted
+    runner, counted through its correctness rule) runs the null once per batch, not K times."""
+    calls = []
+
+    def counted(example, depths):
+        calls.append(1)
+        return need_in_degree(example, depths)
+
+    for rule, runs in (("3", 2), (RANDOM, 4)):  # the collected depths + draw 0 (+ draws 1, 2)
+        calls.clear()
+        _, table = brevo_table(rule, counted, n=20, difficulties=(3, 4), k=3)
+        assert len(calls) == runs * 20, rule
+        assert len(table.nulls) == 3
+    for null in table.nulls[1:]:  # (the random rule's draws all ran, and differ)
+        assert not np.array_equal(null["exit_depth"], table.null["exit_depth"])
+
+
 def test_saved_tables_keep_every_draw_and_only_their_own(tmp_path):
     _, table = brevo_table(RANDOM, need_in_degree, n=30, difficulties=(3, 4), k=3)
     loaded = TokenTable.load(table.save(tmp_path / "t"))
@@ -149,7 +167,7 @@ def test_the_option_reaches_collection_from_the_cli_and_the_python_api(monkeypat
     K draws (the most any suite asks for); without the solved filter there is no null."""
     suites = resolve_suites(["attribution", "decision"], anira.default_registry())
     context = SuiteContext(max_iters=D)
-    for given, expected in (({}, (True, 1)), ({"*": {"null_permutations": "3"}}, (True, 3)),
+    for given, expected in (({}, (True, 3)), ({"*": {"null_permutations": "1"}}, (True, 1)),
                             ({"attribution": {"null_permutations": 5}, "decision": {"null_permutations": 2}},
                              (True, 5)),
                             ({"*": {"correct_only": "false", "null_permutations": 4}}, (False, 1))):
@@ -276,6 +294,13 @@ def test_planted_real_effect_passes_with_five_permutations():
 # ---------------------------------------------------------------------------------------
 
 
+def _one_draw(table: TokenTable) -> TokenTable:
+    """``table`` as if collected with one null permutation (its first draw)."""
+    out = table.select(np.arange(len(table)))
+    out.nulls = out.nulls[:1]
+    return out
+
+
 def _null_passes_before(null, solved):
     """``null_passes`` verbatim as it was before ``null_permutations`` (commit 5f1bce3)."""
     solved_v = (solved or {}).get("verdict") or {}
@@ -347,6 +372,12 @@ def test_one_permutation_is_the_check_it_was(case):
     assert (sel["null_passes"], sel["null_check"]) == before
     assert sel["null_permutations"] == 1 and len(sel["null_draws"]) == 1
     assert not any("permutations" in note for note in notes)
+    # the suites' default asks for 3 draws; a table collected with one pools it, and says so
+    suite = AttributionSuite().run(_one_draw(table),
+                                   SuiteContext(max_iters=D, timing="planted", options={"n_boot": 0}))
+    assert suite.data["selection"]["null_permutations"] == 1
+    assert (suite.data["selection"]["null_passes"], suite.data["selection"]["null_check"]) == before
+    assert any("3 null permutations asked for, the table holds 1" in note for note in suite.notes)
     # and on numbers that sit on the boundaries
     for s_mean, s_se, n_mean, n_se, s_folds, n_folds in [(0.026, 0.0013, 0.012, 0.0065, 20, 20),
                                                           (0.02, 0.001, 0.01, 0.004, 5, 20),
