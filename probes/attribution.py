@@ -562,7 +562,8 @@ class AttributionSuite:
 
     def requires(self, context: SuiteContext) -> Requirements:
         opts = read_options(self.name, self.options, context.options)
-        return Requirements(min_instances=3, null_control=opts["correct_only"] is not False)
+        return Requirements(min_instances=3, null_control=opts["correct_only"] is not False,
+                            null_permutations=opts["null_permutations"])
 
     def run(self, table: TokenTable, context: SuiteContext) -> SuiteResult:
         opts = read_options(self.name, self.options, context.options)
@@ -580,7 +581,7 @@ class AttributionSuite:
                 baseline=opts["baseline"], size_in_baseline=size_in_baseline, cv_folds=opts["cv_folds"],
                 cv_repeats=opts["cv_repeats"], seed=context.seed)
 
-        result, notes = with_selection_check(analyse, table, opts["correct_only"])
+        result, notes = with_selection_check(analyse, table, opts["correct_only"], opts["null_permutations"])
         from anira.probes.figures import attribution_figure
 
         ctrl = result["controlled"]

@@ -26,6 +26,16 @@ features; permuted depths and q; the correctness those depths give). A suite
 that keeps only solved instances reads the null table through the same
 filter: whatever signal it finds there, the filter made.
 
+One permutation is one random draw of what the filter makes.
+``null_permutations=K`` re-runs every batch K times, each with its own
+independent permutation, into ``table.nulls`` (K tables; ``table.null`` is the
+first). Draw 0 permutes with ``default_rng([seed, k, NULL_STREAM])`` for
+difficulty k, as a single null always has (so K = 1 is the table it always
+was); draw j ≥ 1 with ``default_rng([seed, k, NULL_STREAM, j])``. Each draw
+costs one more forward pass per batch, without hidden states, unless its
+depths repeat an earlier draw's (a fixed-depth model's always do): the model
+is deterministic, so that draw reuses the earlier outcome.
+
 :func:`planted_table` builds the same table without a model: depths from a
 rule, correctness from a rule — the suites' planted-truth tests use it.
 """
@@ -42,7 +52,7 @@ import numpy as np
 import torch
 
 from anira.errors import AniraError
-from anira.probes.table import BASE_COLUMNS, NULL_DIR, TokenTable, open_array, own_tempdir, write_manifest
+from anira.probes.table import BASE_COLUMNS, TokenTable, null_dir, open_array, own_tempdir, write_manifest
 from anira.task import Example, Task, collate
 
 DepthFn = Callable[[Example], np.ndarray]
@@ -257,6 +267,7 @@ def collect(
     hidden_sites: Sequence[str] = (),
     depth_fn: DepthFn | None = None,
     null_control: bool = False,
+    null_permutations: int = 1,
     store_dir: str | Path | None = None,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
     device: str | torch.device | None = None,
@@ -271,7 +282,8 @@ def collect(
     default the task's in-distribution test range. Difficulties whose instances
     do not fit the model's ``max_len`` are skipped and listed in
     ``table.meta["skipped"]``. ``null_control``: also build ``table.null`` —
-    each batch re-run with its depths permuted within size (module docstring).
+    each batch re-run with its depths permuted within size (module docstring);
+    ``null_permutations``: how many independent permutations (``table.nulls``).
     """
     sites = check_hidden_sites(model, hidden_sites)
     if device is not None:
@@ -288,7 +300,8 @@ def collect(
         return _collect(ModelRunner(model, task), task, n=n, seed=seed, split=split, difficulties=difficulties,
                         batch_size=batch_size, keep=keep, sites=sites, d_model=int(model.cfg.d_model),
                         max_len=int(model.cfg.max_len), depth_fn=depth_fn, null_control=null_control,
-                        store_dir=store_dir, memory_limit_bytes=memory_limit_bytes, progress=progress,
+                        null_permutations=null_permutations, store_dir=store_dir,
+                        memory_limit_bytes=memory_limit_bytes, progress=progress,
                         meta={**info, **(meta or {})})
     finally:
         model.train(was_training)
@@ -307,6 +320,7 @@ def planted_table(
     keep: str = "answer|question",
     correct_fn: CorrectFn | None = None,
     null_control: bool = False,
+    null_permutations: int = 1,
     meta: dict[str, Any] | None = None,
 ) -> TokenTable:
     """The table :func:`collect` would give for a model that halts by ``depth_fn``
@@ -320,7 +334,8 @@ def planted_table(
     return _collect(PlantedRunner(max_iters, correct_fn), task, n=n, seed=seed, split=split,
                     difficulties=difficulties, batch_size=batch_size, keep=keep, sites=[], d_model=0,
                     max_len=max(task.max_len(k) for k in _difficulties(task, difficulties)), depth_fn=depth_fn,
-                    null_control=null_control, store_dir=None, memory_limit_bytes=DEFAULT_MEMORY_LIMIT,
+                    null_control=null_control, null_permutations=null_permutations, store_dir=None,
+                    memory_limit_bytes=DEFAULT_MEMORY_LIMIT,
                     progress=None, meta={**info, **(meta or {})})
 
 
@@ -335,10 +350,11 @@ def _difficulties(task: Task, difficulties: Sequence[int] | None) -> list[int]:
 
 def _collect(runner: Any, task: Task, *, n: int, seed: int, split: str, difficulties: Sequence[int] | None,
              batch_size: int, keep: str, sites: list[str], d_model: int, max_len: int, depth_fn: DepthFn | None,
-             null_control: bool, store_dir: str | Path | None, memory_limit_bytes: int,
+             null_control: bool, null_permutations: int, store_dir: str | Path | None, memory_limit_bytes: int,
              progress: Progress | None, meta: dict[str, Any]) -> TokenTable:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise AniraError(f"n must be a positive integer, got {n!r}")
+    check_null_permutations(null_permutations)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise AniraError(f"batch_size must be a positive integer, got {batch_size!r}")
     if keep not in ("answer", "question", "answer|question", "all"):
@@ -363,7 +379,7 @@ def _collect(runner: Any, task: Task, *, n: int, seed: int, split: str, difficul
     else:
         directory = None
     sink = _Sink(directory)
-    null_sink = _Sink(None) if null_control else None
+    null_sinks = [_Sink(None) for _ in range(int(null_permutations))] if null_control else []
 
     counts = spread(int(n), ks)
     skipped: list[dict[str, Any]] = []
@@ -372,7 +388,7 @@ def _collect(runner: Any, task: Task, *, n: int, seed: int, split: str, difficul
     total = sum(counts.values())
     for k, n_k in counts.items():
         rng = np.random.default_rng([int(seed), int(k)])
-        null_rng = np.random.default_rng([int(seed), int(k), NULL_STREAM])
+        null_rngs = null_generators(seed, k, len(null_sinks))
         left = n_k
         while left > 0:
             examples = [task.sample(k, rng, split=split) for _ in range(min(batch_size, left))]
@@ -383,7 +399,7 @@ def _collect(runner: Any, task: Task, *, n: int, seed: int, split: str, difficul
                 if progress is not None:
                     progress(done, total)
                 break
-            _collect_batch(runner, examples, sink, null_sink, null_rng, specs, sites, depth_fn, next_id, keep, D)
+            _collect_batch(runner, examples, sink, null_sinks, null_rngs, specs, sites, depth_fn, next_id, keep, D)
             next_id += len(examples)
             left -= len(examples)
             done += len(examples)
@@ -413,6 +429,7 @@ def _collect(runner: Any, task: Task, *, n: int, seed: int, split: str, difficul
         "skipped": skipped,
         "stored_on_disk": directory is not None,
         "null_control": bool(null_control),
+        "null_permutations": len(null_sinks),
     }
     table = TokenTable(
         {c: np.asarray(arrays[f"col.{c}"]) for c in BASE_COLUMNS},
@@ -423,21 +440,22 @@ def _collect(runner: Any, task: Task, *, n: int, seed: int, split: str, difficul
         hidden={s: arrays[f"hidden.{s}"] for s in sites},
         meta=info,
     )
-    if null_sink is not None:
+    for draw, null_sink in enumerate(null_sinks):
         null_arrays = null_sink.finish(empty)
-        table.null = TokenTable(
+        table.nulls.append(TokenTable(
             {c: np.asarray(null_arrays[f"col.{c}"]) for c in BASE_COLUMNS},
             np.asarray(null_arrays["q"]),
             np.asarray(null_arrays["running"]),
             {f: table.feature(f) for f in specs},  # the same rows: share the feature arrays
             specs,
-            meta={**info, "null": "depths permuted within size (and role), model re-run with them"},
-        )
+            meta={**info, "null": "depths permuted within size (and role), model re-run with them",
+                  **({"null_draw": draw} if draw else {})},
+        ))
     if directory is not None:
         layout = {k: {"dtype": dt.str, "shape": [rows, *trailing]} for k, (dt, trailing, rows) in sink.layout.items()}
         write_manifest(directory, layout, specs, info)
-        if table.null is not None:
-            table.null.save(directory / NULL_DIR)
+        for draw, null in enumerate(table.nulls):
+            null.save(directory / null_dir(draw))
     if owned is not None:
         own_tempdir(table, owned)
     return table
@@ -445,6 +463,20 @@ def _collect(runner: Any, task: Task, *, n: int, seed: int, split: str, difficul
 
 #: a seed stream apart from the instances' for the null control's permutations
 NULL_STREAM = 0x5E1EC7
+
+
+def check_null_permutations(value: Any) -> int:
+    """``value`` as a number of null draws (a positive integer), else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise AniraError(f"null_permutations must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def null_generators(seed: int, difficulty: int, draws: int) -> list[np.random.Generator]:
+    """One independent generator per null draw for the batches of ``difficulty``: draw 0
+    the stream a single null control has always used, draw j ≥ 1 its own."""
+    return [np.random.default_rng([int(seed), int(difficulty), NULL_STREAM, *([j] if j else [])])
+            for j in range(draws)]
 
 
 def _keep_mask(batch: Any, keep: str) -> np.ndarray:
@@ -472,8 +504,8 @@ def _collect_batch(
     runner: Any,
     examples: list[Example],
     sink: _Sink,
-    null_sink: _Sink | None,
-    null_rng: np.random.Generator,
+    null_sinks: list[_Sink],
+    null_rngs: list[np.random.Generator],
     specs: dict[str, Any],
     sites: list[str],
     depth_fn: DepthFn | None,
@@ -493,9 +525,16 @@ def _collect_batch(
                  out.token_correct, specs)
     for site in sites:
         sink.append(f"hidden.{site}", out.hidden[site][mask].astype(np.float32))
-    if null_sink is not None:
-        depth, q_null = permute_within_roles(np.asarray(out.exit_depth, dtype=np.int64), q, position_roles(batch), null_rng)
-        again = runner(examples, batch, depth, ())
+    roles = position_roles(batch) if null_sinks else None
+    seen: list[tuple[np.ndarray, BatchOutcome]] = []  # the draws' depths run so far, and what they gave
+    for null_sink, null_rng in zip(null_sinks, null_rngs):
+        depth, q_null = permute_within_roles(np.asarray(out.exit_depth, dtype=np.int64), q, roles, null_rng)
+        # the same depths give the same outcome: a draw that repeats an earlier one (every draw
+        # of a fixed-depth model) is not run again
+        again = next((done for prev, done in seen if np.array_equal(prev, depth)), None)
+        if again is None:
+            again = runner(examples, batch, depth, ())
+            seen.append((depth, again))
         running = np.arange(D)[None, None, :] < depth[..., None]
         _append_rows(null_sink, examples, batch, mask, first_id, depth, q_null, running, again.correct,
                      again.token_correct, specs)

@@ -332,7 +332,8 @@ class DecisionSuite:
 
     def requires(self, context: SuiteContext) -> Requirements:
         opts = read_options(self.name, self.options, context.options)
-        return Requirements(min_instances=opts["n_splits"], null_control=opts["correct_only"] is not False)
+        return Requirements(min_instances=opts["n_splits"], null_control=opts["correct_only"] is not False,
+                            null_permutations=opts["null_permutations"])
 
     def run(self, table: TokenTable, context: SuiteContext) -> SuiteResult:
         opts = read_options(self.name, self.options, context.options)
@@ -347,7 +348,7 @@ class DecisionSuite:
                 max_claim_share=opts["max_claim_share"],
                 baseline=opts["baseline"], size_in_baseline=size_in_baseline, seed=context.seed)
 
-        result, notes = with_selection_check(analyse, table, opts["correct_only"])
+        result, notes = with_selection_check(analyse, table, opts["correct_only"], opts["null_permutations"])
         from anira.probes.figures import decision_figure
 
         v = result["verdict"]

@@ -217,6 +217,9 @@ VERDICT_OPTIONS: dict[str, Option] = {
                               "share of the signal", minimum=0.0, maximum=1.0),
     "baseline": Option("token,position", "what every verdict is measured beyond: token, position, size "
                        "(comma list) or none", parse=baseline_parts),
+    "null_permutations": Option(3, "independent permutations the selection null control draws; the check "
+                                "compares the solved instances with the null pooled over them (1: the single "
+                                "draw of earlier versions)", minimum=1),
 }
 
 

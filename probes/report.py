@@ -318,7 +318,30 @@ def _selection_html(d: dict[str, Any]) -> str:
                     f"<td>{e(x.get('n_instances', '—'))}</td></tr>" for k, x in sel["verdicts"].items())
     return (f"<p class=meta>Solved instances {fmt(sel.get('solved_share'))}; the headline reads <b>{e(sel.get('headline'))}</b> "
             f"instances (correct_only={e(sel.get('mode'))}). Null control: {e(sel.get('null_check') or 'not run')}.</p>"
-            + scroll("<table><tr><th class=l>run</th><th class=l>verdict</th><th>instances</th></tr>" + cells + "</table>"))
+            + scroll("<table><tr><th class=l>run</th><th class=l>verdict</th><th>instances</th></tr>" + cells + "</table>")
+            + _null_draws_html(sel))
+
+
+def _null_draws_html(sel: dict[str, Any]) -> str:
+    """With several null permutations: each draw under the solved filter, and the pool."""
+    draws = sel.get("null_draws") or []
+    if len(draws) < 2:
+        return ""
+    rows = "".join(
+        f"<tr><td>{e(d['draw'])}</td><td class=l>{e(d.get('label') or d.get('skipped') or '—')}</td>"
+        f"<td>{fmt((d.get('beyond') or {}).get('mean'))}</td><td>{fmt((d.get('beyond') or {}).get('se'))}</td>"
+        f"<td>{e(d.get('n_instances', '—'))}</td></tr>" for d in draws)
+    pooled, bound = sel.get("null_pooled") or {}, sel.get("null_bound") or {}
+    if pooled:
+        rows += (f"<tr><td class=l>pooled ({e(pooled.get('n_draws'))})</td><td class=l>between-draw sd "
+                 f"{fmt(pooled.get('between_sd'))}</td><td>{fmt(pooled.get('mean'))}</td><td>{fmt(pooled.get('se'))}</td>"
+                 f"<td>—</td></tr>")
+    tail = (f" Solved minus null ≥ {fmt(bound.get('low'))} at 95 % (t with {fmt(bound.get('df'), 1)} degrees of "
+            "freedom)." if bound else "")
+    return (f"<p class=meta>The null control's {len(draws)} permutations under the solved filter: what the features "
+            f"add beyond the baseline on each, and pooled (se² = mean within-draw se² + between-draw variance / K).{tail}"
+            "</p>" + scroll("<table><tr><th>draw</th><th class=l>verdict</th><th>beyond</th><th>se</th>"
+                            "<th>instances</th></tr>" + rows + "</table>"))
 
 
 def verdict_table(results: Sequence[ProbeResult]) -> str:

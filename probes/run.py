@@ -196,8 +196,8 @@ def probe_model(
     if depth_rule is not None:
         meta["depth_rule"] = depth_rule
     table = collect(model, task, n=n, seed=seed, batch_size=batch_size, hidden_sites=needs.hidden_sites,
-                    depth_fn=depth_fn, null_control=needs.null_control, store_dir=store_dir, device=device,
-                    progress=progress, meta=meta)
+                    depth_fn=depth_fn, null_control=needs.null_control, null_permutations=needs.null_permutations,
+                    store_dir=store_dir, device=device, progress=progress, meta=meta)
     result = probe_table(table, suites=[s.name for s in resolved], registry=registry, options=options,
                          seed=seed, model=model, task=task, label=label, on_suite=on_suite, depth_fn=depth_fn)
     result.seconds = time.perf_counter() - start

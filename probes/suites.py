@@ -52,6 +52,8 @@ class Requirements:
     #: collection also builds the selection null control (``table.null``): every batch
     #: re-run with depths permuted within size (see :mod:`anira.probes.selection`)
     null_control: bool = False
+    #: independent permutations the null control draws (``table.nulls``), with ``null_control``
+    null_permutations: int = 1
 
 
 @dataclass
@@ -185,8 +187,9 @@ def resolve_suites(names: Sequence[str] | None, registry: Any) -> list[Any]:
 def collect_requirements(
     suites: Sequence[Any], context: SuiteContext, options: dict[str, dict[str, Any]] | None = None
 ) -> Requirements:
-    """The union of what ``suites`` need (hidden sites in first-requested order);
-    ``options[name]`` are each suite's options, which may change its needs.
+    """The union of what ``suites`` need (hidden sites in first-requested order; the most
+    null draws any suite asks for); ``options[name]`` are each suite's options, which
+    may change its needs.
 
     A suite whose ``requires`` raises :class:`AniraError` (a bad option value,
     e.g. an iteration beyond D) stops everything here, before any collection;
@@ -194,6 +197,7 @@ def collect_requirements(
     sites: list[str] = []
     needs_model = False
     null_control = False
+    null_permutations = 1
     min_instances = 0
     for suite in suites:
         try:
@@ -204,10 +208,12 @@ def collect_requirements(
             continue
         sites.extend(s for s in req.hidden_sites if s not in sites)
         needs_model = needs_model or req.needs_model
-        null_control = null_control or bool(getattr(req, "null_control", False))
+        if getattr(req, "null_control", False):
+            null_control = True
+            null_permutations = max(null_permutations, int(getattr(req, "null_permutations", 1)))
         min_instances = max(min_instances, req.min_instances)
     return Requirements(hidden_sites=tuple(sites), needs_model=needs_model, min_instances=min_instances,
-                        null_control=null_control)
+                        null_control=null_control, null_permutations=null_permutations)
 
 
 def with_options(context: SuiteContext, options: dict[str, Any]) -> SuiteContext:

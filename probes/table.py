@@ -42,6 +42,7 @@ split, n_instances, checkpoint, skipped difficulties, depth override, ...
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
@@ -69,6 +70,12 @@ BASE_COLUMNS: dict[str, str] = {
 }
 MANIFEST = "table.json"
 NULL_DIR = "null"  # a saved table's null control, itself a saved table
+
+
+def null_dir(draw: int) -> str:
+    """Where a saved table keeps null draw ``draw``: ``null`` (the first, as always),
+    then ``null.1``, ``null.2``, ..."""
+    return NULL_DIR if draw == 0 else f"{NULL_DIR}.{draw}"
 SCHEMA = 1
 
 
@@ -119,9 +126,19 @@ class TokenTable:
         self._hidden_index = hidden_index
         self.meta: dict[str, Any] = dict(meta or {})
         self._tempdir: Any = None  # a TemporaryDirectory the table owns (streamed collection)
-        #: the selection null control (same rows; depths permuted within size and the
-        #: model re-run with them, so ``correct`` is what those depths give), or None
-        self.null: TokenTable | None = None
+        #: the selection null control's draws (same rows; depths permuted within size and
+        #: the model re-run with them, so ``correct`` is what those depths give), each an
+        #: independent permutation; empty when none was collected. ``null`` is the first.
+        self.nulls: list[TokenTable] = []
+
+    @property
+    def null(self) -> TokenTable | None:
+        """The selection null control's first draw (None when none was collected)."""
+        return self.nulls[0] if self.nulls else None
+
+    @null.setter
+    def null(self, value: TokenTable | None) -> None:
+        self.nulls = [] if value is None else [value]
 
     # -- shape ------------------------------------------------------------------------
     @property
@@ -232,7 +249,7 @@ class TokenTable:
             meta=self.meta,
         )
         out._tempdir = self._tempdir  # keep the backing files alive while the selection lives
-        out.null = None if self.null is None else self.null.select(rows)
+        out.nulls = [null.select(rows) for null in self.nulls]
         return out
 
     # -- hidden states --------------------------------------------------------------------
@@ -270,8 +287,12 @@ class TokenTable:
             arr.tofile(directory / f"{key}.bin")
             entries[key] = {"dtype": arr.dtype.str, "shape": list(arr.shape)}
         write_manifest(directory, entries, self.specs, self.meta)
-        if self.null is not None:
-            self.null.save(directory / NULL_DIR)
+        for draw, null in enumerate(self.nulls):
+            null.save(directory / null_dir(draw))
+        stale = len(self.nulls)  # draws of a table saved here before must not load with this one
+        while (directory / null_dir(stale) / MANIFEST).is_file():
+            shutil.rmtree(directory / null_dir(stale))
+            stale += 1
         return directory
 
     @classmethod
@@ -299,8 +320,8 @@ class TokenTable:
             hidden={k[7:]: v for k, v in arrays.items() if k.startswith("hidden.")},
             meta=manifest.get("meta", {}),
         )
-        if (directory / NULL_DIR / MANIFEST).is_file():
-            table.null = cls.load(directory / NULL_DIR)
+        while (directory / null_dir(len(table.nulls)) / MANIFEST).is_file():
+            table.nulls.append(cls.load(directory / null_dir(len(table.nulls))))
         return table
 
     # -- synthetic tables (tests, planted answers) -----------------------------------------
