@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from anira.errors import AniraError
 from anira.plugins.tasks.depo import HOP_TOKENS, NAMES, Depo
-from anira.task import Tokenizer
+from anira.task import DifficultyRanges, Tokenizer
 
 WORKED = [("bc", "ae"), ("gi", "gi"), ("ae", "dj"), ("dj", "bc")]
 
@@ -153,3 +153,76 @@ def test_many_queries_at_few_hops_redraw_the_mapping():
     for _ in range(100):
         e = task.sample(4, rng)
         assert (e.features["cycle_len"][e.answer_mask][:-1] > 4).all()
+
+
+# --- the mapping's size: nodes=n, for a curriculum towards the real n = 24 -------------
+
+
+def test_worked_small_instance_with_four_nodes():
+    # seed 0 at n = 4, k = 2 draws pairs fa->ic, ic->cg, cg->fa, gc->gc and start cg:
+    # cg -> fa (pair 2) -> ic (pair 0), one backtrack, on the 3-cycle cg fa ic
+    task = Depo(nodes=4, ranges=DifficultyRanges(train=(1, 3), test_id=(1, 3), test_ood=(3, 3)))
+    e = task.sample(2, np.random.default_rng(0))
+    assert task.decode(e.tokens) == "<bos> fa ic ic cg cg fa gc gc ? cg h2 = ic <eos>"
+    assert e.answer == ["ic"] and len(e) == task.max_len(2) == 1 + 2 * 4 + 5 + 1
+    np.testing.assert_array_equal(e.features["n"][12:14], [4, 4])
+    np.testing.assert_array_equal(e.features["cycle_len"][12:14], [3, np.nan])
+    np.testing.assert_array_equal(e.features["backtracks"][12:14], [1, np.nan])
+    np.testing.assert_array_equal(e.complexity[12:14], [2, 0])
+    # build() from the same pairs gives the same example
+    rebuilt = task.build([("fa", "ic"), ("ic", "cg"), ("cg", "fa"), ("gc", "gc")], "cg", 2)
+    np.testing.assert_array_equal(rebuilt.tokens, e.tokens)
+
+
+def test_default_samples_do_not_move():
+    # nodes=24 is the default: the same draws, token for token, as a task built without it
+    for k in (1, 4, 9):
+        a = Depo().sample(k, np.random.default_rng(k))
+        b = Depo(nodes=24).sample(k, np.random.default_rng(k))
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 24), data=st.data(),
+       separators=st.booleans())
+def test_chain_following_at_every_size(seed, n, data, separators):
+    k = data.draw(st.integers(1, n - 1))
+    queries = data.draw(st.integers(1, min(n, 4) if k < n - 1 else 1))
+    task = Depo(nodes=n, queries=queries, separators=separators,
+                ranges=DifficultyRanges(train=(1, n - 1), test_id=(1, n - 1), test_ood=(n - 1, n - 1)))
+    e = task.sample(k, np.random.default_rng(seed))
+    pairs = [tuple(p.split("->")) for p in e.instance["pairs"]]
+    nxt = dict(pairs)
+    assert len(nxt) == n and sorted(nxt) == sorted(nxt.values())  # a permutation of n nodes
+    starts = e.instance["start"] if queries > 1 else [e.instance["start"]]
+    for start, answer in zip(starts, e.answer, strict=True):
+        node, seen = start, []
+        for _ in range(k):
+            seen.append(node)
+            node = nxt[node]
+        assert node == answer and node not in seen
+    assert len(e) == task.max_len(k) == 1 + 2 * n + (n - 1 if separators else 0) + 5 * queries + 1
+    assert (e.features["n"][e.answer_mask] == n).all()
+
+
+def test_a_small_mapping_uses_the_same_vocabulary():
+    small = Depo(nodes=4, ranges=DifficultyRanges(train=(1, 2), test_id=(1, 2), test_ood=(3, 3)))
+    assert small.tokenizer is Depo.tokenizer and small.vocab_size == Depo().vocab_size
+
+
+def test_bad_sizes():
+    small = DifficultyRanges(train=(1, 1), test_id=(1, 1), test_ood=(1, 1))
+    for bad in (0, 1, 25, True, 4.0, "4"):
+        with pytest.raises(AniraError, match="nodes"):
+            Depo(nodes=bad, ranges=small)
+    with pytest.raises(AniraError, match="nodes"):  # the default ranges ask for k up to 16
+        Depo(nodes=8)
+    task = Depo(nodes=4, ranges=DifficultyRanges(train=(1, 3), test_id=(1, 3), test_ood=(3, 3)))
+    with pytest.raises(AniraError, match="the mapping has 4"):
+        task.sample(4, np.random.default_rng(0))
+    with pytest.raises(AniraError, match="queries"):
+        Depo(nodes=4, queries=5, ranges=small)
+    for bad in (0, 1, 25):  # one line each
+        with pytest.raises(AniraError) as info:
+            Depo(nodes=bad, ranges=small)
+        assert "\n" not in str(info.value)

@@ -23,6 +23,11 @@ paper's one question per mapping):
   name is recognisable from its neighbour alone; without it every node also
   appears as the second name of another pair, a decoy told apart only by the
   parity of its position in the pair list.
+
+One option changes the problem's size, for a curriculum only (the real task is
+n = 24): ``nodes=n`` (2..24, default 24) draws a mapping of n nodes, so k can be
+at most n - 1 (the start's cycle needs k + 1 nodes). The vocabulary is the same
+at every n, so a network trained at one n initialises a run at another.
 """
 
 from __future__ import annotations
@@ -83,16 +88,26 @@ class Depo(Task):
     )
 
     def __init__(self, ranges: DifficultyRanges | None = None, queries: int = 1,
-                 separators: bool = False) -> None:
+                 separators: bool = False, nodes: int = NODES) -> None:
+        # the mapping's size first: the ranges are checked against k <= nodes - 1
+        if isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or not 2 <= nodes <= NODES:
+            raise AniraError(f"depo: nodes must be an integer in 2..{NODES}, got {nodes!r}")
+        self.nodes = int(nodes)
         super().__init__(ranges)
-        if isinstance(queries, bool) or not isinstance(queries, (int, np.integer)) or not 1 <= queries <= NODES:
-            raise AniraError(f"depo: queries must be an integer in 1..{NODES}, got {queries!r}")
+        if isinstance(queries, bool) or not isinstance(queries, (int, np.integer)) or not 1 <= queries <= self.nodes:
+            raise AniraError(f"depo: queries must be an integer in 1..{self.nodes} (nodes), got {queries!r}")
         self.queries = int(queries)
         self.separators = bool(separators)
 
+    def check_difficulty(self, difficulty: int) -> None:
+        super().check_difficulty(difficulty)
+        if difficulty > self.nodes - 1:
+            raise AniraError(f"depo: k = {difficulty} hops need at least {difficulty + 1} nodes, "
+                             f"the mapping has {self.nodes} (task.nodes)")
+
     def max_len(self, difficulty: int) -> int:
         self.check_difficulty(difficulty)
-        pairs = 2 * NODES + (NODES - 1 if self.separators else 0)
+        pairs = 2 * self.nodes + (self.nodes - 1 if self.separators else 0)
         return 1 + pairs + 5 * self.queries + 1
 
     def _draft(self, difficulty: int, rng: np.random.Generator):
@@ -113,23 +128,23 @@ class Depo(Task):
         # with several queries, every start must lie on a cycle longer than k (so that no answer
         # is reachable in fewer hops); a mapping with too few such nodes is drawn again
         for _ in range(1000):
-            nxt, names = self._draw_mapping(difficulty, rng)
+            nxt, names = self._draw_mapping(difficulty, rng, self.nodes)
             eligible = [] if self.queries == 1 else [u for u in names[1:] if _cycle_length(nxt, u) > difficulty]
             if len(eligible) >= self.queries - 1:
                 break
         else:
             raise AniraError(f"depo: could not draw a mapping with {self.queries} nodes on cycles "
                              f"longer than k = {difficulty}; use fewer queries")
-        order = rng.permutation(NODES).tolist()
+        order = rng.permutation(self.nodes).tolist()
         pairs = [(names[i], nxt[names[i]]) for i in order]
         picks = rng.choice(len(eligible), size=self.queries - 1, replace=False).tolist() if self.queries > 1 else []
         return pairs, [names[0], *(eligible[i] for i in picks)]
 
     @staticmethod
-    def _draw_mapping(k: int, rng: np.random.Generator) -> tuple[dict[str, str], list[str]]:
-        """A random permutation whose cycle through ``names[0]`` has length c ~ U{k+1..n}."""
-        names = [NAMES[i] for i in rng.choice(len(NAMES), size=NODES, replace=False).tolist()]
-        c = int(rng.integers(k + 1, NODES + 1))
+    def _draw_mapping(k: int, rng: np.random.Generator, n: int = NODES) -> tuple[dict[str, str], list[str]]:
+        """A random permutation of n nodes whose cycle through ``names[0]`` has length c ~ U{k+1..n}."""
+        names = [NAMES[i] for i in rng.choice(len(NAMES), size=n, replace=False).tolist()]
+        c = int(rng.integers(k + 1, n + 1))
         nxt: dict[str, str] = {}
         for a in range(c):  # names[0..c-1] form the start's cycle, in link order
             nxt[names[a]] = names[(a + 1) % c]
