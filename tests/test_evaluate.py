@@ -149,14 +149,18 @@ def test_tally_token_acc_weights_tokens_not_instances():
 # --- evaluate() on real (tiny) models -------------------------------------------------------
 
 
-class ForcedDepth(nn.Module):
-    """Wraps a model so every token exits at a known depth: 1 + (position mod D)."""
+class _Wrapped(nn.Module):
+    """A model wrapper that evaluate() reads like the model (its cfg and policy)."""
 
     def __init__(self, model):
         super().__init__()
         self.inner = model
         self.cfg = model.cfg
         self.policy = model.policy
+
+
+class ForcedDepth(_Wrapped):
+    """Wraps a model so every token exits at a known depth: 1 + (position mod D)."""
 
     @staticmethod
     def depths(tokens: torch.Tensor, D: int) -> torch.Tensor:
@@ -166,15 +170,9 @@ class ForcedDepth(nn.Module):
         return self.inner(tokens, exit_depths=self.depths(tokens, self.cfg.max_iters))
 
 
-class PlantedPredictions(nn.Module):
+class PlantedPredictions(_Wrapped):
     """Wraps a model so its argmax is the true next token (teacher forcing shows it) at
     every position except those with ``i % 3 == 0``, where it is a wrong token."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-        self.cfg = model.cfg
-        self.policy = model.policy
 
     @staticmethod
     def right(length: int) -> np.ndarray:
