@@ -238,7 +238,7 @@ def with_selection_check(analyse: Analysis, table: TokenTable, correct_only: Any
     null_why = ""
     ran = [d[0] for d in draws if d[0] is not None]
     if ran:
-        passes, null_why = null_passes(ran[0] if len(ran) == 1 else ran, runs["solved"][0])
+        passes, null_why = null_passes(ran, runs["solved"][0])  # one draw: the single-draw check
     if correct_only is True or passes is True:
         headline = "solved"
     else:

@@ -70,13 +70,13 @@ BASE_COLUMNS: dict[str, str] = {
 }
 MANIFEST = "table.json"
 NULL_DIR = "null"  # a saved table's null control, itself a saved table
+SCHEMA = 1
 
 
 def null_dir(draw: int) -> str:
     """Where a saved table keeps null draw ``draw``: ``null`` (the first, as always),
     then ``null.1``, ``null.2``, ..."""
     return NULL_DIR if draw == 0 else f"{NULL_DIR}.{draw}"
-SCHEMA = 1
 
 
 def hidden_name(site: str, t: int | None = None) -> str:
