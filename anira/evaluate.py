@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from anira.errors import AniraError
-from anira.task import Example, Task, collate
+from anira.task import Example, Task, all_answers_right, collate
 
 #: Bumped whenever a key of :meth:`EvalResult.to_dict` is renamed or removed
 #: (adding keys is backwards compatible and does not bump it).
@@ -449,7 +449,7 @@ def _score_batch(task: Task, chunk: list[Example], predicted: np.ndarray) -> tup
     for j, e in enumerate(chunk):
         right[j, : len(e)] = task.token_correct(e, predicted[j, : len(e)])
     # Task.score is exactly this; computing it here saves a second pass (LANO parses)
-    whole = np.array([right[j, : len(e) - 1][e.answer_mask[:-1]].all() for j, e in enumerate(chunk)], dtype=bool)
+    whole = np.array([all_answers_right(e, right[j]) for j, e in enumerate(chunk)], dtype=bool)
     if own_score:
         correct = np.array([task.score(e, predicted[j, : len(e)]) for j, e in enumerate(chunk)], dtype=bool)
         if not np.array_equal(correct, whole):

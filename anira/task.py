@@ -124,6 +124,12 @@ def is_eval_instance(tokens: list[int] | np.ndarray) -> bool:
     return int.from_bytes(instance_key(tokens), "little") / 2**64 < EVAL_SHARE
 
 
+def all_answers_right(example: Example, right: np.ndarray) -> bool:
+    """Exact match from per-position correctness (:meth:`Task.token_correct`): right at
+    every answer position. The last position predicts no token, so it is never scored."""
+    return bool(np.all(right[: len(example) - 1][example.answer_mask[:-1]]))
+
+
 class Task:
     """Base class of every task. Subclasses set the class attributes and ``_generate``
     (or ``_draft``).
@@ -225,9 +231,7 @@ class Task:
         Defined as :meth:`token_correct` at every answer position, so a task that
         redefines what a right token is overrides that method only.
         """
-        right = self.token_correct(example, predicted)
-        # the last position predicts no token, so it is never scored
-        return bool(np.all(right[:-1][example.answer_mask[:-1]]))
+        return all_answers_right(example, self.token_correct(example, predicted))
 
     def token_correct(self, example: Example, predicted: np.ndarray) -> np.ndarray:
         """Bool [n]: True exactly at the answer positions ``i`` whose prediction
