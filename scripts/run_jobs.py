@@ -3,8 +3,10 @@
 
     scripts/run_jobs.py JOBS.json --out DIR [--parallel N] [--cap SECONDS] [--anira CMD] [--resume]
 
-JOBS.json is a list of {"name": ..., "args": [...], "fallback": [...]} where args are
-`anira train` arguments without --out (the job writes to DIR/<name>); a job that
+JOBS.json is a list of {"name": ..., "args": [...], "fallback": [...], "cap": seconds} where
+args are `anira train` arguments without --out (the job writes to DIR/<name>) and the
+optional cap replaces --cap for that job (stages of a curriculum run one after another
+with --parallel 1, each under its own cap); a job that
 fails (not by its cap) is started once more from scratch with "fallback" appended
 (e.g. ["--set", "train.compile=false"]), its first attempt kept as DIR/<name>.failed. At most N jobs run at
 once; a job still running at its cap gets SIGTERM, on which `anira train` saves
@@ -81,7 +83,8 @@ def main() -> int:
     specs = json.loads(args.jobs.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [{"name": s["name"], "args": list(s["args"]), "fallback": list(s.get("fallback", [])),
-             "out": args.out / s["name"], "state": "waiting"} for s in specs]
+             "cap": float(s.get("cap", args.cap)), "out": args.out / s["name"], "state": "waiting"}
+            for s in specs]
     if args.resume:
         missing = [j["name"] for j in jobs if not (j["out"] / "latest").is_file()]
         if missing:
@@ -115,7 +118,7 @@ def main() -> int:
         for job in list(running):
             elapsed = time.time() - job["start"]
             rc = job["proc"].poll()
-            if rc is None and elapsed > args.cap and job["state"] == "running":
+            if rc is None and elapsed > job["cap"] and job["state"] == "running":
                 job["proc"].send_signal(signal.SIGTERM)  # the trainer saves, then exits 143
                 job["state"] = "stopping"
             if rc is not None:
@@ -124,7 +127,7 @@ def main() -> int:
                 job["log"].close()
                 running.remove(job)
                 stopped = args.stop_file is not None and args.stop_file.exists()
-                if job["state"] == "failed" and job["fallback"] and elapsed < args.cap and not stopped:
+                if job["state"] == "failed" and job["fallback"] and elapsed < job["cap"] and not stopped:
                     failed_dir = job["out"].with_name(job["name"] + ".failed")
                     if job["out"].exists():
                         job["out"].rename(failed_dir)

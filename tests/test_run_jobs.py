@@ -35,3 +35,19 @@ def test_jobs_run_and_a_failing_job_is_retried_with_its_fallback(tmp_path):
     assert status["retry"]["state"] == "done" and status["retry"]["retried"] and status["retry"]["step"] == 3
     assert (out / "retry" / "latest").is_file() and not (out / "retry.failed" / "latest").exists()
     assert "train.lr=0.001" in (out / "retry.cmd").read_text()
+
+
+@pytest.mark.slow
+def test_a_jobs_own_cap_replaces_the_default(tmp_path):
+    # the long job's own 1-second cap stops it; the short job runs under the default cap
+    jobs = [{"name": "long", "args": [*SMOKE, "--steps", "100000"], "cap": 1},
+            {"name": "short", "args": [*SMOKE, "--steps", "2"]}]
+    spec = tmp_path / "jobs.json"
+    spec.write_text(json.dumps(jobs))
+    out = tmp_path / "runs"
+    subprocess.run([sys.executable, str(SCRIPT), str(spec), "--out", str(out), "--parallel", "1",
+                    "--cap", "300", "--anira", f"{sys.executable} -m anira.cli"],
+                   capture_output=True, text=True, timeout=600)
+    status = {j["name"]: j for j in json.loads((out / "status.json").read_text())["jobs"]}
+    assert status["long"]["state"] == "capped" and status["long"]["wall_s"] < 60
+    assert status["short"]["state"] == "done" and status["short"]["step"] == 2
