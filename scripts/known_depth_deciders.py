@@ -134,6 +134,7 @@ class Tokens:
     nll: np.ndarray  # (D, t): cross-entropy of the answer token with every token at depth d
     instance: np.ndarray  # (t,) int: which instance (index into the instance lists below)
     first: np.ndarray  # (t,) bool: the instance's first answer position (MANO: the value; BREVO: the first node)
+    last: np.ndarray  # (t,) bool: the instance's last answer position, the one predicting the closing <eos>
     batches: list[tuple]  # (difficulty, tokens, answer mask, examples, collated Batch)
     solved_full_depth: np.ndarray  # (instances,) bool: exact match with every token at depth D
 
@@ -141,7 +142,7 @@ class Tokens:
 def held_out_tokens(model: Any, task: Any, n: int, seed: int) -> Tokens:
     """n_i for every answer position of ``n`` test instances per in-distribution difficulty."""
     lo, hi = task.ranges.test_id
-    diff, need, conf, corr, nlls, inst, first, batches, solved = [], [], [], [], [], [], [], [], []
+    diff, need, conf, corr, nlls, inst, first, last, batches, solved = [], [], [], [], [], [], [], [], [], []
     offset = 0
     for k in range(lo, hi + 1):
         examples = eval_instances(task, k, n, seed)  # the instances `anira eval --seed` scores
@@ -159,6 +160,8 @@ def held_out_tokens(model: Any, task: Any, n: int, seed: int) -> Tokens:
         nlls.append(nll[:, rows, cols])
         inst.append(rows + offset)
         first.append(cols == np.argmax(batch.answer_mask, axis=1)[rows])
+        width = batch.answer_mask.shape[1]
+        last.append(cols == (width - 1 - np.argmax(batch.answer_mask[:, ::-1], axis=1))[rows])
         solved.append(np.array([task.score(e, preds[-1, j]) for j, e in enumerate(examples)]))
         batches.append((k, tokens, batch.answer_mask, examples, batch))
         offset += len(examples)
@@ -166,7 +169,8 @@ def held_out_tokens(model: Any, task: Any, n: int, seed: int) -> Tokens:
     price = iteration_price(model.policy, [b[-1] for b in batches])
     optimal = None if price is None else loss_optimal_depth(nll_all, price)
     return Tokens(np.concatenate(diff), np.concatenate(need), np.concatenate(conf), optimal, price,
-                  np.concatenate(corr, 1), nll_all, np.concatenate(inst), np.concatenate(first), batches,
+                  np.concatenate(corr, 1), nll_all, np.concatenate(inst), np.concatenate(first),
+                  np.concatenate(last), batches,
                   np.concatenate(solved))
 
 
@@ -239,11 +243,12 @@ def follow_stats(exit_depth: np.ndarray, needed: np.ndarray, correct: np.ndarray
 
 
 def by_difficulty(exit_depth: np.ndarray, held: Tokens, correct: np.ndarray | None = None, *,
-                  confident: bool = False) -> dict[str, Any]:
+                  confident: bool = False, keep: np.ndarray | None = None) -> dict[str, Any]:
+    """follow_stats within each difficulty value, over the answer positions ``keep`` marks (all by default)."""
     needed = held.confident if confident else held.needed
-    return {str(k): follow_stats(exit_depth[held.difficulty == k], needed[held.difficulty == k],
-                                 None if correct is None else correct[held.difficulty == k])
-            for k in np.unique(held.difficulty)}
+    keep = np.ones(len(needed), dtype=bool) if keep is None else keep
+    return {str(k): follow_stats(exit_depth[sel], needed[sel], None if correct is None else correct[sel])
+            for k in np.unique(held.difficulty) for sel in [(held.difficulty == k) & keep]}
 
 
 def needed_summary(model: Any, held: Tokens) -> dict[str, Any]:
@@ -289,7 +294,13 @@ def follow(path: str, n: int, seed: int) -> dict[str, Any]:
         "by_difficulty_confident": by_difficulty(depth, held, confident=True),
         "pooled_loss_optimal": None if held.optimal is None else follow_stats(depth, held.optimal),
         "by_answer_index": {"first": follow_stats(depth[held.first], held.needed[held.first], correct[held.first]),
-                            "rest": follow_stats(depth[~held.first], held.needed[~held.first], correct[~held.first])},
+                            "rest": follow_stats(depth[~held.first], held.needed[~held.first], correct[~held.first]),
+                            "last": follow_stats(depth[held.last], held.needed[held.last], correct[held.last]),
+                            "not_last": follow_stats(depth[~held.last], held.needed[~held.last],
+                                                     correct[~held.last])},
+        # the closing <eos> is predicted at the same depth whatever the difficulty; without it
+        # each difficulty's row reads the answer tokens alone (DEPO: one per query)
+        "by_difficulty_not_last": by_difficulty(depth, held, correct, keep=~held.last),
         "own_context": {"histogram_1_to_D": [int(c) for c in np.bincount(own, minlength=D + 1)[1:]],
                         "pooled": follow_stats(depth, own, correct),
                         "first": follow_stats(depth[held.first], own[held.first], correct[held.first]),
@@ -423,23 +434,26 @@ def _print_follow(name: str, r: dict[str, Any]) -> None:
           f"{r['exact_match_policy']} at the policy's depths; {need['answer_tokens']} answer tokens, "
           f"{need['undefined']} wrong at D; n = 1..D: {need['histogram_1_to_D']}; right then wrong: "
           f"{need['right_then_wrong']}; CE by depth {need['mean_ce_by_depth']}, at n {need['mean_ce_at_needed']}")
-    for label, rows in (("first answer position / the rest", r["by_answer_index"]),
+    for label, rows in (("first answer position / the rest / the last (closing) one / all but the last",
+                         r["by_answer_index"]),
                         ("in the decider's own context (only answer positions forced)", r["own_context"])):
         print(f"\nneeded depth: {label}\n")
         print("| tokens | tokens | mean n | mean exit | Spearman | premature | at n | wasted | mean excess |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for k in ("pooled", "first", "rest", "loss_optimal"):
+        for k in ("pooled", "first", "rest", "last", "not_last", "loss_optimal"):
             if rows.get(k) is not None:
                 s = rows[k]
                 print(f"| {k} | {s['tokens']} | {s.get('mean_needed')} | {s.get('mean_exit')} | {s.get('spearman')} | "
                       f"{s.get('premature')} | {s.get('at_needed')} | {s.get('wasted')} | {s.get('mean_excess')} |")
-    for label, suffix in (("argmax right", ""), (f"p >= {CONFIDENT}", "_confident"), ("loss-optimal", "_loss_optimal")):
-        if r["pooled" + suffix] is None:
+    for label, suffix in (("argmax right", ""), ("argmax right, all but the last answer position", "_not_last"),
+                          (f"p >= {CONFIDENT}", "_confident"), ("loss-optimal", "_loss_optimal")):
+        pooled = r["by_answer_index"]["not_last"] if suffix == "_not_last" else r.get("pooled" + suffix)
+        if pooled is None:
             continue
         print(f"\nneeded depth: {label}\n")
         print("| difficulty | tokens | mean n | mean exit | Spearman | premature | at n | wasted | mean excess |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for k, s in [("pooled", r["pooled" + suffix]), *r.get("by_difficulty" + suffix, {}).items()]:
+        for k, s in [("pooled", pooled), *r.get("by_difficulty" + suffix, {}).items()]:
             print(f"| {k} | {s['tokens']} | {s.get('mean_needed')} | {s.get('mean_exit')} | {s.get('spearman')} | "
                   f"{s.get('premature')} | {s.get('at_needed')} | {s.get('wasted')} | {s.get('mean_excess')} |")
 

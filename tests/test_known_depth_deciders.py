@@ -132,6 +132,12 @@ def test_needed_depth_matches_the_scorer_on_a_bundled_checkpoint():
     depth, correct, solved = kd.policy_depths(model, task, held)
     assert depth.shape == correct.shape == held.needed.shape and solved.shape == held.solved_full_depth.shape
     assert held.first.sum() == len(held.solved_full_depth)  # one first answer position per instance
+    assert held.last.sum() == len(held.solved_full_depth)  # and one last, the closing <eos>
+    _, tokens, mask, _, _ = held.batches[0]  # the first difficulty's instances come first in held
+    rows, cols = np.nonzero(mask)
+    last_cols = cols[held.last[: len(rows)]]
+    eos = task.tokenizer.encode(["<eos>"])[0]
+    assert (tokens.numpy()[np.arange(len(last_cols)), last_cols + 1] == eos).all()
     assert not model.training
 
 
