@@ -107,19 +107,21 @@ def test_unknown_preset():
 
 
 @pytest.mark.parametrize("name", ["mano-fixed", "mano-anira-e", "mano-anira-o",
-                                  "brevo-fixed", "brevo-anira-e", "brevo-anira-o"])
+                                  "brevo-fixed", "brevo-anira-e", "brevo-anira-o", "depo-fixed", "depo-anira-o"])
 def test_the_recorded_command_reproduces_the_bundled_checkpoints_recipe(name, registry):
     """The first line of a bundled checkpoint's train_command.txt, parsed by `anira train`'s
     own parser, describes the recipe its config.json records (only the machine-specific
     device and worker count differ), and that line is `--preset ref-<task>` plus at most
-    deliberate `--set` overrides of the recipe (mano-anira-o: the slower decider)."""
+    deliberate `--set` overrides of the recipe (mano-anira-o: the slower decider; DEPO:
+    `ref-brevo` with `--task depo` and its layout, on a curriculum-trained network)."""
     task, policy = name.split("-", 1)
+    preset = "ref-brevo" if task == "depo" else f"ref-{task}"
     folder = ROOT / "checkpoints" / name
     recorded = json.loads((folder / "config.json").read_text())["run"]
     argv = shlex.split((folder / "train_command.txt").read_text().splitlines()[0])
     assert argv[:2] == ["anira", "train"]
     spec = command_spec(argv[2:], registry)
-    assert (spec.preset, spec.policy) == (f"ref-{task}", policy)
+    assert (spec.preset, spec.policy) == (preset, policy)
     spec = spec.to_dict()
     for key in ("task", "policy", "task_options", "model_preset", "model"):
         assert spec[key] == recorded[key], key
