@@ -377,10 +377,14 @@ def plot_representation(result: dict[str, Any], title: str = ""):
         (line,) = ax_score.plot(xs, [p["score"] for p in pts], style, marker="o", ms=3, label=label)
         colors[feature["name"]] = line.get_color()
         ax_score.plot(xs, [p["control"] for p in pts], ":", color=line.get_color(), alpha=0.5)
-        sel = np.array([p["selectivity"] for p in pts])
-        err = np.array([p["selectivity_std"] or 0.0 for p in pts])
-        ax_sel.plot(xs, sel, style, marker="o", ms=3, color=line.get_color())
-        ax_sel.fill_between(xs, sel - err, sel + err, color=line.get_color(), alpha=0.12)
+        # a point whose control could not be scored has a score but no selectivity
+        with_sel = [p for p in pts if p.get("selectivity") is not None]
+        if with_sel:
+            xs_sel = [p["t"] for p in with_sel]
+            sel = np.array([p["selectivity"] for p in with_sel], dtype=float)
+            err = np.array([p["selectivity_std"] or 0.0 for p in with_sel], dtype=float)
+            ax_sel.plot(xs_sel, sel, style, marker="o", ms=3, color=line.get_color())
+            ax_sel.fill_between(xs_sel, sel - err, sel + err, color=line.get_color(), alpha=0.12)
     ticks = result["iterations"]
     for ax in (ax_score, ax_sel):
         ax.set_xticks(ticks, [iteration_label(t) for t in ticks])

@@ -135,6 +135,17 @@ def test_figure_has_score_and_selectivity_panels(result):
     assert len(fig.axes[0].lines) >= 3
 
 
+def test_figure_draws_a_point_whose_selectivity_is_undefined(result):
+    # a scored point whose control could not be scored (DEPO's probe curves had one) is
+    # drawn in the score panel and left out of the selectivity panel, not an error
+    import copy
+    broken = copy.deepcopy(result)
+    point = next(p for f in broken["features"] for p in f["curve"] if p.get("score") is not None)
+    point["selectivity"], point["selectivity_std"] = None, None
+    fig = plot_representation(broken, title="one undefined selectivity")
+    assert len(fig.axes) == 2 and len(fig.axes[1].lines) >= 1
+
+
 def test_suite_on_a_planted_table_reads_states_running_masks_and_token_types():
     from anira.probes.representation import RepresentationSuite
     from anira.probes.suites import SuiteContext, run_suite
