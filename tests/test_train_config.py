@@ -116,7 +116,7 @@ def test_the_recorded_command_reproduces_the_bundled_checkpoints_recipe(name, re
     `ref-brevo` with `--task depo` and its layout, on a curriculum-trained network)."""
     task, policy = name.split("-", 1)
     preset = "ref-brevo" if task == "depo" else f"ref-{task}"
-    folder = ROOT / "checkpoints" / name
+    folder = ROOT / "checkpoints" / ("depo" if task == "depo" else "") / name
     recorded = json.loads((folder / "config.json").read_text())["run"]
     argv = shlex.split((folder / "train_command.txt").read_text().splitlines()[0])
     assert argv[:2] == ["anira", "train"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make the bundled DEPO checkpoints (checkpoints/depo-fixed, checkpoints/depo-anira-o;
+# Make the bundled DEPO checkpoints (checkpoints/depo/depo-fixed, checkpoints/depo/depo-anira-o;
 # docs/deciders.md section 7) on one GPU machine, repo root, `.whl` carried
 # (scripts/device/wheels.sh):
 #   bash scripts/device/depo_checkpoints.sh            # about 13 minutes on one H200
