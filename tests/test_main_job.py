@@ -48,3 +48,29 @@ def test_main_job_in_parallel_equals_one_at_a_time(tmp_path, capsys):
     assert any(line.startswith("mano-anira-e") for line in tables[0])
     assert main(["run", *ckpts, "--jobs", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_main_job_passes_suite_options_to_the_probes(tmp_path, capsys, monkeypatch):
+    """--option reaches probe_checkpoint as `anira probe` resolves it; a bad one fails first."""
+    import anira.evaluate
+    import anira.probes.run
+
+    seen = {}
+
+    def fake_probe(path, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)  # stop before any probing work: the options are what is tested
+
+    monkeypatch.setattr(anira.evaluate, "evaluate_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(anira.probes.run, "probe_checkpoint", fake_probe)
+    ckpt = str(ROOT / "checkpoints" / "brevo-anira-o")
+    with pytest.raises(SystemExit):
+        main(["run", ckpt, "--jobs", "1", "--suites", "attribution", "--option", "*.null_permutations=5",
+              "--out", str(tmp_path / "ok")])
+    assert seen["options"]["attribution"]["null_permutations"] == 5
+    assert main(["run", ckpt, "--suites", "attribution", "--option", "attribution.nope=1",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["run", ckpt, "--suites", "none", "--option", "*.null_permutations=5",
+                 "--out", str(tmp_path / "none")]) == 2
+    assert "--option" in capsys.readouterr().err

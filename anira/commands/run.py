@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--probe-n", type=int, default=1000, help="instances for the probe suites (default: 1000)")
     parser.add_argument("--suites", default=DEFAULT_SUITES,
                         help=f"probe suites, comma-separated, or 'none' (default: {DEFAULT_SUITES})")
+    parser.add_argument("--option", action="append", default=[], metavar="SUITE.KEY=VALUE",
+                        help="a probe suite option, as in `anira probe`, e.g. '*.null_permutations=5' "
+                             "(repeatable; options: docs/probes.md)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=0, metavar="N",
                         help="checkpoints evaluated and probed at once, each in its own process "
@@ -106,11 +109,17 @@ def main_job(args: argparse.Namespace) -> int:
     # a missing or corrupt checkpoint fails before any work
     policies = {path: (read_config(path).get("policy") or {}).get("name") for path in paths}
     suites = [] if args.suites.strip() == "none" else [s.strip() for s in args.suites.split(",") if s.strip()]
+    options: dict = {}
     if suites:
+        from anira.probes.options import parse_cli_options, resolve_options
         from anira.probes.run import parse_suite_names
         from anira.probes.suites import resolve_suites
 
-        resolve_suites(parse_suite_names(suites), default_registry())  # unknown names fail before any work
+        # unknown suite names and bad options fail before any work
+        options = resolve_options(resolve_suites(parse_suite_names(suites), default_registry()),
+                                  parse_cli_options(args.option))
+    elif args.option:
+        raise AniraError("--option sets a probe suite option, but --suites is 'none'")
     if args.jobs < 0:
         raise AniraError(f"--jobs must be >= 0 (0: one per CPU core), got {args.jobs}")
     jobs = min(args.jobs or available_cores(), len(paths))
@@ -120,11 +129,11 @@ def main_job(args: argparse.Namespace) -> int:
         # checkpoint's decision is constant and skipped, so the long jobs start early and
         # the short ones fill in at the end (results keep the order of `paths`)
         start_order = sorted(paths, key=lambda p: policies[p] == "fixed")
-        evals, probes = _check_in_parallel(paths, start_order, suites, args, jobs)
+        evals, probes = _check_in_parallel(paths, start_order, suites, options, args, jobs)
     else:
         evals, probes = [], []
         for path in paths:
-            ev, pr = check_one(path, suites, args.n, args.probe_n, args.seed, progress=True)
+            ev, pr = check_one(path, suites, args.n, args.probe_n, args.seed, options=options, progress=True)
             evals.append(ev)
             probes.extend(pr)
     report = write_report(evals, args.out, title="anira: reference checkpoints",
@@ -153,8 +162,10 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_one(path: Path, suites: list[str], n: int, probe_n: int, seed: int, progress: bool = False):
-    """Evaluate one checkpoint and run the probe suites on it: (evaluation, [probe result])."""
+def check_one(path: Path, suites: list[str], n: int, probe_n: int, seed: int, options: dict | None = None,
+              progress: bool = False):
+    """Evaluate one checkpoint and run the probe suites on it (``options``: resolved suite
+    options, as ``anira probe --option`` gives them): (evaluation, [probe result])."""
     from anira.evaluate import evaluate_checkpoint
     from anira.probes.run import probe_checkpoint
 
@@ -170,13 +181,13 @@ def check_one(path: Path, suites: list[str], n: int, probe_n: int, seed: int, pr
         return ev, []
     update, close = bar(f"probe {path.name}")
     try:
-        return ev, [probe_checkpoint(path, suites=suites, n=probe_n, seed=seed, progress=update)]
+        return ev, [probe_checkpoint(path, suites=suites, options=options, n=probe_n, seed=seed, progress=update)]
     finally:
         close()
 
 
-def _check_in_parallel(paths: list[Path], start_order: list[Path], suites: list[str], args: argparse.Namespace,
-                       jobs: int):
+def _check_in_parallel(paths: list[Path], start_order: list[Path], suites: list[str], options: dict,
+                       args: argparse.Namespace, jobs: int):
     """check_one on every checkpoint in ``jobs`` fresh processes, started in ``start_order``;
     results in the order of ``paths``. Each checkpoint's work is seeded on its own, so the results equal the
     sequential run's. Workers are spawned (not forked: torch's thread pools do not survive
@@ -188,7 +199,8 @@ def _check_in_parallel(paths: list[Path], start_order: list[Path], suites: list[
     results = {}
     try:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(check_one, p, suites, args.n, args.probe_n, args.seed): p for p in start_order}
+            futures = {pool.submit(check_one, p, suites, args.n, args.probe_n, args.seed, options): p
+                       for p in start_order}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 update(len(results), len(paths))
