@@ -61,21 +61,30 @@ def test_readme_output_folders_are_ignored():
     assert ignored == folders, f"not in .gitignore: {sorted(folders - ignored)}"
 
 
-def test_policies_doc_exit_criteria_command_runs(capsys):
-    """The command that produced docs/policies.md's exit-criteria table, at 2 instances
-    per difficulty instead of 256 (same calls), prints the table's rows in order."""
+def test_policies_doc_exit_criteria_tables_are_the_scripts_rows():
+    """Both exit-criteria tables of docs/policies.md list the (policy, threshold) rows of
+    scripts/training_free_exits.py, in order, and the script measures them (at 1 instance
+    per difficulty instead of 256, same calls)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("training_free_exits", ROOT / "scripts" / "training_free_exits.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    expected = [("fixed", None)] + [(p, t) for p, ts in script.THRESHOLDS.items() for t in ts]
     text = (ROOT / "docs" / "policies.md").read_text()
     section = text[text.index("## Training-free exits"):text.index("## mor-token")]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    (command,) = [b for b in blocks if "n_per_difficulty=256" in b]
-    header = "| policy | threshold | accuracy | mean exit depth | cost ratio | Spearman(depth, complexity) |"
-    table = section[section.index(header):].split("\n\n")[0].splitlines()[2:]
-    documented = [(row.split("|")[1].strip().strip("`"), row.split("|")[2].strip()) for row in table]
-    exec(compile(command.replace("n_per_difficulty=256", "n_per_difficulty=2"), "docs/policies.md", "exec"), {})  # noqa: S102
-    printed = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
-    assert len(printed) == len(documented) == 13
-    for (name, threshold), (doc_name, doc_threshold) in zip(printed, documented):
-        assert name == doc_name
-        assert (threshold == "None") == (doc_threshold == "—")
-        if threshold != "None":
-            assert float(threshold) == float(doc_threshold)
+    assert "python scripts/training_free_exits.py checkpoints/brevo-fixed --n 256" in section
+    starts = [m.start() for m in re.finditer(r"^\| policy \| threshold \|", section, flags=re.M)]
+    tables = [section[i:].split("\n\n")[0].splitlines()[2:] for i in starts]
+    assert len(tables) == 2
+    for table in tables:
+        documented = [(row.split("|")[1].strip().strip("`"), row.split("|")[2].strip()) for row in table]
+        assert len(documented) == len(expected) == 13
+        for (name, threshold), (doc_name, doc_threshold) in zip(expected, documented):
+            assert name == doc_name
+            assert (threshold is None) == (doc_threshold == "—")
+            if threshold is not None:
+                assert threshold == float(doc_threshold)
+    measured = list(script.rows(str(ROOT / "checkpoints" / "brevo-fixed"), n=1, seed=0))
+    assert [(r["policy"], r["threshold"]) for r in measured] == expected
+    assert measured[0]["mean_exit_depth"] == 6.0 and measured[0]["cost_ratio"] == 1.0
