@@ -50,7 +50,7 @@ def add_parser(subparsers: Any) -> None:
 
 def parse_options(raw: list[str], suites: list[str], registry: Any = None) -> dict[str, dict[str, Any]]:
     """``--option`` items, typed and checked against the named suites (one-line errors;
-    ``*.KEY`` sets every suite that has KEY): what ``anira bench compare`` uses too."""
+    ``*.KEY`` sets every suite that has KEY): what ``anira bench compare`` and ``anira run`` use too."""
     from anira.probes.options import parse_cli_options, resolve_options
     from anira.probes.suites import resolve_suites
     from anira.registry import default_registry

@@ -111,13 +111,11 @@ def main_job(args: argparse.Namespace) -> int:
     suites = [] if args.suites.strip() == "none" else [s.strip() for s in args.suites.split(",") if s.strip()]
     options: dict = {}
     if suites:
-        from anira.probes.options import parse_cli_options, resolve_options
+        from anira.commands.probe import parse_options
         from anira.probes.run import parse_suite_names
-        from anira.probes.suites import resolve_suites
 
         # unknown suite names and bad options fail before any work
-        options = resolve_options(resolve_suites(parse_suite_names(suites), default_registry()),
-                                  parse_cli_options(args.option))
+        options = parse_options(args.option, parse_suite_names(suites), default_registry())
     elif args.option:
         raise AniraError("--option sets a probe suite option, but --suites is 'none'")
     if args.jobs < 0:
