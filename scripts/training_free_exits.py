@@ -17,6 +17,7 @@ import torch
 
 import anira
 from anira.evaluate import evaluate
+from anira.fileio import atomic_write_bytes
 
 THRESHOLDS = {"exit-kl": (5e-4, 1e-2, 0.1, 1.0), "exit-latent": (0.03, 0.3, 0.5, 1.0),
               "exit-entropy": (1e-3, 1e-2, 0.1, 1.0)}
@@ -57,11 +58,11 @@ def main() -> None:
         by = ", ".join(f"{k}: {v:.2f}" for k, v in r["depth_by_difficulty"].items())
         print(f"| `{r['policy']}` | {r['threshold'] if r['threshold'] is not None else '—'} | {r['accuracy']:.3f} | "
               f"{r['mean_exit_depth']:.2f} | {r['cost_ratio']:.2f} | {rho} | {by} |", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "n_per_difficulty": args.n, "seed": args.seed,
-                       "command": "python scripts/training_free_exits.py " + args.checkpoint + f" --n {args.n}",
-                       "rows": table}, f, indent=1)
+    if args.json:  # written once every row is measured, atomically: never a half-written file
+        data = {"checkpoint": args.checkpoint, "n_per_difficulty": args.n, "seed": args.seed,
+                "command": "python scripts/training_free_exits.py " + args.checkpoint + f" --n {args.n}",
+                "rows": table}
+        atomic_write_bytes(args.json, (json.dumps(data, indent=1) + "\n").encode())
 
 
 if __name__ == "__main__":
