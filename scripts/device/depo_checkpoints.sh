@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make the bundled DEPO checkpoints (checkpoints/depo/depo-fixed, checkpoints/depo/depo-anira-o;
-# docs/deciders.md section 7) on one GPU machine, repo root, `.whl` carried
+# docs/deciders.md section 4, "DEPO") on one GPU machine, repo root, `.whl` carried
 # (scripts/device/wheels.sh):
 #   bash scripts/device/depo_checkpoints.sh            # about 13 minutes on one H200
 # 1. The curriculum over the mapping's size and the hop count, one stage after another
