@@ -4,12 +4,12 @@
 # (scripts/device/wheels.sh):
 #   bash scripts/device/depo_checkpoints.sh            # about 13 minutes on one H200
 # 1. The curriculum over the mapping's size and the hop count, one stage after another
-#    (scripts/device/depo_curriculum_seed1_runs.json: n 4 at k 1 -> n 24 at k 1 -> n 6 at
+#    (scripts/device/depo_network_curriculum.json: n 4 at k 1 -> n 24 at k 1 -> n 6 at
 #    k 1-2 -> n 24 at k 1-2 -> n 6 at k 1-3 -> n 8 at k 1-4 -> n 24 at k 1-4, each stage
 #    until in-distribution exact match reaches 0.97 or its cap), a fixed-depth network.
 # 2. On that network, side by side: the fixed model trained on, and a fresh ANIRA-O and
-#    ANIRA-E decider with the network (scripts/device/depo_decider_runs.json, the `net1`
-#    runs), each capped at 420 s (about 2,600-2,700 of the 3,000 steps on an H200 shared
+#    ANIRA-E decider with the network (scripts/device/depo_checkpoint_runs.json), each
+#    capped at 420 s (about 2,600-2,700 of the 3,000 steps on an H200 shared
 #    three ways; the 2026-12-03 runs shared it five ways, with the `net0` runs).
 # The latest checkpoints are exported under $OUT (or ./depo-checkpoints) by collect.sh.
 set -euo pipefail
@@ -18,11 +18,6 @@ mkdir -p "$OUT"
 source "$(dirname "$0")/setup.sh"
 export PYTHONUNBUFFERED=1 ANIRA_CACHE_DIR=/tmp/anira-cache
 rm -rf /tmp/runs-s1 /tmp/depo-deciders
-python3 scripts/run_jobs.py scripts/device/depo_curriculum_seed1_runs.json --out /tmp/runs-s1 --parallel 1
-python3 - <<'PY'
-import json
-jobs = [j for j in json.load(open("scripts/device/depo_decider_runs.json")) if j["name"].endswith("-net1")]
-json.dump(jobs, open("/tmp/depo_decider_net1.json", "w"))
-PY
-python3 scripts/run_jobs.py /tmp/depo_decider_net1.json --out /tmp/depo-deciders --parallel 3 --cap 420
+python3 scripts/run_jobs.py scripts/device/depo_network_curriculum.json --out /tmp/runs-s1 --parallel 1
+python3 scripts/run_jobs.py scripts/device/depo_checkpoint_runs.json --out /tmp/depo-deciders --parallel 3 --cap 420
 bash scripts/device/collect.sh /tmp/depo-deciders "$OUT" depo
