@@ -40,3 +40,20 @@ def test_rows_are_the_evaluators_answer_positions(name):
 def test_refuses_a_mano_checkpoint():
     with pytest.raises(SystemExit, match="a mano checkpoint"):
         brevo_answer_depth.answer_rows(str(ROOT / "checkpoints" / "mano-anira-o"), n=1, seed=0)
+
+
+def test_needed_depths_are_known_depth_deciders_on_the_same_tokens():
+    """--needed reads n from scripts/known_depth_deciders.py's own functions, row for row on
+    the answer positions with a defined complexity (n is not re-derived here)."""
+    path = str(ROOT / "checkpoints" / "brevo-fixed")
+    _, rows = brevo_answer_depth.answer_rows(path, n=3, seed=5, needed=True)
+    model, task = anira.load(path)
+    held = brevo_answer_depth.known_depth.held_out_tokens(model.eval(), task, 3, 5)
+    keep = np.concatenate([[not np.isnan(e.complexity[p]) for j, e in enumerate(examples)
+                            for p in np.flatnonzero(answer[j])]
+                           for _, _, answer, examples, _ in held.batches])
+    assert len(rows["needed"]) == keep.sum() > 0
+    np.testing.assert_array_equal(rows["needed"], held.needed[keep])
+    assert np.all(rows["depth"] == model.cfg.max_iters)  # a fixed-depth model exits at D
+    table = brevo_answer_depth.needed_table([("brevo-fixed", rows)])
+    assert table.count("\n") == 2 and "| brevo-fixed |" in table
