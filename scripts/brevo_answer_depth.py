@@ -37,18 +37,16 @@ from anira.evaluate import eval_instances
 from anira.task import collate
 
 
-def _known_depth_module():
-    """scripts/known_depth_deciders.py, whose needed-depth functions --needed uses (registered
-    in sys.modules before it runs: its dataclasses look their module up there)."""
+def known_depth_module():
+    """scripts/known_depth_deciders.py, whose needed-depth functions --needed uses, loaded on
+    first use (registered in sys.modules before it runs: its dataclasses look their module up
+    there)."""
     if "known_depth_deciders" not in sys.modules:
         path = Path(__file__).with_name("known_depth_deciders.py")
         spec = importlib.util.spec_from_file_location("known_depth_deciders", path)
         sys.modules["known_depth_deciders"] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     return sys.modules["known_depth_deciders"]
-
-
-known_depth = _known_depth_module()
 
 
 def answer_rows(path: str, n: int, seed: int, *, needed: bool = False) -> tuple[str, dict[str, np.ndarray]]:
@@ -67,6 +65,7 @@ def answer_rows(path: str, n: int, seed: int, *, needed: bool = False) -> tuple[
         with torch.no_grad():
             depth = model(tokens).exit_depth.numpy()
         if needed:
+            known_depth = known_depth_module()
             preds, _ = known_depth.forced_depth_outputs(model, tokens)
             need = known_depth.needed_depth(known_depth.correct_by_depth(preds, batch.tokens))
         for j, example in enumerate(examples):

@@ -48,7 +48,7 @@ def test_needed_depths_are_known_depth_deciders_on_the_same_tokens():
     path = str(ROOT / "checkpoints" / "brevo-fixed")
     _, rows = brevo_answer_depth.answer_rows(path, n=3, seed=5, needed=True)
     model, task = anira.load(path)
-    held = brevo_answer_depth.known_depth.held_out_tokens(model.eval(), task, 3, 5)
+    held = brevo_answer_depth.known_depth_module().held_out_tokens(model.eval(), task, 3, 5)
     keep = np.concatenate([[not np.isnan(e.complexity[p]) for j, e in enumerate(examples)
                             for p in np.flatnonzero(answer[j])]
                            for _, _, answer, examples, _ in held.batches])
