@@ -63,6 +63,27 @@ class Rotary(nn.Module):
         return out.type_as(x)
 
 
+@dataclass(frozen=True)
+class Segments:
+    """Several examples packed along each row (anira/packing.py): every token's position
+    within its own example (b, p), and which keys each query may attend (b, 1, p, p):
+    its own example's, up to itself."""
+
+    positions: Tensor
+    allowed: Tensor
+
+    @classmethod
+    def from_ids(cls, ids: Tensor) -> Segments:
+        """From segment ids (b, p): non-decreasing along each row, one run per example."""
+        p = ids.shape[1]
+        index = torch.arange(p, device=ids.device)
+        starts = torch.ones_like(ids, dtype=torch.bool)
+        starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
+        first = torch.where(starts, index, 0).cummax(dim=1).values  # where each token's run began
+        same = ids[:, :, None] == ids[:, None, :]
+        return cls(positions=index - first, allowed=(same & (index[:, None] >= index[None, :]))[:, None])
+
+
 class AttnHooks(nn.Module):
     """Hook points inside one attention layer at one place in the network."""
 
@@ -126,19 +147,22 @@ class Attention(nn.Module):
         q, k, v = self.W_qkv(x).chunk(3, dim=-1)
         return tuple(rearrange(t, "b p (h e) -> b p h e", h=self.n_heads) for t in (q, k, v))
 
-    def forward(self, x: Tensor, rotary: Rotary, hooks: AttnHooks | None, cache: RowCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, rotary: Rotary, hooks: AttnHooks | None, cache: RowCache | None = None,
+                segments: Segments | None = None) -> Tensor:
         """Causal self-attention over x (b, p, d); with ``cache``, every rotated key and
-        value is also stored there (the fast path's iterations in which every token runs)."""
+        value is also stored there (the fast path's iterations in which every token runs);
+        with ``segments``, within each packed example only."""
+        positions = None if segments is None else segments.positions
         if hooks is None:
-            q, k, v = self.project_rotated(x, rotary, None)
+            q, k, v = self.project_rotated(x, rotary, positions)
         else:
             q, k, v = self.project(x)
-            q = rotary(hook(hooks.hook_q, q))
-            k = rotary(hook(hooks.hook_k, k))
+            q = rotary(hook(hooks.hook_q, q), positions)
+            k = rotary(hook(hooks.hook_k, k), positions)
             v = hook(hooks.hook_v, v)
         if cache is not None:
             cache.write_all(k, v)
-        z = attend(q, k, v, hooks)
+        z = attend(q, k, v, hooks, allowed=None if segments is None else segments.allowed)
         return self.W_o(rearrange(z, "b p h e -> b p (h e)"))
 
     def project_rotated(self, x: Tensor, rotary: Rotary, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -192,19 +216,21 @@ def _wants_pattern(hooks: AttnHooks | None) -> bool:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, hooks: AttnHooks | None,
-           q_pos: Tensor | None = None) -> Tensor:
+           q_pos: Tensor | None = None, allowed: Tensor | None = None) -> Tensor:
     """Causal attention. q (b, p, h, e) at positions ``q_pos`` (p,) [default 0..p-1],
-    k and v (b, k, h, e) at positions 0..k-1. Returns z (b, p, h, e)."""
+    k and v (b, k, h, e) at positions 0..k-1; ``allowed`` (b, 1, p, k), when given,
+    replaces the causal mask (packed rows: :class:`Segments`). Returns z (b, p, h, e)."""
     n_q, n_k = q.shape[1], k.shape[1]
-    if q_pos is None and n_q == n_k and not _wants_pattern(hooks):
+    if allowed is None and q_pos is None and n_q == n_k and not _wants_pattern(hooks):
         # is_causal lets SDPA pick its flash kernel (an explicit mask rules it out); same function
         z = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
         ).transpose(1, 2)
         return hook(hooks and hooks.hook_z, z)
-    if q_pos is None:
-        q_pos = torch.arange(n_k - n_q, n_k, device=q.device)
-    allowed = q_pos[:, None] >= torch.arange(n_k, device=q.device)[None, :]  # (p, k)
+    if allowed is None:
+        if q_pos is None:
+            q_pos = torch.arange(n_k - n_q, n_k, device=q.device)
+        allowed = q_pos[:, None] >= torch.arange(n_k, device=q.device)[None, :]  # (p, k)
     if _wants_pattern(hooks):
         scale = q.shape[-1] ** -0.5
         scores = torch.einsum("bphe,bkhe->bhpk", q.float(), k.float()) * scale
@@ -250,11 +276,13 @@ class Block(nn.Module):
                 state_dict[prefix + fused] = torch.cat([state_dict.pop(name) for name in names])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: Tensor, rotary: Rotary, hooks: LayerHooks | None, cache: RowCache | None = None) -> Tensor:
-        """The layer on every token; with ``cache``, its keys and values are stored too."""
+    def forward(self, x: Tensor, rotary: Rotary, hooks: LayerHooks | None, cache: RowCache | None = None,
+                segments: Segments | None = None) -> Tensor:
+        """The layer on every token; with ``cache``, its keys and values are stored too;
+        with ``segments``, attention stays within each packed example."""
         x = hook(hooks and hooks.hook_resid_pre, x)
         attn_out = hook(hooks and hooks.hook_attn_out,
-                        self.attn(self.ln_attn(x), rotary, hooks and hooks.attn, cache))
+                        self.attn(self.ln_attn(x), rotary, hooks and hooks.attn, cache, segments))
         x = hook(hooks and hooks.hook_resid_mid, x + attn_out)
         mlp_out = hook(hooks and hooks.hook_mlp_out, self.mlp(self.ln_mlp(x)))
         return hook(hooks and hooks.hook_resid_post, x + mlp_out)

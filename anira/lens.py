@@ -164,7 +164,8 @@ class LensMixin:
         """
         if not model_args:
             raise AniraError("run_with_cache needs the tokens as its first argument")
-        tokens = self.check_tokens(model_args[0])  # type: ignore[attr-defined]
+        # packed rows (``segments``) may be longer than max_len; forward checks their examples
+        tokens = self.check_tokens(model_args[0], packed=model_kwargs.get("segments") is not None)  # type: ignore[attr-defined]
         if remove_batch_dim and tokens.shape[0] != 1:
             raise AniraError(f"remove_batch_dim needs a batch of one sequence, got {tokens.shape[0]}")
         cache_dict, fwd, bwd = self.get_caching_hooks(  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ Hook names (see docs/hooks.md for shapes): ``hook_embed``, ``prelude.{l}.*``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ from anira.errors import AniraError
 from anira.fast import InferenceLoop
 from anira.graphs import GRAPH_MODES, IterationGraphs, autocast_key
 from anira.halting import HaltingPolicy, LoopContext, PolicyOutputChecks, build_policy, expected_depth
-from anira.layers import Block, LayerHooks, RMSNorm, Rotary, hook
+from anira.layers import Block, LayerHooks, RMSNorm, Rotary, Segments, hook
 from anira.lens import LensMixin
 
 #: default of ``RecurrentTransformer.fast_path_min_tokens["cuda"]`` (H200 sweep, docs/benchmarks.md)
@@ -184,8 +185,9 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
     def _h(self, point: nn.Module | None) -> Any:
         return point if self.hook_points_enabled else None
 
-    def check_tokens(self, tokens: Tensor) -> Tensor:
-        """Validate token ids; returns a (b, p) long tensor on the model's device."""
+    def check_tokens(self, tokens: Tensor, *, packed: bool = False) -> Tensor:
+        """Validate token ids; returns a (b, p) long tensor on the model's device. A
+        ``packed`` row may be longer than max_len (its examples' positions are checked)."""
         if not isinstance(tokens, Tensor):
             tokens = torch.as_tensor(tokens)
         if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -194,7 +196,7 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
             tokens = tokens[None]
         if tokens.dim() != 2:
             raise AniraError(f"tokens must have shape (batch, pos), got {tuple(tokens.shape)}")
-        if tokens.shape[1] > self.cfg.max_len:
+        if tokens.shape[1] > self.cfg.max_len and not packed:
             raise AniraError(f"sequence length {tokens.shape[1]} exceeds max_len {self.cfg.max_len}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size):
             bad = tokens[(tokens < 0) | (tokens >= self.cfg.vocab_size)][0].item()
@@ -203,27 +205,44 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
 
     # ---------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, *, exit_depths: Tensor | None = None,
-                features: dict[str, Tensor] | None = None) -> ModelOutput:
+                features: dict[str, Tensor] | None = None, segments: Tensor | None = None) -> ModelOutput:
         """Run the model. ``exit_depths`` (b, p) in 1..D forces each token's depth
         (the policy still computes its signals and q). ``features``: per-token
         inputs (name -> (b, p) tensor, e.g. a task's per-token features) that
-        policies read as ``ctx.features``; they also see the ids as ``ctx.tokens``."""
-        tokens = self.check_tokens(tokens)
+        policies read as ``ctx.features``; they also see the ids as ``ctx.tokens``.
+        ``segments`` (b, p): several examples packed along each row (anira/packing.py),
+        as ids non-decreasing along the row, one run per example; each example then
+        has its own positions and attends only to itself (the masked path runs)."""
+        tokens = self.check_tokens(tokens, packed=segments is not None)
         features = self._check_features(features, tokens.shape)
-        h0 = self.run_prelude(tokens)
+        packed = None if segments is None else self._check_segments(segments, tokens.shape)
+        h0 = self.run_prelude(tokens, packed)
         forced = None if exit_depths is None else self._check_depths(exit_depths, tokens.shape)
         if forced is None and not self.training and self.policy.needs_full_distribution():
             with torch.no_grad():  # scouting pass, hooks off: choose depths from the full q
                 enabled, self.hook_points_enabled = self.hook_points_enabled, False
                 try:
                     all_d = torch.full(tokens.shape, self.cfg.max_iters, device=self.device)
-                    scout = self.run_loop(h0, forced=all_d, tokens=tokens, features=features)
+                    scout = self.run_loop(h0, forced=all_d, tokens=tokens, features=features, segments=packed)
                 finally:
                     self.hook_points_enabled = enabled
             check = PolicyOutputChecks(self.policy, tokens.shape)
             forced = check.depths(self.policy.depths_from_distribution(scout.q), "depths_from_distribution")
             check.verify()
-        return self.run_loop(h0, forced=forced, tokens=tokens, features=features)
+        return self.run_loop(h0, forced=forced, tokens=tokens, features=features, segments=packed)
+
+    def _check_segments(self, segments: Tensor, shape: torch.Size) -> Segments:
+        segments = torch.as_tensor(segments, device=self.device)
+        if tuple(segments.shape) != tuple(shape):
+            raise AniraError(f"segments has shape {tuple(segments.shape)}, expected (batch, pos) = {tuple(shape)}")
+        if segments.dtype.is_floating_point or segments.dtype == torch.bool:
+            raise AniraError(f"segments must be integer ids, got dtype {segments.dtype}")
+        if segments.shape[1] > 1 and bool((segments[:, 1:] < segments[:, :-1]).any()):
+            raise AniraError("segments must be non-decreasing along each row (one run of equal ids per example)")
+        packed = Segments.from_ids(segments)
+        if segments.numel() and int(packed.positions.max()) >= self.cfg.max_len:
+            raise AniraError(f"a packed example of {int(packed.positions.max()) + 1} tokens exceeds max_len {self.cfg.max_len}")
+        return packed
 
     def _check_depths(self, depths: Tensor, shape: torch.Size) -> Tensor:
         depths = torch.as_tensor(depths, device=self.device).long()
@@ -246,14 +265,14 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
             checked[name] = value
         return checked
 
-    def run_prelude(self, tokens: Tensor) -> Tensor:
+    def run_prelude(self, tokens: Tensor, segments: Segments | None = None) -> Tensor:
         x = hook(self._h(self.hook_embed), self.embed(tokens))  # (b, p, d)
         for l, block in enumerate(self.prelude_blocks):
-            x = block(x, self.rotary, self._h(self.prelude[l]))
+            x = block(x, self.rotary, self._h(self.prelude[l]), segments=segments)
         return x
 
     def run_loop(self, h0: Tensor, *, forced: Tensor | None = None, tokens: Tensor | None = None,
-                 features: dict[str, Tensor] | None = None) -> ModelOutput:
+                 features: dict[str, Tensor] | None = None, segments: Segments | None = None) -> ModelOutput:
         """The recurrent core, up to D iterations with per-token exit and freezing:
 
             h_i(d) = a_i(d)·R(h(d-1))_i + (1 - a_i(d))·h_i(d-1),   a_i(d) = loop.{d-1}.hook_running
@@ -261,15 +280,17 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
         ``forced`` (b, p): exit depths decided before the loop. Training runs every
         iteration on every token (a static graph); inference hands the computation
         to an :class:`~anira.fast.InferenceLoop` (same function, frozen tokens
-        skipped) and stops once no token runs and no hook is left to change that."""
+        skipped) and stops once no token runs and no hook is left to change that.
+        Packed rows (``segments``) take the masked path at inference too."""
         D = self.cfg.max_iters
         check = PolicyOutputChecks(self.policy, h0.shape[:2])
-        ctx = LoopContext(max_iters=D, stochastic=self.training and forced is None, readout=self.readout,
+        readout = self.readout if segments is None else partial(self.readout, segments=segments)
+        ctx = LoopContext(max_iters=D, stochastic=self.training and forced is None, readout=readout,
                           tokens=tokens, features=features or {})
         state = check.state(self.policy.begin(h0, ctx, self._emitter(self.halt)), "begin")
         if forced is None and not self.training and self.use_planned_depths:  # early policies decided already
             forced = check.depths(self.policy.planned_exit_depths(state, ctx, h0), "planned_exit_depths")
-        executor = None if self.training else self._executor(h0, forced)
+        executor = None if self.training or segments is not None else self._executor(h0, forced)
         h, keep, ran, iterations_run = h0, h0.new_ones(h0.shape[:2]), [], 0
         cont = keep
         for t in range(D):
@@ -282,7 +303,7 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
             h = self._watch(it and it.hook_resid_pre, h, executor)
             if executor is None:  # the freeze equation on every token (a static graph)
                 a = running.to(h.dtype) if forced is not None else running + self._surrogate(keep, cont, running)
-                h = self.iterate(h, t, a)
+                h = self.iterate(h, t, a, segments=segments)
             elif computes:  # the same function, skipping frozen tokens
                 h = executor.iterate(h, t, running)
             h = self._watch(it and it.hook_resid_post, h, executor)
@@ -298,7 +319,7 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
         q = check.distribution(self.policy.finish(state, ctx, h0))
         check.verify()
         exp_depth = expected_depth(q)
-        logits = self.run_coda(self.policy.readout_state(state, h), exit_depth, exp_depth)
+        logits = self.run_coda(self.policy.readout_state(state, h), exit_depth, exp_depth, segments)
         return ModelOutput(logits=logits, exit_depth=exit_depth, q=q, expected_depth=exp_depth,
                            running=running_all, iterations_run=iterations_run, state=state)
 
@@ -329,14 +350,15 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
         executor.patched((after != before).any(-1))
         return after
 
-    def iterate(self, h: Tensor, t: int, active: Tensor, *, hooks: bool = True) -> Tensor:
+    def iterate(self, h: Tensor, t: int, active: Tensor, *, hooks: bool = True,
+                segments: Segments | None = None) -> Tensor:
         """Exactly one iteration on every token (the masked path): the core, then
         freezing. ``active`` (b, p) is a_i(t+1) (0/1, possibly with a straight-through
         gradient). Only the core's own hook points fire here."""
         points = self._h(self.loop[t]) if hooks else None
         candidate = h
         for l, block in enumerate(self.core_blocks):
-            candidate = block(candidate, self.rotary, points and points.core[l])
+            candidate = block(candidate, self.rotary, points and points.core[l], segments=segments)
         a = active[..., None].to(h.dtype)
         return a * candidate + (1 - a) * h  # exact for a in {0, 1}
 
@@ -424,21 +446,22 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
 
         return emit
 
-    def run_coda(self, exit_state: Tensor, exit_depth: Tensor, exp_depth: Tensor) -> Tensor:
+    def run_coda(self, exit_state: Tensor, exit_depth: Tensor, exp_depth: Tensor,
+                 segments: Segments | None = None) -> Tensor:
         coda = self._h(self.coda)
         x = hook(coda and coda.hook_exit_state, exit_state)
         if coda is not None:  # observation points: patching them changes nothing downstream
             coda.hook_exit_depth(exit_depth)
             coda.hook_expected_depth(exp_depth)
         for l, block in enumerate(self.coda_blocks):
-            x = block(x, self.rotary, coda and coda[l])
+            x = block(x, self.rotary, coda and coda[l], segments=segments)
         return hook(self._h(self.hook_logits), self.unembed(self.ln_final(x)))
 
-    def readout(self, state: Tensor) -> Tensor:
+    def readout(self, state: Tensor, segments: Segments | None = None) -> Tensor:
         """Logits the Coda would give if every token exited with ``state``; no hooks fire."""
         x = state
         for block in self.coda_blocks:
-            x = block(x, self.rotary, None)
+            x = block(x, self.rotary, None, segments=segments)
         return self.unembed(self.ln_final(x))
 
 

@@ -269,6 +269,12 @@ class Batch:
     # float32 [b, n]: per-token ground-truth complexity, NaN where undefined and on
     # padding (supervision for the ``oracle`` policy); None when built without it
     complexity: np.ndarray | None = None
+    # packed rows (anira.packing): several examples to a row. Then ``lengths`` and
+    # ``difficulty`` are per example (e,), and per token: the example each token belongs
+    # to (int64 [rows, n], -1 on padding) and its segment along the row (int64 [rows, n]:
+    # non-decreasing ids, one run per example, each padding token a segment of its own)
+    example_index: np.ndarray | None = None
+    segments: np.ndarray | None = None
 
 
 def collate(examples: list[Example], pad_id: int = 0, length: int | None = None) -> Batch:

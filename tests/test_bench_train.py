@@ -71,5 +71,5 @@ def test_bench_train_command_reports_both_layouts(capsys):
     assert [line.split()[:3] for line in lines[1:]] == [["eager,", "unaligned", "GEMMs"], ["eager,", "aligned", "GEMMs"]]
     assert main([*argv, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["schema"] == 3
+    assert printed["schema"] == 4
     assert [m["gemms"] for m in printed["results"][0]["modes"]] == ["unaligned", "aligned"]

@@ -26,12 +26,15 @@ print(json.dumps(evaluate_range(c.model, c.task, "test_id", sets, train["eval_ba
 """
 
 
-@pytest.mark.parametrize("policy", ["fixed", "anira-o"])
-def test_periodic_eval_of_compiled_fused_training_equals_a_fresh_process(tmp_path, policy):
-    out = tmp_path / policy
+@pytest.mark.parametrize("policy,packing", [("fixed", 0), ("anira-o", 0), ("anira-o", 256)])
+def test_periodic_eval_of_compiled_fused_training_equals_a_fresh_process(tmp_path, policy, packing):
+    # packing: several examples to a row (anira/packing.py), row counts varying from step
+    # to step, through the compiled CUDA-graph step
+    out = tmp_path / f"{policy}-{packing}"
     code = main(["train", "--preset", "ref-brevo", "--policy", policy, "--device", "cuda", "--out", str(out),
                  "--set", "train.steps=600", "--set", "train.eval_every=200", "--set", "train.checkpoint_every=600",
-                 "--set", "train.data_pool=20000", "--set", "train.eval_examples=64", "--set", "train.stop_at_acc=0"])
+                 "--set", "train.data_pool=20000", "--set", "train.eval_examples=64", "--set", "train.stop_at_acc=0",
+                 "--set", f"train.pack_length={packing}"])
     assert code == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r.get("kind") == "eval" and r["split"] == "test_id"]

@@ -70,14 +70,16 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def _batches(task: Any, batch: int, seq: int, n: int, seed: int) -> list[Any]:
+def _batches(task: Any, batch: int, seq: int, n: int, seed: int, *, pack: bool = False) -> list[Any]:
+    """``n`` training batches of ``batch`` examples padded to ``seq``, or packed into rows of ``seq``."""
+    from anira.packing import pack_batch
     from anira.task import collate
     from anira.training.data import to_torch, train_example
 
     out = []
     for s in range(n):
-        examples = [train_example(task, seed, s, j) for j in range(batch)]
-        out.append(to_torch(collate(examples, length=seq)))
+        padded = collate([train_example(task, seed, s, j) for j in range(batch)], length=seq)
+        out.append(to_torch(pack_batch(padded, seq) if pack else padded))
     return out
 
 
@@ -87,6 +89,10 @@ MODES = ("eager", *COMPILE_MODES)
 #: matrix products ``bench_train`` can compare (anira/aligned.py): every dimension a
 #: multiple of 8 (the model as built), or the plain nn.Linear products (the baseline)
 GEMMS = ("aligned", "unaligned")
+
+#: batch layouts ``bench_train`` can compare: a row per example padded to the length
+#: (the paper's), or the same examples packed several to a row (anira/packing.py)
+LAYOUTS = ("padded", "packed")
 
 
 def _bench_spec(config_name: str, policy: str, sets: list[str] | tuple[str, ...], registry: Any) -> tuple[Any, int | None, int | None]:
@@ -108,6 +114,7 @@ def _bench_spec(config_name: str, policy: str, sets: list[str] | tuple[str, ...]
 def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30, warmup: int = 5, *,
                 policy: str = "anira-o", amp: bool = True, modes: tuple[str, ...] | list[str] = ("eager",),
                 gemms: tuple[str, ...] | list[str] = ("aligned",),
+                layouts: tuple[str, ...] | list[str] = ("padded",),
                 batch_size: int | None = None, seq_len: int | None = None, sets: tuple[str, ...] | list[str] = (),
                 pool: int = 4, seed: int = 0) -> dict[str, Any]:
     """Training throughput of one configuration under one or more execution ``modes``.
@@ -120,10 +127,15 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     dimension a multiple of 8, anira/aligned.py) or ``unaligned`` (the same model
     with those layers' plain ``nn.Linear`` products, the baseline; the aligned forms
     apply under ``torch.compile`` only, so in ``eager`` mode the two compute the same
-    products). After warm-up
+    products), and once per entry of ``layouts``: ``padded`` (a row per example, padded
+    to ``seq_len``) or ``packed`` (the same examples several to a row of ``seq_len``
+    tokens, anira/packing.py). After warm-up
     (which includes compilation) the runs' timed steps alternate, in the order
-    (mode, gemms) for mode in ``modes`` for gemms in ``gemms``, so drift hits them
-    alike; ``speedup_vs_first`` is relative to the first run. A step is a full
+    (mode, gemms, layout) for mode in ``modes`` for gemms in ``gemms`` for layout in
+    ``layouts``, so drift hits them alike; ``speedup_vs_first`` is relative to the first run.
+    ``tokens_per_s`` is examples × ``seq_len`` per second in every layout (the paper's
+    count: its steps of 512 padded rows), ``computed_tokens_per_s`` the positions the
+    hardware computes (rows × ``seq_len``), and MFU counts the computed positions. A step is a full
     training step (forward, loss, backward, clipping, AdamW as the trainer builds
     it) on a pool of real task batches padded to ``seq_len``. Data generation is
     measured separately (``data_examples_per_s``, one CPU process) because the
@@ -142,9 +154,12 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     unknown = [g for g in gemms if g not in GEMMS]
     if unknown or not gemms:
         raise AniraError(f"unknown GEMM layout(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(GEMMS)}")
-    runs_wanted = [(mode, g) for mode in modes for g in gemms]
+    unknown = [x for x in layouts if x not in LAYOUTS]
+    if unknown or not layouts:
+        raise AniraError(f"unknown batch layout(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(LAYOUTS)}")
+    runs_wanted = [(mode, g, x) for mode in modes for g in gemms for x in layouts]
     if len(set(runs_wanted)) < len(runs_wanted):
-        raise AniraError("each benchmark mode and GEMM layout may be named only once")
+        raise AniraError("each benchmark mode, GEMM layout and batch layout may be named only once")
     registry = default_registry()
     spec, batch, seq = _bench_spec(config_name, policy, sets, registry)
     task = spec.build_task(registry)
@@ -160,13 +175,15 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AniraError("CUDA is not available")
     t0 = time.perf_counter()
-    batches = _batches(task, batch, seq, pool, seed)
+    padded = _batches(task, batch, seq, pool, seed)
     data_rate = batch * pool / (time.perf_counter() - t0)
-    batches = [b.to(dev) for b in batches]
+    by_layout = {"padded": [b.to(dev) for b in padded]}
+    if "packed" in layouts:
+        by_layout["packed"] = [b.to(dev) for b in _batches(task, batch, seq, pool, seed, pack=True)]
     use_amp = amp and dev.type == "cuda"
     options = spec.effective_policy_options(registry)
 
-    def make_step(mode: str, layout: str):
+    def make_step(mode: str, layout: str, rows: str):
         model = build_model(cfg, spec.policy, registry=registry, seed=seed, **options).to(dev).train()
         set_aligned_gemms(model, layout == "aligned")
         optimizer = make_optimizer(model, spec)
@@ -177,9 +194,10 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
             targets = None if b.complexity is None else {"complexity": b.complexity}
             if cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
+            packed = {} if b.segments is None else {"segments": b.segments}
             with autocast_for(dev, use_amp):
                 forced = model.policy.teacher_exit_depths(model, b.tokens, targets)
-                out = forward(b.tokens) if forced is None else forward(b.tokens, exit_depths=forced)
+                out = forward(b.tokens, **packed) if forced is None else forward(b.tokens, exit_depths=forced, **packed)
                 terms = compute_loss(model, out, b.tokens, b.loss_mask, b.token_mask, targets=targets)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
@@ -192,33 +210,36 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    runs: dict[tuple[str, str], Any] = {}
+    runs: dict[tuple[str, str, str], Any] = {}
     for key in runs_wanted:
         model, step = make_step(*key)
+        batches = by_layout[key[2]]
         t = time.perf_counter()
-        for i in range(warmup):
+        for i in range(max(warmup, len(batches) if key[2] == "packed" else 0)):  # every packed shape compiles here
             step(batches[i % pool])
         sync()
         runs[key] = {"model": model, "step": step, "warmup_s": time.perf_counter() - t, "times": []}
     for i in range(steps):  # alternate the runs step by step
         for key in runs_wanted:
             t = time.perf_counter()
-            runs[key]["step"](batches[i % pool])
+            runs[key]["step"](by_layout[key[2]][i % pool])
             sync()
             runs[key]["times"].append(time.perf_counter() - t)
     tokens = batch * seq
-    real = float(sum(int(b.token_mask.sum()) for b in batches)) / pool
+    real = float(sum(int(b.token_mask.sum()) for b in by_layout["padded"])) / pool
     fl = flops_per_token(cfg, seq, spec.policy)
     peak = peak_flops(dev)
     results = []
-    for mode, layout in runs_wanted:
-        times = runs[mode, layout]["times"]
+    for mode, layout, rows in runs_wanted:
+        times = runs[mode, layout, rows]["times"]
         step_time = statistics.median(times)
-        achieved = fl["train"] * tokens / step_time
+        computed = float(sum(b.tokens.numel() for b in by_layout[rows])) / pool
+        achieved = fl["train"] * computed / step_time
         results.append({
-            "mode": mode, "gemms": layout, "warmup_s": runs[mode, layout]["warmup_s"],
+            "mode": mode, "gemms": layout, "layout": rows, "warmup_s": runs[mode, layout, rows]["warmup_s"],
             "step_time_s": step_time, "step_time_mean_s": statistics.mean(times),
-            "steps_per_s": 1.0 / step_time, "tokens_per_s": tokens / step_time,
+            "steps_per_s": 1.0 / step_time, "tokens_per_s": tokens / step_time,  # examples x seq
+            "computed_tokens_per_s": computed / step_time, "rows": computed / seq,
             "real_tokens_per_s": real / step_time,  # non-padding tokens
             "model_flops_per_s": achieved, "mfu": None if peak is None else achieved / peak,
         })
@@ -231,7 +252,7 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "batch": batch, "seq": seq, "d_model": cfg.d_model, "d_ff": cfg.d_ff, "max_iters": cfg.max_iters,
         "params": sum(p.numel() for p in first_model.parameters()), "sets": list(sets),
-        "amp_bf16": use_amp, "gemms": list(gemms), "steps_timed": steps, "warmup_steps": warmup,
+        "amp_bf16": use_amp, "gemms": list(gemms), "layouts": list(layouts), "steps_timed": steps, "warmup_steps": warmup,
         "flops_per_token_train": fl["train"], "peak_flops": peak,
         "data_examples_per_s": data_rate,  # one CPU process generating examples
         "paper_tokens_per_s": PAPER_MANO_TOKENS_PER_S if config_name == "mano" else None,

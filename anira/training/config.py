@@ -58,6 +58,10 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept in a run dir (0: keep all)
     difficulty_sampling: str = "uniform"  # how a training example's difficulty is drawn
     pad_to_max: bool = False  # pad every batch to the longest train length (fixed shapes for compile)
+    # > 0: pack each step's examples into rows of this many tokens (anira/packing.py): the
+    # same examples, positions and loss without computing padding; at least the longest
+    # train example. 0: a row per example (padded)
+    pack_length: int = 0
     amp: bool = True  # bf16 autocast; only takes effect on CUDA
     compile: bool = False  # torch.compile the model; only takes effect on CUDA
     # torch.compile mode: "default", "reduce-overhead" (CUDA graphs: needs pad_to_max for
@@ -97,7 +101,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise AniraError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "reg_warmup_steps", "full_depth_steps", "data_pool", "eval_every", "checkpoint_every", "keep_checkpoints", "num_workers", "seed"):
+        for name in ("warmup_steps", "reg_warmup_steps", "full_depth_steps", "data_pool", "pack_length", "eval_every", "checkpoint_every", "keep_checkpoints", "num_workers", "seed"):
             if getattr(self, name) < 0:
                 raise AniraError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.straight_through not in STRAIGHT_THROUGH:
@@ -152,7 +156,8 @@ class TrainConfig:
 #: change them (e.g. more steps, another device, more data workers).
 RESUMABLE_FIELDS = frozenset(
     {"steps", "log_every", "eval_every", "eval_examples", "eval_batch_size", "eval_ood",
-     "checkpoint_every", "keep_checkpoints", "device", "num_workers", "compile", "compile_mode", "stop_at_acc"}
+     "checkpoint_every", "keep_checkpoints", "device", "num_workers", "compile", "compile_mode", "stop_at_acc",
+     "pack_length"}
 )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from anira.errors import AniraError
+from anira.packing import pack_batch
 from anira.task import Batch, Example, Task, collate
 from anira.training.pool import ExamplePool, step_rows
 
@@ -55,19 +56,29 @@ class TorchBatch:
     loss_mask: torch.Tensor  # (b, n) bool
     answer_mask: torch.Tensor  # (b, n) bool
     token_mask: torch.Tensor  # (b, n) bool: real (non-padding) tokens
-    difficulty: torch.Tensor  # (b,) long
+    difficulty: torch.Tensor  # (b,) long; packed: (e,), per example
     complexity: torch.Tensor | None = None  # (b, n) float32, NaN where undefined (oracle supervision)
+    # packed rows (anira.packing): each token's example (-1 on padding) and segment along its row
+    example_index: torch.Tensor | None = None  # (rows, n) long
+    segments: torch.Tensor | None = None  # (rows, n) long
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.difficulty.shape[0])
 
     def to(self, device: torch.device) -> TorchBatch:
         nb = device.type == "cuda"
         return TorchBatch(*(None if t is None else t.to(device, non_blocking=nb) for t in (
-            self.tokens, self.loss_mask, self.answer_mask, self.token_mask, self.difficulty, self.complexity)))
+            self.tokens, self.loss_mask, self.answer_mask, self.token_mask, self.difficulty, self.complexity,
+            self.example_index, self.segments)))
 
 
 def to_torch(batch: Batch) -> TorchBatch:
-    lengths = torch.from_numpy(batch.lengths)
     n = batch.tokens.shape[1]
-    token_mask = torch.arange(n)[None, :] < lengths[:, None]
+    if batch.segments is None:
+        token_mask = torch.arange(n)[None, :] < torch.from_numpy(batch.lengths)[:, None]
+    else:
+        token_mask = torch.from_numpy(batch.example_index >= 0)
     return TorchBatch(
         tokens=torch.from_numpy(batch.tokens),
         loss_mask=torch.from_numpy(batch.loss_mask),
@@ -75,6 +86,8 @@ def to_torch(batch: Batch) -> TorchBatch:
         token_mask=token_mask,
         difficulty=torch.from_numpy(batch.difficulty),
         complexity=None if batch.complexity is None else torch.from_numpy(batch.complexity),
+        example_index=None if batch.example_index is None else torch.from_numpy(batch.example_index),
+        segments=None if batch.segments is None else torch.from_numpy(batch.segments),
     )
 
 
@@ -86,7 +99,8 @@ class StepBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, task: Task, seed: int, global_batch: int, rank: int, world: int,
-                 start: int, stop: int, pad_to_max: bool, pool: ExamplePool | None = None) -> None:
+                 start: int, stop: int, pad_to_max: bool, pool: ExamplePool | None = None,
+                 pack_length: int = 0) -> None:
         self.task = task
         self.seed = seed
         self.global_batch = global_batch
@@ -94,6 +108,10 @@ class StepBatches(torch.utils.data.Dataset):
         self.start, self.stop = start, stop
         self.length = task.max_len(task.ranges.train[1]) if pad_to_max else None
         self.pool = pool  # None: generate every example on the fly
+        self.pack_length = pack_length  # > 0: examples packed into rows of this many tokens
+
+    def _finish(self, batch: Batch) -> TorchBatch:
+        return to_torch(pack_batch(batch, self.pack_length) if self.pack_length else batch)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -102,8 +120,8 @@ class StepBatches(torch.utils.data.Dataset):
         step = self.start + i
         if self.pool is not None:
             rows = step_rows(self.seed, step, len(self.pool), self.global_batch)
-            return to_torch(self.pool.batch(rows[self.indices.start:self.indices.stop], self.length))
-        return to_torch(train_batch(self.task, self.seed, step, self.indices, self.length))
+            return self._finish(self.pool.batch(rows[self.indices.start:self.indices.stop], self.length))
+        return self._finish(train_batch(self.task, self.seed, step, self.indices, self.length))
 
 
 def _identity(x):

@@ -131,6 +131,10 @@ class Trainer:
         self.info, self.device = distributed.init(spec.train.device)
         self.task = spec.build_task(self.registry)
         self.model_config = spec.model_config(self.task)
+        longest = self.task.max_len(self.task.ranges.train[1])
+        if 0 < spec.train.pack_length < longest:
+            raise AniraError(f"train.pack_length {spec.train.pack_length} is shorter than the task's longest "
+                             f"training example ({longest} tokens)")
         self.policy_options = spec.effective_policy_options(self.registry)
         # every rank validates the directory (read-only); only rank 0 writes
         self.resume_from = check_run_dir(self.out, spec, self.resume)
@@ -247,10 +251,11 @@ class Trainer:
                 forced = torch.full_like(batch.tokens, self.model.cfg.max_iters)
             else:
                 forced = self.model.policy.teacher_exit_depths(self.model, batch.tokens, targets)
+            packed = {} if batch.segments is None else {"segments": batch.segments}  # anira/packing.py
             if forced is None:
-                out = self.forward_module(batch.tokens)
+                out = self.forward_module(batch.tokens, **packed)
             else:  # teacher forcing: the policy's own depths are replaced by its targets
-                out = self.forward_module(batch.tokens, exit_depths=forced)
+                out = self.forward_module(batch.tokens, exit_depths=forced, **packed)
             terms = compute_loss(self.model, out, batch.tokens, batch.loss_mask, batch.token_mask,
                                  targets=targets)
         n_loss = batch.loss_mask[:, :-1].sum()
@@ -287,10 +292,17 @@ class Trainer:
     def _expected_depth_by_difficulty(out: Any, batch: TorchBatch) -> dict[str, float]:
         """Mean expected depth over answer tokens per difficulty value of this rank's batch."""
         ans = batch.answer_mask
-        per_example = (out.expected_depth.float() * ans).sum(1) / ans.sum(1).clamp_min(1)
+        depth = out.expected_depth.float() * ans
+        if batch.example_index is None:  # a row per example
+            sums, counts = depth.sum(1), ans.sum(1)
+        else:  # packed rows: sum each example's tokens wherever they sit
+            index = batch.example_index.clamp_min(0).reshape(-1)
+            sums = depth.new_zeros(batch.n_examples).index_add_(0, index, depth.reshape(-1))
+            counts = depth.new_zeros(batch.n_examples).index_add_(0, index, ans.reshape(-1).float())
+        per_example = sums / counts.clamp_min(1)
         values = torch.stack([per_example, batch.difficulty.to(per_example)]).tolist()
         table: dict[int, list[float]] = {}
-        for depth, difficulty, has in zip(values[0], values[1], ans.any(1).tolist()):
+        for depth, difficulty, has in zip(values[0], values[1], (counts > 0).tolist()):
             if has:
                 table.setdefault(int(difficulty), []).append(depth)
         return {str(d): sum(v) / len(v) for d, v in sorted(table.items())}
@@ -378,7 +390,7 @@ class Trainer:
                 pool, _ = load_or_build_pool(self.task, self.spec.task_options, cfg.seed, cfg.data_pool,
                                              workers=cfg.num_workers)
             data = StepBatches(self.task, cfg.seed, cfg.batch_size, self.info.rank, self.info.world_size,
-                               step, total, cfg.pad_to_max, pool)
+                               step, total, cfg.pad_to_max, pool, cfg.pack_length)
             # batches from a pool are array slices: worker processes would only add copies
             loader = iter(step_loader(data, 0 if pool is not None else cfg.num_workers))
             mark_t, mark_tokens, mark_examples = time.perf_counter(), 0.0, 0.0
@@ -392,7 +404,7 @@ class Trainer:
                 self._train_step(batch, step, keep=logging)
                 step += 1
                 mark_tokens += batch.tokens.numel()
-                mark_examples += batch.tokens.shape[0]
+                mark_examples += batch.n_examples
                 elapsed = self.prior_wall + time.perf_counter() - t0
                 record = None
                 if step % cfg.log_every == 0 or step == total:
