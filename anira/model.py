@@ -198,7 +198,9 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
             raise AniraError(f"tokens must have shape (batch, pos), got {tuple(tokens.shape)}")
         if tokens.shape[1] > self.cfg.max_len and not packed:
             raise AniraError(f"sequence length {tokens.shape[1]} exceeds max_len {self.cfg.max_len}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size):
+        # value checks read the device: under torch.compile each is a graph break and a sync
+        # per step, so a compiled (training) forward trusts its own data pipeline's values
+        if _checks_values() and tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size):
             bad = tokens[(tokens < 0) | (tokens >= self.cfg.vocab_size)][0].item()
             raise AniraError(f"token id {bad} is outside the vocabulary of size {self.cfg.vocab_size}")
         return tokens.long().to(self.device)
@@ -237,10 +239,11 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
             raise AniraError(f"segments has shape {tuple(segments.shape)}, expected (batch, pos) = {tuple(shape)}")
         if segments.dtype.is_floating_point or segments.dtype == torch.bool:
             raise AniraError(f"segments must be integer ids, got dtype {segments.dtype}")
-        if segments.shape[1] > 1 and bool((segments[:, 1:] < segments[:, :-1]).any()):
+        checks = _checks_values()  # see check_tokens
+        if checks and segments.shape[1] > 1 and bool((segments[:, 1:] < segments[:, :-1]).any()):
             raise AniraError("segments must be non-decreasing along each row (one run of equal ids per example)")
         packed = Segments.from_ids(segments)
-        if segments.numel() and int(packed.positions.max()) >= self.cfg.max_len:
+        if checks and segments.numel() and int(packed.positions.max()) >= self.cfg.max_len:
             raise AniraError(f"a packed example of {int(packed.positions.max()) + 1} tokens exceeds max_len {self.cfg.max_len}")
         return packed
 
@@ -463,6 +466,11 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
         for block in self.coda_blocks:
             x = block(x, self.rotary, None, segments=segments)
         return self.unembed(self.ln_final(x))
+
+
+def _checks_values() -> bool:
+    """Whether input values are checked: always, except while torch.compile traces."""
+    return not torch.compiler.is_compiling()
 
 
 def build_model(

@@ -1,7 +1,8 @@
 """Where a training step's GPU time goes: the paper's MANO configuration (the training
 benchmark), torch.compile mode ``default`` (inductor kernels, no CUDA graphs, so the
 profiler sees every kernel), bf16 autocast, policy anira-o. Prints the top kernels by
-CUDA time and their share. Usage (H200): python scripts/profile_train.py [mano|brevo] [policy]
+CUDA time and their share. ``packed``: the same examples packed several to a row
+(anira/packing.py). Usage (H200): python scripts/profile_train.py [mano|brevo] [policy] [padded|packed]
 """
 import sys
 
@@ -16,11 +17,13 @@ from anira.training.loop import make_optimizer
 
 name = sys.argv[1] if len(sys.argv) > 1 else "mano"
 policy = sys.argv[2] if len(sys.argv) > 2 else "anira-o"
+packed = len(sys.argv) > 3 and sys.argv[3] == "packed"
 registry = default_registry()
 spec, batch, seq = _bench_spec(name, policy, [], registry)
 task = spec.build_task(registry)
 cfg = spec.model_config(task).replace(max_len=max(seq, spec.model_config(task).max_len))
-b = _batches(task, batch, seq, 1, 0)[0].to(torch.device("cuda"))
+b = _batches(task, batch, seq, 1, 0, pack=packed)[0].to(torch.device("cuda"))
+rows = {} if b.segments is None else {"segments": b.segments}
 model = build_model(cfg, policy, registry=registry, seed=0, **spec.effective_policy_options(registry)).cuda().train()
 opt = make_optimizer(model, spec)
 fwd = torch.compile(model)
@@ -28,7 +31,7 @@ fwd = torch.compile(model)
 
 def step():
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = fwd(b.tokens)
+        out = fwd(b.tokens, **rows)
         loss = compute_loss(model, out, b.tokens, b.loss_mask, b.token_mask).total
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -45,7 +48,8 @@ for _ in range(5):
     step()
 end.record()
 torch.cuda.synchronize()
-print(f"{name} {policy}: default-compiled step {start.elapsed_time(end) / 5:.1f} ms (batch {batch}, seq {seq})")
+print(f"{name} {policy}: default-compiled step {start.elapsed_time(end) / 5:.1f} ms (batch {batch}, seq {seq}, "
+      f"{b.tokens.shape[0]} {'packed' if packed else 'padded'} rows)")
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     for _ in range(3):
         step()
