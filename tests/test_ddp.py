@@ -23,24 +23,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str, steps: int) -> None:
+def _worker(rank: int, world: int, port: int, out: str, steps: int, pack_length: int = 0) -> None:
     # what torchrun would set
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     spec = support.spec("fixed", steps=steps, batch_size=8, checkpoint_every=0, eval_every=0, log_every=1,
-                        device="cpu")
+                        device="cpu", pack_length=pack_length)
     train(spec, out, registry=support.registry())
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+# packed: each rank packs its own examples (so the ranks' row counts and token counts
+# differ); the result must still be the single process's padded run
+@pytest.mark.parametrize("pack_length", [0, 48])
+def test_two_gloo_processes_match_one_process(tmp_path, pack_length):
     if not torch.distributed.is_gloo_available():
         pytest.skip("gloo backend not available")
     steps = 4
     port = _free_port()
     # the test helpers live next to this file; spawned children import them by path
     sys.path.insert(0, os.path.dirname(__file__))
-    mp.spawn(_worker, args=(2, port, str(tmp_path / "ddp"), steps), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, str(tmp_path / "ddp"), steps, pack_length), nprocs=2, join=True)
     spec = support.spec("fixed", steps=steps, batch_size=8, checkpoint_every=0, eval_every=0, log_every=1,
                         device="cpu")
     train(spec, tmp_path / "single", registry=support.registry())
