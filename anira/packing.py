@@ -67,28 +67,38 @@ def pack_batch(batch: Batch, length: int, *, pad_id: int = 0) -> Batch:
     placed = assign_rows(lengths, length)
     n_rows = len(placed)
     n_rows = -(-n_rows // row_multiple(n_rows)) * row_multiple(n_rows)
-    tokens = np.full((n_rows, length), pad_id, dtype=np.int64)
-    loss = np.zeros((n_rows, length), dtype=bool)
-    ans = np.zeros((n_rows, length), dtype=bool)
-    que = np.zeros((n_rows, length), dtype=bool)
-    cx = None if batch.complexity is None else np.full((n_rows, length), np.nan, dtype=np.float32)
-    example = np.full((n_rows, length), -1, dtype=np.int64)
+    # where each example goes: its row, its offset there, its index along the row (the
+    # examples of a row in batch order)
+    order = np.array([i for members in placed for i in sorted(members)], dtype=np.int64)
+    counts = np.array([len(members) for members in placed], dtype=np.int64)
+    rows = np.repeat(np.arange(len(placed)), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)  # each row's first entry in ``order``
+    ends = np.cumsum(lengths[order])
+    row_of, offset, slot = (np.empty(len(lengths), dtype=np.int64) for _ in range(3))
+    row_of[order] = rows
+    slot[order] = np.arange(len(order)) - first
+    offset[order] = ends - lengths[order] - (ends - lengths[order])[first]
+    used = np.bincount(row_of, weights=lengths, minlength=n_rows).astype(np.int64)
+    # every real token's source (example, column) and destination (row, column), in one gather
+    example = np.repeat(np.arange(len(lengths)), lengths)
+    column = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    dest_row, dest_col = row_of[example], offset[example] + column
+
+    def placed_like(values: np.ndarray, fill) -> np.ndarray:
+        out = np.full((n_rows, length), fill, dtype=values.dtype)
+        out[dest_row, dest_col] = values[example, column]
+        return out
+
+    example_index = placed_like(np.broadcast_to(np.arange(len(lengths))[:, None], batch.tokens.shape), -1)
     segments = np.zeros((n_rows, length), dtype=np.int64)
-    for r, members in enumerate(placed + [[]] * (n_rows - len(placed))):  # rounding adds empty rows
-        at = 0
-        for s, i in enumerate(sorted(members)):  # examples in batch order along the row
-            k = int(lengths[i])
-            tokens[r, at:at + k] = batch.tokens[i, :k]
-            loss[r, at:at + k] = batch.loss_mask[i, :k]
-            ans[r, at:at + k] = batch.answer_mask[i, :k]
-            que[r, at:at + k] = batch.question_mask[i, :k]
-            if cx is not None:
-                cx[r, at:at + k] = batch.complexity[i, :k]
-            example[r, at:at + k] = i
-            segments[r, at:at + k] = s
-            at += k
-        # padding: one segment per token (position 0, attends to itself only)
-        segments[r, at:] = len(members) + np.arange(length - at)
+    segments[dest_row, dest_col] = slot[example]
+    # padding: one segment per token (position 0, attends to itself only)
+    pad = example_index < 0
+    members_per_row = np.bincount(row_of, minlength=n_rows)
+    segments[pad] = (members_per_row[:, None] + np.arange(length)[None, :] - used[:, None])[pad]
+    tokens = placed_like(batch.tokens.astype(np.int64), pad_id)
+    loss, ans, que = (placed_like(m, False) for m in (batch.loss_mask, batch.answer_mask, batch.question_mask))
+    cx = None if batch.complexity is None else placed_like(batch.complexity.astype(np.float32), np.nan)
     return Batch(tokens=tokens, loss_mask=loss, answer_mask=ans, question_mask=que, lengths=lengths,
                  difficulty=np.asarray(batch.difficulty, dtype=np.int64), complexity=cx,
-                 example_index=example, segments=segments)
+                 example_index=example_index.astype(np.int64), segments=segments)
