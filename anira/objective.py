@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -32,8 +33,15 @@ def masked_next_token_ce(logits: Tensor, tokens: Tensor, loss_mask: Tensor) -> T
     pred = logits[:, :-1].float()  # (b, p-1, V)
     target = tokens[:, 1:]
     mask = loss_mask[:, :-1]
-    if not bool(mask.any()):
-        raise AniraError("the batch has no position to train on (loss_mask is empty)")
+    if mask.device.type == "cpu":
+        if not bool(mask.any()):
+            raise AniraError("the batch has no position to train on (loss_mask is empty)")
+    else:
+        # on an accelerator a host-side check waits for the forward pass at every step: the
+        # device then idles while the host queues the loss and the backward. The trainer
+        # checks its batches on the host before they move (anira/training/data.py); here an
+        # empty mask stops the step on the device instead of giving 0/0
+        torch._assert_async(mask.any(), "the batch has no position to train on (loss_mask is empty)")
     ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")
     mask_f = mask.reshape(-1).float()
     return (ce * mask_f).sum() / mask_f.sum()

@@ -51,3 +51,23 @@ def test_periodic_eval_of_compiled_fused_training_equals_a_fresh_process(tmp_pat
         assert mine["mean_expected_depth"] == pytest.approx(theirs["mean_expected_depth"], abs=1e-3)
     train_acc = [r["token_acc"] for r in records if r.get("kind") == "train"][-1]
     assert train_acc > 0.5  # it learned: a stale evaluation would not follow
+
+
+EMPTY_LOSS_MASK = """
+import torch
+from anira.objective import masked_next_token_ce
+logits = torch.zeros(2, 5, 7, device="cuda")
+loss = masked_next_token_ce(logits, torch.ones(2, 5, dtype=torch.long, device="cuda"),
+                            torch.zeros(2, 5, dtype=torch.bool, device="cuda"))
+torch.cuda.synchronize()
+print("no error", float(loss))
+"""
+
+
+def test_an_empty_loss_mask_stops_the_step_on_the_device(tmp_path):
+    # on CUDA the loss checks its mask with a device-side assertion (no host sync per
+    # step); a failed assertion ends the CUDA context, so this runs in its own process
+    done = subprocess.run([sys.executable, "-P", "-c", EMPTY_LOSS_MASK], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode != 0 and "no error" not in done.stdout
+    # the message travels with the device assertion where the build prints it
+    assert "no position to train on" in done.stderr or "device-side assert" in done.stderr, done.stderr[-2000:]

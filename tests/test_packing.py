@@ -241,3 +241,30 @@ def test_trainer_refuses_a_pack_length_shorter_than_an_example(tmp_path):
     with pytest.raises(AniraError, match="pack_length 5 is shorter than the task's longest training example"):
         Trainer(spec, tmp_path / "run", registry=registry).run()
     assert not (tmp_path / "run").exists()
+
+
+# -- an empty loss mask: checked on the host, so the loss on a GPU need not read it back --
+
+def test_the_loss_refuses_an_empty_loss_mask_on_the_cpu(setting):
+    from anira.objective import masked_next_token_ce
+
+    logits = torch.zeros(2, 5, 7)
+    with pytest.raises(AniraError, match="no position to train on"):
+        masked_next_token_ce(logits, torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.bool))
+
+
+def test_training_batches_with_an_empty_loss_mask_are_refused_on_the_host(setting, monkeypatch):
+    import anira.training.data as data
+
+    _, task, _ = setting
+
+    def no_loss(*args, **kwargs):
+        batch = train_batch(*args, **kwargs)
+        batch.loss_mask[:] = False
+        return batch
+
+    monkeypatch.setattr(data, "train_batch", no_loss)
+    for pack_length in (0, 32):
+        batches = data.StepBatches(task, 0, 8, 0, 1, 0, 3, False, None, pack_length)
+        with pytest.raises(AniraError, match="batch of step 1 has no position to train on"):
+            batches[1]

@@ -110,7 +110,10 @@ class StepBatches(torch.utils.data.Dataset):
         self.pool = pool  # None: generate every example on the fly
         self.pack_length = pack_length  # > 0: examples packed into rows of this many tokens
 
-    def _finish(self, batch: Batch) -> TorchBatch:
+    def _finish(self, batch: Batch, step: int) -> TorchBatch:
+        # checked here, on the host, so that the loss on the device need not read it back
+        if not batch.loss_mask[:, :-1].any():
+            raise AniraError(f"the training batch of step {step} has no position to train on (its loss_mask is empty)")
         return to_torch(pack_batch(batch, self.pack_length) if self.pack_length else batch)
 
     def __len__(self) -> int:
@@ -120,8 +123,8 @@ class StepBatches(torch.utils.data.Dataset):
         step = self.start + i
         if self.pool is not None:
             rows = step_rows(self.seed, step, len(self.pool), self.global_batch)
-            return self._finish(self.pool.batch(rows[self.indices.start:self.indices.stop], self.length))
-        return self._finish(train_batch(self.task, self.seed, step, self.indices, self.length))
+            return self._finish(self.pool.batch(rows[self.indices.start:self.indices.stop], self.length), step)
+        return self._finish(train_batch(self.task, self.seed, step, self.indices, self.length), step)
 
 
 def _identity(x):
