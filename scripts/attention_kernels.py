@@ -61,22 +61,19 @@ for name, (b, h, n, e) in SHAPES.items():
         return go
 
     results = {}
-    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
-        def causal_sdpa(backend=backend):
-            with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        try:
-            results[f"sdpa causal {backend.name}"] = timed(run(causal_sdpa))
-        except RuntimeError as err:
-            results[f"sdpa causal {backend.name}"] = f"unavailable ({str(err).splitlines()[0][:60]})"
-    for backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
-        def masked_sdpa(backend=backend):
-            with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=doc)
-        try:
-            results[f"sdpa per-example mask {backend.name}"] = timed(run(masked_sdpa))
-        except RuntimeError as err:
-            results[f"sdpa per-example mask {backend.name}"] = f"unavailable ({str(err).splitlines()[0][:60]})"
+    variants = (("causal", {"is_causal": True}, (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                                SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)),
+                ("per-example mask", {"attn_mask": doc}, (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                                                          SDPBackend.MATH)))
+    for label, kwargs, backends in variants:
+        for backend in backends:
+            def sdpa(backend=backend, kwargs=kwargs):
+                with sdpa_kernel(backend):
+                    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+            try:
+                results[f"sdpa {label} {backend.name}"] = timed(run(sdpa))
+            except RuntimeError as err:
+                results[f"sdpa {label} {backend.name}"] = f"unavailable ({str(err).splitlines()[0][:60]})"
     causal_bm = create_block_mask(lambda b_, h_, i, j: j <= i, None, None, n, n, device="cuda")
     doc_bm = create_block_mask(lambda b_, h_, i, j: (j <= i) & (seg[b_, i] == seg[b_, j]), b, None, n, n, device="cuda")
     results["flex causal"] = timed(run(lambda: flex(q, k, v, block_mask=causal_bm)))
