@@ -73,3 +73,17 @@ def test_bench_train_command_reports_both_layouts(capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["schema"] == 4
     assert [m["gemms"] for m in printed["results"][0]["modes"]] == ["unaligned", "aligned"]
+
+
+def test_bench_train_times_padded_and_packed_rows_of_the_same_examples():
+    r = bench_train("smoke", device="cpu", steps=2, warmup=0, policy="anira-o", modes=("eager",),
+                    layouts=("padded", "packed"), sets=SMALL, pool=2, seq_len=64)
+    padded, packed = r["modes"]
+    assert (padded["layout"], packed["layout"]) == ("padded", "packed") and r["layouts"] == ["padded", "packed"]
+    assert padded["rows"] == r["batch"] and packed["rows"] < padded["rows"]
+    # tokens/s counts examples x seq in both layouts; the computed positions differ
+    for m in (padded, packed):
+        assert m["tokens_per_s"] == pytest.approx(r["batch"] * r["seq"] / m["step_time_s"])
+        assert m["computed_tokens_per_s"] == pytest.approx(m["rows"] * r["seq"] / m["step_time_s"])
+    with pytest.raises(AniraError, match="unknown batch layout"):
+        bench_train("smoke", device="cpu", layouts=("ragged",))

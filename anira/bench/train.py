@@ -70,17 +70,20 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
+def _padded_batches(task: Any, batch: int, seq: int, n: int, seed: int) -> list[Any]:
+    """``n`` training batches (numpy) of ``batch`` examples padded to ``seq``."""
+    from anira.task import collate
+    from anira.training.data import train_example
+
+    return [collate([train_example(task, seed, s, j) for j in range(batch)], length=seq) for s in range(n)]
+
+
 def _batches(task: Any, batch: int, seq: int, n: int, seed: int, *, pack: bool = False) -> list[Any]:
     """``n`` training batches of ``batch`` examples padded to ``seq``, or packed into rows of ``seq``."""
     from anira.packing import pack_batch
-    from anira.task import collate
-    from anira.training.data import to_torch, train_example
+    from anira.training.data import to_torch
 
-    out = []
-    for s in range(n):
-        padded = collate([train_example(task, seed, s, j) for j in range(batch)], length=seq)
-        out.append(to_torch(pack_batch(padded, seq) if pack else padded))
-    return out
+    return [to_torch(pack_batch(b, seq) if pack else b) for b in _padded_batches(task, batch, seq, n, seed)]
 
 
 #: execution modes ``bench_train`` can compare: eager, or a ``torch.compile`` mode
@@ -144,7 +147,9 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     from anira.aligned import set_aligned_gemms
     from anira.model import build_model
     from anira.objective import compute_loss
+    from anira.packing import pack_batch
     from anira.registry import default_registry
+    from anira.training.data import to_torch
     from anira.training.loop import make_optimizer
     from anira.training.periodic_eval import autocast_for
 
@@ -175,17 +180,17 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AniraError("CUDA is not available")
     t0 = time.perf_counter()
-    padded = _batches(task, batch, seq, pool, seed)
+    padded = _padded_batches(task, batch, seq, pool, seed)
     data_rate = batch * pool / (time.perf_counter() - t0)
-    by_layout = {"padded": [b.to(dev) for b in padded]}
-    if "packed" in layouts:
-        by_layout["packed"] = [b.to(dev) for b in _batches(task, batch, seq, pool, seed, pack=True)]
+    by_layout = {"padded": [to_torch(b).to(dev) for b in padded]}
+    if "packed" in layouts:  # the same examples
+        by_layout["packed"] = [to_torch(pack_batch(b, seq)).to(dev) for b in padded]
     use_amp = amp and dev.type == "cuda"
     options = spec.effective_policy_options(registry)
 
-    def make_step(mode: str, layout: str, rows: str):
+    def make_step(mode: str, gemm_layout: str, rows: str):
         model = build_model(cfg, spec.policy, registry=registry, seed=seed, **options).to(dev).train()
-        set_aligned_gemms(model, layout == "aligned")
+        set_aligned_gemms(model, gemm_layout == "aligned")
         optimizer = make_optimizer(model, spec)
         forward = model if mode == "eager" else torch.compile(model, mode=mode)
         cudagraphs = mode != "eager" and uses_cudagraphs(mode)
@@ -230,13 +235,13 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
     fl = flops_per_token(cfg, seq, spec.policy)
     peak = peak_flops(dev)
     results = []
-    for mode, layout, rows in runs_wanted:
-        times = runs[mode, layout, rows]["times"]
+    for mode, gemm_layout, rows in runs_wanted:
+        times = runs[mode, gemm_layout, rows]["times"]
         step_time = statistics.median(times)
         computed = float(sum(b.tokens.numel() for b in by_layout[rows])) / pool
         achieved = fl["train"] * computed / step_time
         results.append({
-            "mode": mode, "gemms": layout, "layout": rows, "warmup_s": runs[mode, layout, rows]["warmup_s"],
+            "mode": mode, "gemms": gemm_layout, "layout": rows, "warmup_s": runs[mode, gemm_layout, rows]["warmup_s"],
             "step_time_s": step_time, "step_time_mean_s": statistics.mean(times),
             "steps_per_s": 1.0 / step_time, "tokens_per_s": tokens / step_time,  # examples x seq
             "computed_tokens_per_s": computed / step_time, "rows": computed / seq,
