@@ -67,10 +67,15 @@ class TorchBatch:
         return int(self.difficulty.shape[0])
 
     def to(self, device: torch.device) -> TorchBatch:
-        nb = device.type == "cuda"
-        return TorchBatch(*(None if t is None else t.to(device, non_blocking=nb) for t in (
-            self.tokens, self.loss_mask, self.answer_mask, self.token_mask, self.difficulty, self.complexity,
-            self.example_index, self.segments)))
+        fields = (self.tokens, self.loss_mask, self.answer_mask, self.token_mask, self.difficulty, self.complexity,
+                  self.example_index, self.segments)
+        if device.type != "cuda":
+            return TorchBatch(*(None if t is None else t.to(device) for t in fields))
+        # a copy from pageable host memory first waits for the work already queued on the
+        # device (a synchronisation at every training step); from pinned memory it is queued
+        # behind that work and the host runs on
+        return TorchBatch(*(None if t is None else (t.pin_memory() if t.device.type == "cpu" else t)
+                            .to(device, non_blocking=True) for t in fields))
 
 
 def to_torch(batch: Batch) -> TorchBatch:
