@@ -89,16 +89,19 @@ def pack_batch(batch: Batch, length: int, *, pad_id: int = 0) -> Batch:
         out[dest_row, dest_col] = values[example, column]
         return out
 
-    example_index = placed_like(np.broadcast_to(np.arange(len(lengths))[:, None], batch.tokens.shape), -1)
+    example_index = np.full((n_rows, length), -1, dtype=np.int64)
+    example_index[dest_row, dest_col] = example
     segments = np.zeros((n_rows, length), dtype=np.int64)
     segments[dest_row, dest_col] = slot[example]
-    # padding: one segment per token (position 0, attends to itself only)
+    # padding: one segment per token (position 0, attends to itself only), numbered on
+    # from the row's examples
     pad = example_index < 0
-    members_per_row = np.bincount(row_of, minlength=n_rows)
-    segments[pad] = (members_per_row[:, None] + np.arange(length)[None, :] - used[:, None])[pad]
+    members = np.zeros(n_rows, dtype=np.int64)
+    members[:len(counts)] = counts
+    segments[pad] = (members[:, None] + np.arange(length)[None, :] - used[:, None])[pad]
     tokens = placed_like(batch.tokens.astype(np.int64), pad_id)
     loss, ans, que = (placed_like(m, False) for m in (batch.loss_mask, batch.answer_mask, batch.question_mask))
     cx = None if batch.complexity is None else placed_like(batch.complexity.astype(np.float32), np.nan)
     return Batch(tokens=tokens, loss_mask=loss, answer_mask=ans, question_mask=que, lengths=lengths,
                  difficulty=np.asarray(batch.difficulty, dtype=np.int64), complexity=cx,
-                 example_index=example_index.astype(np.int64), segments=segments)
+                 example_index=example_index, segments=segments)

@@ -23,7 +23,6 @@ spec, batch, seq = _bench_spec(name, policy, [], registry)
 task = spec.build_task(registry)
 cfg = spec.model_config(task).replace(max_len=max(seq, spec.model_config(task).max_len))
 b = _batches(task, batch, seq, 1, 0, pack=packed)[0].to(torch.device("cuda"))
-rows = {} if b.segments is None else {"segments": b.segments}
 model = build_model(cfg, policy, registry=registry, seed=0, **spec.effective_policy_options(registry)).cuda().train()
 opt = make_optimizer(model, spec)
 fwd = torch.compile(model)
@@ -31,7 +30,7 @@ fwd = torch.compile(model)
 
 def step():
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = fwd(b.tokens, **rows)
+        out = fwd(b.tokens, **b.layout)
         loss = compute_loss(model, out, b.tokens, b.loss_mask, b.token_mask).total
     opt.zero_grad(set_to_none=True)
     loss.backward()

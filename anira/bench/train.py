@@ -199,10 +199,9 @@ def bench_train(config_name: str = "mano", device: str = "cuda", steps: int = 30
             targets = None if b.complexity is None else {"complexity": b.complexity}
             if cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            packed = {} if b.segments is None else {"segments": b.segments}
             with autocast_for(dev, use_amp):
                 forced = model.policy.teacher_exit_depths(model, b.tokens, targets)
-                out = forward(b.tokens, **packed) if forced is None else forward(b.tokens, exit_depths=forced, **packed)
+                out = forward(b.tokens, **b.layout) if forced is None else forward(b.tokens, exit_depths=forced, **b.layout)
                 terms = compute_loss(model, out, b.tokens, b.loss_mask, b.token_mask, targets=targets)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()

@@ -66,6 +66,12 @@ class TorchBatch:
     def n_examples(self) -> int:
         return int(self.difficulty.shape[0])
 
+    @property
+    def layout(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments that tell the model this batch's row layout: none for a
+        row per example, ``segments`` for packed rows."""
+        return {} if self.segments is None else {"segments": self.segments}
+
     def to(self, device: torch.device) -> TorchBatch:
         fields = (self.tokens, self.loss_mask, self.answer_mask, self.token_mask, self.difficulty, self.complexity,
                   self.example_index, self.segments)

@@ -251,11 +251,10 @@ class Trainer:
                 forced = torch.full_like(batch.tokens, self.model.cfg.max_iters)
             else:
                 forced = self.model.policy.teacher_exit_depths(self.model, batch.tokens, targets)
-            packed = {} if batch.segments is None else {"segments": batch.segments}  # anira/packing.py
             if forced is None:
-                out = self.forward_module(batch.tokens, **packed)
+                out = self.forward_module(batch.tokens, **batch.layout)
             else:  # teacher forcing: the policy's own depths are replaced by its targets
-                out = self.forward_module(batch.tokens, exit_depths=forced, **packed)
+                out = self.forward_module(batch.tokens, exit_depths=forced, **batch.layout)
             terms = compute_loss(self.model, out, batch.tokens, batch.loss_mask, batch.token_mask,
                                  targets=targets)
         n_loss = batch.loss_mask[:, :-1].sum()
