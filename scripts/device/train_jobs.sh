@@ -30,7 +30,7 @@ python3 "$REPO/scripts/run_jobs.py" "$JOBS" --out /tmp/runs --parallel "$n" --ca
 jobs_pid=$!
 if [ -z "${NO_TESTS:-}" ]; then
   (cd "$REPO" && timeout $(( ${CAP:-420} + 60 )) python3 -P -m pytest -q -p no:warnings -m gpu \
-     tests/test_loop_graphs.py tests/test_fast_path.py tests/test_gpu_training.py tests/test_static_decode.py) > $OUT/gpu_tests.txt 2>&1
+     tests/test_loop_graphs.py tests/test_fast_path.py tests/test_gpu_training.py tests/test_static_decode.py tests/test_aligned.py) > $OUT/gpu_tests.txt 2>&1
   echo "gpu tests done at $(( $(date +%s) - T0 )) s" >> $OUT/timeline.txt
 fi
 wait $jobs_pid
