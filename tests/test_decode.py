@@ -53,3 +53,34 @@ def test_decoding_rejects_what_it_cannot_do():
         decode.new_state(build_model(preset_config("test", vocab_size=24, n_core=2), "fixed"))
     with pytest.raises(AniraError, match="max_new_tokens"):
         decode.generate(build_model(cfg, "fixed"), torch.tensor([[1, 2]]), -1)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+def test_single_query_attention_written_out_equals_sdpa(dtype, tol):
+    # decoding picks one of the two by dtype (anira.decode.attend_one): they must be one function,
+    # with a mask of the positions written so far and without one, at batch > 1
+    g = torch.Generator().manual_seed(0)
+    q, keys, values = (torch.randn(3, n, 4, 16, generator=g).to(dtype) for n in (1, 10, 10))
+    for visible in (torch.arange(10) <= 6, None):
+        written = decode.written_one(q, keys, values, visible)
+        fused = decode.sdpa_one(q, keys, values, visible)
+        assert written.shape == fused.shape == (3, 1, 4, 16) and written.dtype == dtype
+        torch.testing.assert_close(written.float(), fused.float(), atol=tol, rtol=tol)
+    # a masked key changes nothing: z is the attention over the visible keys alone
+    visible = torch.arange(10) <= 6
+    alone = decode.written_one(q, keys[:, :7], values[:, :7])
+    moved = keys.clone()
+    moved[:, 7:] += 100.0
+    torch.testing.assert_close(decode.written_one(q, moved, values, visible).float(), alone.float(), atol=tol, rtol=tol)
+    # and a hand-computed single head: softmax(q·k / sqrt(e)) weighted sum of values
+    scores = torch.einsum("be,bke->bk", q[:, 0, 0].float(), keys[:, :7, 0].float()) / 4.0
+    expected = torch.einsum("bk,bke->be", scores.softmax(-1), values[:, :7, 0].float())
+    torch.testing.assert_close(alone[:, 0, 0].float(), expected, atol=tol, rtol=tol)
+
+
+def test_decoding_attends_by_dtype():
+    g = torch.Generator().manual_seed(1)
+    q, keys, values = (torch.randn(2, n, 2, 8, generator=g) for n in (1, 5, 5))
+    assert torch.equal(decode.attend_one(q, keys, values), decode.written_one(q, keys, values))
+    q, keys, values = (t.bfloat16() for t in (q, keys, values))
+    assert torch.equal(decode.attend_one(q, keys, values), decode.sdpa_one(q, keys, values))
