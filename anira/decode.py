@@ -132,9 +132,10 @@ class DecodeState:
 
 
 def _kv(model, block: Block, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Query, rotated key and value of one new token x (b, 1, d) at positions pos (b, 1)."""
-    q, k, v = block.attn.project(block.ln_attn(x))
-    return model.rotary(q, pos), model.rotary(k, pos), v
+    """Rotated query and key and the value of one new token x (b, 1, d) at positions pos
+    (b, 1). One rotation serves query and key (as in the forward without hooks): in a
+    graphed decode step every rotation is a handful of small kernels and two table gathers."""
+    return block.attn.project_rotated(block.ln_attn(x), model.rotary, pos)
 
 
 def no_hook(name: str, value: Tensor) -> Tensor:  # decoding fires no hooks
