@@ -224,7 +224,8 @@ def step(model, state: DecodeState, token: Tensor) -> tuple[Tensor, Tensor]:
     for block, cache in zip(model.prelude_blocks, state.prelude):
         x = _plain_layer(model, block, cache, x, pos)
     h = x
-    ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=no_readout, positions=pos, tokens=token)
+    ctx = LoopContext(max_iters=cfg.max_iters, stochastic=False, readout=no_readout, positions=pos, tokens=token,
+                      history=False)  # decoding never asks for q
     pstate = model.policy.begin(h, ctx, no_hook)
     running = torch.ones(b, dtype=torch.bool, device=h.device)
     core = model.core_blocks[0]

@@ -55,6 +55,10 @@ class LoopContext:
     #: per-token inputs the caller passed (``model(tokens, features={...})``), name -> (b, p):
     #: e.g. a task's per-token features, for policies whose rule reads the input
     features: dict[str, Tensor] = field(default_factory=dict)
+    #: False where nothing will call ``finish`` (the decoders): a policy may then leave out
+    #: what only ``finish`` reads (e.g. a list of per-depth values), keeping its state's
+    #: structure fixed from one iteration to the next (which skipping on the device needs)
+    history: bool = True
 
 
 class HaltingPolicy(nn.Module):

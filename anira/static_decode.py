@@ -62,6 +62,20 @@ runs all D (tested). It pays when a batch's deepest token often stops early (sma
 batches, d̄ well below D); a batch whose deepest token always runs to D pays only
 the synchronisations, which is why it is not the default.
 
+Skipping on the device (``skip_halted="device"``): the same step as one body in which
+each iteration after the first runs under the condition "some token still runs", and
+otherwise only stores what that depth offers later tokens (the exit state's entry:
+computed again at each skipped depth, which the full layout needs and the aware layout
+turns into a pointer to the exit row). Recorded on a GPU, every condition is a CUDA
+graph conditional (IF) node that the device evaluates at each replay, so one graph
+replay per step runs max_i d_i iterations with no host round trip. The state an
+iteration leaves is written in place into buffers the rest of the graph reads, so a
+policy's state must keep its tensors' shapes and dtypes across iterations (checked).
+It needs a torch build with CUDA graph conditional nodes
+(``torch.cuda.CUDAGraph.begin_capture_to_if_node``, CUDA 12.4 or later); eagerly (a CPU,
+or ``graphs="off"``) the host evaluates each condition, one synchronisation per
+iteration, as ``skip_halted=True`` does.
+
 Decoding fires no hook points in either mode (as :mod:`anira.decode`); use
 ``run_with_cache`` on the full sequence for activations (the same function: tested).
 """
@@ -69,12 +83,14 @@ Decoding fires no hook points in either mode (as :mod:`anira.decode`); use
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves, tree_map, tree_structure
 
 from anira.decode import _finish, _kv, no_hook, no_readout
 from anira.errors import AniraError
@@ -84,6 +100,31 @@ from anira.layers import Block
 
 LAYOUTS = ("aware", "full")
 GRAPH_CHOICES = ("auto", "off")
+SKIP_CHOICES = (False, True, "host", "device")  # True is "host"
+
+
+def conditional_nodes_available() -> bool:
+    """Whether this torch build can record a CUDA graph conditional (IF) node."""
+    graph = torch.cuda.CUDAGraph
+    return (torch.cuda.is_available() and hasattr(graph, "begin_capture_to_if_node")
+            and hasattr(graph, "get_currently_capturing_graph"))
+
+
+@contextmanager
+def _when(pred: Tensor):
+    """Run the body of ``with _when(pred) as run: if run: ...`` only where ``pred`` (a bool
+    scalar on the device) holds. While a CUDA graph is being recorded the body becomes a
+    conditional node that the device evaluates at every replay (``run`` is True so that the
+    body is recorded); otherwise the host reads ``pred`` (one synchronisation)."""
+    if pred.is_cuda and torch.cuda.is_current_stream_capturing():
+        graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
+        graph.begin_capture_to_if_node(pred)
+        try:
+            yield True
+        finally:
+            graph.end_capture_to_conditional_node()
+    else:
+        yield bool(pred)
 
 
 class StaticDecoder:
@@ -91,13 +132,14 @@ class StaticDecoder:
     up to ``max_len`` tokens (default the model's). ``graphs="auto"`` records the
     step as a CUDA graph on a GPU (the first step runs eagerly as warm-up and the
     recording follows it); ``"off"`` or a CPU runs it eagerly. ``skip_halted``:
-    stop each step's loop once no token runs (see the module docstring; its pieces
-    are the graphs). The step reads the model's weights where they are: in-place
+    stop each step's loop once no token runs (see the module docstring): ``True`` (or
+    ``"host"``) with the host reading a flag after each iteration, one graph per piece;
+    ``"device"`` with the device deciding inside one graph (conditional nodes). The step reads the model's weights where they are: in-place
     updates are seen, but a model moved or given new tensors needs a new decoder
     (checked)."""
 
     def __init__(self, model: Any, batch: int, *, max_len: int | None = None, layout: str = "aware",
-                 rows: int | None = None, graphs: str = "auto", skip_halted: bool = False) -> None:
+                 rows: int | None = None, graphs: str = "auto", skip_halted: bool | str = False) -> None:
         cfg = model.cfg
         if cfg.n_core != 1:
             raise AniraError("decoding with a static cache needs n_core == 1")
@@ -108,8 +150,15 @@ class StaticDecoder:
             raise AniraError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if graphs not in GRAPH_CHOICES:
             raise AniraError(f"graphs must be one of {', '.join(GRAPH_CHOICES)}, got {graphs!r}")
-        if not isinstance(skip_halted, bool):
-            raise AniraError(f"skip_halted must be True or False, got {skip_halted!r}")
+        if not any(skip_halted is c or (isinstance(c, str) and skip_halted == c) for c in SKIP_CHOICES):
+            raise AniraError(f"skip_halted must be False, True, 'host' or 'device', got {skip_halted!r}")
+        skip = {False: None, True: "host"}.get(skip_halted, skip_halted) if not isinstance(skip_halted, str) \
+            else skip_halted
+        if (skip == "device" and graphs == "auto" and model.device.type == "cuda"
+                and not conditional_nodes_available()):
+            raise AniraError("skip_halted='device' needs CUDA graph conditional nodes "
+                             "(torch.cuda.CUDAGraph.begin_capture_to_if_node), which this torch build lacks; "
+                             "use skip_halted=True")
         max_len = cfg.max_len if max_len is None else int(max_len)
         if not 1 <= max_len <= cfg.max_len:  # the rotary tables end at the model's max_len
             raise AniraError(f"max_len must be in 1..{cfg.max_len} (the model's max_len), got {max_len}")
@@ -121,7 +170,8 @@ class StaticDecoder:
             raise AniraError(f"rows must be >= 1, got {rows}")
         self.model, self.batch, self.max_len, self.layout = model, batch, max_len, layout
         self.rows = rows if layout == "aware" else 0
-        self.graphs, self.skip_halted = graphs, skip_halted
+        self.graphs, self.skip = graphs, skip  # skip: None, "host" or "device"
+        self.skip_halted = skip is not None
         dev = model.device
         # under autocast the projections (and so the keys/values) come out in its dtype
         dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else model.embed.weight.dtype
@@ -147,7 +197,8 @@ class StaticDecoder:
         self.pos = torch.zeros((), dtype=torch.long, device=dev)  # the position the next token takes
         self.key_positions = torch.arange(max_len, device=dev)
         self.length = 0  # tokens fed, counted on the host (for the max-length check only)
-        self.iterations_run = 0  # core iterations the steps ran since the reset (each for the whole batch)
+        self._iterations = 0  # core iterations the steps ran, counted on the host (see iterations_run)
+        self._iterations_on_device = torch.zeros((), dtype=torch.long, device=dev)  # skip "device"
         self._weights = self._weight_key()
         # the recorded step: its static input, and the graph with its outputs (skip_halted:
         # one graph per piece, see _record_pieces)
@@ -162,11 +213,18 @@ class StaticDecoder:
         """Start new sequences (in place: a recorded graph stays valid)."""
         self.pos.zero_()
         self.length = 0
-        self.iterations_run = 0
+        self._iterations = 0
+        self._iterations_on_device.zero_()
         if self.layout == "aware":
             self.slots.fill_(self.rows)
             self.used.zero_()
             self.missed.zero_()
+
+    @property
+    def iterations_run(self) -> int:
+        """Core iterations the steps ran since the reset, each for the whole batch (with
+        ``skip_halted="device"`` counted on the device: reading it synchronises)."""
+        return self._iterations + int(self._iterations_on_device)
 
     @property
     def recorded(self) -> bool:
@@ -237,9 +295,9 @@ class StaticDecoder:
                                  "make a new one")
             out = self._graphed(token)
         else:
-            out = self._skipping(token) if self.skip_halted else self._body(token)
+            out = self._eager_step()(token)
         if not self.skip_halted:
-            self.iterations_run += self.model.cfg.max_iters
+            self._iterations += self.model.cfg.max_iters
         self.length += 1
         return out
 
@@ -258,6 +316,9 @@ class StaticDecoder:
         return token.to(self.pos.device, torch.long)
 
     # -- the step, in pieces -------------------------------------------------------------
+    def _eager_step(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        return {None: self._body, "host": self._skipping, "device": self._conditional}[self.skip]
+
     @torch.no_grad()
     def _body(self, token: Tensor) -> tuple[Tensor, Tensor]:
         """One decode step of all D iterations: only device work, the same kernels every step."""
@@ -275,8 +336,70 @@ class StaticDecoder:
         while k == 0 or (k < D and bool(s.running.any())):
             s = self._iterate(k, s)
             k += 1
-        self.iterations_run += k
+        self._iterations += k
         return self._close(k, s)
+
+    @torch.no_grad()
+    def _conditional(self, token: Tensor) -> tuple[Tensor, Tensor]:
+        """The skipping step as one straight body (``skip_halted="device"``): iteration t ≥ 1
+        runs only if some token still runs; otherwise depth t gets the exit state's entry,
+        as the close of :meth:`_skipping` writes it (the first skipped depth stores it, where
+        the state is new; each later one stores it again, which the aware layout turns into
+        a pointer to that row). The state lives in buffers updated in place, so that the
+        rest of a recorded graph reads the same tensors whichever branch ran."""
+        model = self.model
+        s = self._own(self._iterate(0, self._start(token)))
+        self._iterations_on_device.add_(1)
+        for t in range(1, model.cfg.max_iters):
+            anyone = s.running.any()
+            with _when(anyone) as run:
+                if run:
+                    self._assign(s, self._iterate(t, s))
+                    self._iterations_on_device.add_(1)
+            with _when(~anyone) as run:
+                if run:
+                    _, key, value = _kv(model, model.core_blocks[0], s.h, s.pos_b)
+                    self._store(t, key, value, s.pos, s.ran)
+                    s.ran.zero_()  # from here on the state is not new: the aware layout points back
+        return self._close(model.cfg.max_iters, s)
+
+    @staticmethod
+    def _state(s: _Loop) -> list[Any]:
+        """What an iteration changes: the policy's state first (it may hold the state h),
+        then h and the flags."""
+        return [*tree_leaves(s.pstate), s.h, s.ran, s.running, s.depth]
+
+    def _own(self, s: _Loop) -> _Loop:
+        """``s`` with every tensor an iteration changes in a buffer of its own (none a view of
+        another), so that :meth:`_assign` can overwrite them in place."""
+        def own(x: Any) -> Any:
+            return x.clone() if isinstance(x, Tensor) else x
+
+        return replace(s, pstate=tree_map(own, s.pstate), h=own(s.h), ran=own(s.ran), running=own(s.running),
+                       depth=own(s.depth))
+
+    def _assign(self, s: _Loop, new: _Loop) -> None:
+        """Overwrite ``s``'s buffers with what iteration ``new`` left."""
+        targets, values = self._state(s), self._state(new)
+        if tree_structure(s.pstate) != tree_structure(new.pstate):
+            raise AniraError(f"policy {self.model.policy.name!r} changes the structure of its state between "
+                             "iterations; skip_halted='device' needs it fixed (use skip_halted=True)")
+        storages = {t.untyped_storage().data_ptr() for t in targets if isinstance(t, Tensor)}
+        copies = []
+        for target, value in zip(targets, values):
+            if not isinstance(target, Tensor):
+                if target != value:  # a Python value cannot change inside a recorded graph
+                    raise AniraError(f"policy {self.model.policy.name!r} keeps a Python value in its state that "
+                                     "changes between iterations; skip_halted='device' needs tensors "
+                                     "(use skip_halted=True)")
+                continue
+            if not isinstance(value, Tensor) or value.shape != target.shape or value.dtype != target.dtype:
+                raise AniraError(f"policy {self.model.policy.name!r} changes a state tensor's shape or dtype "
+                                 "between iterations; skip_halted='device' needs them fixed (use skip_halted=True)")
+            # a value sharing memory with a buffer about to be overwritten is copied first
+            copies.append((target, value.clone() if value.untyped_storage().data_ptr() in storages else value))
+        for target, value in copies:
+            target.copy_(value)
 
     def _start(self, token: Tensor) -> _Loop:
         """Embedding, Prelude and the policy's ``begin`` for the new tokens (b,)."""
@@ -288,7 +411,7 @@ class StaticDecoder:
         for block, (K, V) in zip(model.prelude_blocks, self.prelude_kv):
             x = self._plain(block, K, V, x, pos, pos_b, visible)
         ctx = LoopContext(max_iters=model.cfg.max_iters, stochastic=False, readout=no_readout, positions=pos_b,
-                          tokens=token[:, None])
+                          tokens=token[:, None], history=False)  # decoding never asks for q
         everyone = torch.ones(b, dtype=torch.bool, device=x.device)
         # iteration -1 "ran": the first iteration's state h(0) is new
         return _Loop(pos=pos, pos_b=pos_b, visible=visible, ctx=ctx, h=x, pstate=model.policy.begin(x, ctx, no_hook),
@@ -386,15 +509,16 @@ class StaticDecoder:
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            logits, depth = (self._skipping if self.skip_halted else self._body)(self._token_in)
+            logits, depth = self._eager_step()(self._token_in)
             result = logits.clone(), depth.clone()
         torch.cuda.current_stream(dev).wait_stream(side)
         try:
             with _autocast_without_cache():
-                if self.skip_halted:
+                if self.skip == "host":
                     self._record_pieces()
-                else:
-                    self._graph, self._out = _record(partial(self._body, self._token_in))
+                else:  # all D iterations, or skipping on the device: one graph
+                    step = self._conditional if self.skip == "device" else self._body
+                    self._graph, self._out = _record(partial(step, self._token_in))
         except RuntimeError as err:  # an operation that cannot be recorded (e.g. a plugin policy's)
             self.graphs = "off"  # eager from now on; benchmarks report graphed: false
             self._graph = self._pieces = self._closes = None
@@ -433,7 +557,7 @@ class StaticDecoder:
         while k == 0 or (k < D and bool(self._pieces[k - 1].anyone)):
             self._pieces[k].graph.replay()
             k += 1
-        self.iterations_run += k
+        self._iterations += k
         graph, out = self._closes[k - 1]
         graph.replay()
         return out

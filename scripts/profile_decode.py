@@ -1,7 +1,8 @@
 """Where a static decode step's time goes (anira/static_decode.py): the decoding
 benchmark's model (the paper's BREVO size: d_model 512, 8 heads, d_ff 2048, D = 6,
 max_len 256, pattern depths with d̄/D ~ 0.5), batch 1, 64 teacher-forced tokens.
-For each decoder (both cache layouts, all D iterations and skipping) it prints the
+For each decoder (both cache layouts; all D iterations, skipping with the host reading a
+flag, and skipping on the device where conditional graph nodes record) it prints the
 wall time per token, the GPU's busy time per token (the sum of kernel durations,
 CUDA graphs replayed as on the benchmark), the kernels per token and the top kernels.
 Wall minus busy is time the GPU waits: on launches inside a graph, between graph
@@ -24,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from anira.bench.inference import balanced_depths
 from anira.config import ModelConfig
 from anira.model import build_model
-from anira.static_decode import StaticDecoder, teacher_forced
+from anira.static_decode import StaticDecoder, conditional_nodes_available, teacher_forced
 
 ATTENTION = {"written out": anira.decode.written_one, "sdpa": anira.decode.sdpa_one}
 
@@ -34,7 +35,9 @@ cfg = ModelConfig(vocab_size=256, d_model=512, n_heads=8, d_ff=2048, max_iters=D
 model = build_model(cfg, "pattern", seed=0, depths=balanced_depths(seq, D, 0.5, 0)).cuda().to(dtype).eval()
 tokens = torch.randint(1, 256, (1, n), generator=torch.Generator().manual_seed(0)).cuda()
 print(f"{dtype}: batch 1, {n} tokens, D {D}, d_model 512; per token:")
-for layout, skip, (attention, attend) in itertools.product(("aware", "full"), (False, True), ATTENTION.items()):
+# skipping with the host reading a flag (True), and on the device where conditional nodes record
+SKIPS = (False, True, "device") if conditional_nodes_available() else (False, True)
+for layout, skip, (attention, attend) in itertools.product(("aware", "full"), SKIPS, ATTENTION.items()):
     anira.decode.attend_one = attend  # what _finish calls
     dec = StaticDecoder(model, 1, layout=layout, skip_halted=skip)
     teacher_forced(dec, tokens)  # warm-up: records the graphs
@@ -52,7 +55,8 @@ for layout, skip, (attention, attend) in itertools.product(("aware", "full"), (F
     busy = sum(e.device_time for e in kernels) / n  # µs
     span = (max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)) / n
     wall = statistics.median(walls) * 1e6
-    print(f"\n== {layout}{' skipping' if skip else ' all-D'}, attention {attention}: "
+    mode = {False: "all-D", True: "skipping", "device": "skipping on the device"}[skip]
+    print(f"\n== {layout} {mode}, attention {attention}: "
           f"wall {wall:.0f} µs ({1e6 / wall:.0f} tokens/s), "
           f"GPU busy {busy:.0f} µs ({busy / wall:.0%}), first-to-last kernel {span:.0f} µs, "
           f"{len(kernels) / n:.0f} kernels (mean {busy / max(1, len(kernels) / n):.1f} µs each), "

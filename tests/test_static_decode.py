@@ -5,6 +5,7 @@ iterations no token runs (``skip_halted``). The ``gpu`` tests record the step (o
 pieces) as CUDA graphs and compare their replays with the eager step (run them with
 ``python -m pytest -m gpu tests/test_static_decode.py`` on a GPU machine)."""
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -106,14 +107,18 @@ def _assert_serve_alike(skipping, every, state, max_iters, atol=1e-5):
 
 @pytest.mark.parametrize("policy, options", SKIP_CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_skipping_halted_iterations_changes_no_output_and_no_cache(policy, options, layout):
+@pytest.mark.parametrize("skip", [True, "device"])
+def test_skipping_halted_iterations_changes_no_output_and_no_cache(policy, options, layout, skip):
+    """Both ways of skipping: the host reading a flag after each iteration (True), and one
+    straight body whose later iterations run under a device condition ("device"; on a CPU
+    the host evaluates each condition, which exercises the same body and state updates)."""
     model = _model(policy, options)
     tokens = _tokens(3, 11)
     D = model.cfg.max_iters
     ref_logits, ref_depths, state = decode.teacher_forced(model, tokens)
     every = sd.StaticDecoder(model, 3, max_len=12, layout=layout)
     logits, depths = sd.teacher_forced(every, tokens)
-    skipping = sd.StaticDecoder(model, 3, max_len=12, layout=layout, skip_halted=True)
+    skipping = sd.StaticDecoder(model, 3, max_len=12, layout=layout, skip_halted=skip)
     skip_logits, skip_depths = sd.teacher_forced(skipping, tokens)
     assert torch.equal(skip_depths, depths) and torch.equal(skip_depths, ref_depths)
     assert torch.equal(skip_logits, logits) and torch.allclose(skip_logits, ref_logits, atol=1e-5)
@@ -134,7 +139,7 @@ def test_skipped_iterations_are_not_computed():
     calls = []
     handle = model.core_blocks[0].mlp.register_forward_hook(lambda *args: calls.append(1))
     try:
-        for skip_halted, expected in ((True, 2 * (1 + 5 + 3 + 2)), (False, 8 * 5)):
+        for skip_halted, expected in ((True, 2 * (1 + 5 + 3 + 2)), ("device", 2 * (1 + 5 + 3 + 2)), (False, 8 * 5)):
             calls.clear()
             decoder = sd.StaticDecoder(model, 1, skip_halted=skip_halted)
             sd.teacher_forced(decoder, _tokens(1, 8))
@@ -158,7 +163,44 @@ def test_a_skipping_step_that_leaves_out_the_skipped_depths_is_caught(layout):
     assert not torch.allclose(logits, ref_logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("skip_halted", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_device_skipping_step_that_leaves_out_the_skipped_depths_is_caught(layout):
+    """The same for skip_halted="device": a step whose skipped depths store nothing (the
+    branch that runs when no token does) serves later tokens something else there."""
+    model = _model("pattern", {"depths": [1, 5, 3, 2]})
+    tokens = _tokens(1, 8)
+    ref_logits, _, state = decode.teacher_forced(model, tokens)
+    decoder = sd.StaticDecoder(model, 1, layout=layout, skip_halted="device")
+    store = decoder._store
+
+    def store_unless_skipped(t, k, v, pos, fresh):
+        if inspect.stack()[1].function != "_conditional":  # the iterations' own stores stay
+            store(t, k, v, pos, fresh)
+
+    decoder._store = store_unless_skipped
+    logits, _ = sd.teacher_forced(decoder, tokens)
+    assert not torch.allclose(decoder.served(4)[0], state.core.served(4)[0], atol=1e-5)
+    assert not torch.allclose(logits, ref_logits, atol=1e-5)
+
+
+def test_device_skipping_needs_a_policy_state_of_fixed_shape():
+    """The state an iteration leaves is copied into fixed buffers: a policy whose state
+    changes shape between iterations is refused with a one-line error, not broadcast."""
+    model = _model("anira-o")
+    step = model.policy.step
+
+    def growing(pstate, h, t, ctx, hook):
+        pstate, keep = step(pstate, h, t, ctx, hook)
+        return {**pstate, "trace": torch.zeros(t + 1)}, keep
+
+    model.policy.begin = lambda h, ctx, hook, begin=model.policy.begin: {**begin(h, ctx, hook), "trace": torch.zeros(1)}
+    model.policy.step = growing
+    decoder = sd.StaticDecoder(model, 1, skip_halted="device")
+    with pytest.raises(AniraError, match="changes a state tensor's shape or dtype"):
+        sd.teacher_forced(decoder, _tokens(1, 4))
+
+
+@pytest.mark.parametrize("skip_halted", [False, True, "device"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_generation_equals_the_reference_and_the_forward(layout, skip_halted):
     model = _model("anira-o", seed=1, max_iters=4)
@@ -288,7 +330,8 @@ def test_bad_arguments_are_one_line_errors():
         (lambda: sd.StaticDecoder(model, 1, rows=0), "rows must be >= 1"),
         (lambda: sd.StaticDecoder(_model("anira-o", {"rule": "mode"}), 1), "full-distribution rule"),
         (lambda: sd.StaticDecoder(_model("anira-o", {"rule": "mean"}), 1, skip_halted=True), "full-distribution rule"),
-        (lambda: sd.StaticDecoder(model, 1, skip_halted="yes"), "skip_halted must be True or False"),
+        (lambda: sd.StaticDecoder(model, 1, skip_halted="yes"), "skip_halted must be False, True, 'host' or 'device'"),
+        (lambda: sd.StaticDecoder(model, 1, skip_halted=1), "skip_halted must be False, True, 'host' or 'device'"),
         (lambda: sd.StaticDecoder(_model("fixed", n_core=2), 1), "n_core == 1"),
         (lambda: sd.StaticDecoder(model, 2).step(torch.tensor([1])), "each of the 2 sequences"),
         (lambda: sd.StaticDecoder(model, 1).step(torch.tensor([1.0])), "integer ids"),
@@ -341,20 +384,29 @@ def test_graphed_step_equals_the_eager_step_and_the_reference(policy, options, l
     assert torch.equal(seq, decode.generate(model, tokens[:, :6], 8)[0])
 
 
+def _needs_conditional_nodes(skip):
+    if skip == "device" and not sd.conditional_nodes_available():
+        pytest.skip("this torch build records no CUDA graph conditional nodes")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("policy, options", SKIP_CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_graphed_skipping_step_equals_the_eager_one_and_the_reference(policy, options, layout):
-    """The skipping step's recorded pieces (one graph per iteration, one per close)
-    replay what the eager skipping step computes, run as many iterations, and serve
-    the same keys/values as the reference decoder's cache."""
+@pytest.mark.parametrize("skip", [True, "device"])
+def test_graphed_skipping_step_equals_the_eager_one_and_the_reference(policy, options, layout, skip):
+    """The skipping step's recordings (True: one graph per iteration and one per close,
+    the host reading a flag between them; "device": one graph whose later iterations are
+    conditional nodes) replay what the eager skipping step computes, run as many
+    iterations, and serve the same keys/values as the reference decoder's cache."""
+    _needs_conditional_nodes(skip)
     model, tokens = _cuda_case(policy, options, layout)
     eager_decoder = sd.StaticDecoder(model, 3, layout=layout, graphs="off", skip_halted=True)
     eager = sd.teacher_forced(eager_decoder, tokens)
-    decoder = sd.StaticDecoder(model, 3, layout=layout, skip_halted=True)
+    decoder = sd.StaticDecoder(model, 3, layout=layout, skip_halted=skip)
     graphed = [sd.teacher_forced(decoder, tokens) for _ in range(2)]  # recorded in the first, replayed in both
-    assert decoder.recorded and decoder._graph is None  # the pieces, not the whole step
+    # the pieces, or the whole step as one graph
+    assert decoder.recorded and (decoder._graph is None) == (skip is True)
     ref_logits, ref_depths, state = decode.teacher_forced(model, tokens)
     for logits, depths in graphed:
         assert torch.equal(depths, eager[1]) and torch.equal(depths, ref_depths)
@@ -370,7 +422,7 @@ def test_graphed_skipping_step_equals_the_eager_one_and_the_reference(policy, op
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("skip_halted", [False, True])
+@pytest.mark.parametrize("skip_halted", [False, True, "device"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_graphed_step_under_bf16_autocast(layout, skip_halted):
     """Recorded under autocast; replayed after the weights changed in place: the graph
@@ -380,6 +432,7 @@ def test_graphed_step_under_bf16_autocast(layout, skip_halted):
     cast cache keeps serving the old bf16 copy to eager code. (This test first changed them
     inside one region and failed on the H200 on 2026-12-02, graph and eager logits apart;
     the eager side's staleness reproduces on the CPU with a bare nn.Linear.)"""
+    _needs_conditional_nodes(skip_halted)
     model, tokens = _cuda_case("pattern", {"depths": [1, 5, 3, 2]}, layout)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         decoder = sd.StaticDecoder(model, 3, layout=layout, skip_halted=skip_halted)
@@ -407,3 +460,13 @@ def test_graphed_decoder_refuses_replaced_weights():
     model.core_blocks[0].attn.W_qkv.weight = torch.nn.Parameter(model.core_blocks[0].attn.W_qkv.weight * 1)
     with pytest.raises(AniraError, match="moved or replaced"):
         sd.teacher_forced(decoder, tokens)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_skipping_without_conditional_nodes_is_a_one_line_error():
+    if sd.conditional_nodes_available():
+        pytest.skip("this torch build records conditional nodes")
+    model, _ = _cuda_case("anira-o", {}, "aware")
+    with pytest.raises(AniraError, match="needs CUDA graph conditional nodes"):
+        sd.StaticDecoder(model, 3, skip_halted="device")

@@ -23,7 +23,7 @@ from anira.config import ModelConfig
 from anira.fast import InferenceLoop, mask_layouts
 from anira.model import RecurrentTransformer, build_model
 from anira import decode
-from anira.static_decode import LAYOUTS, StaticDecoder
+from anira.static_decode import LAYOUTS, StaticDecoder, conditional_nodes_available
 from anira.static_decode import teacher_forced as static_teacher_forced
 
 
@@ -182,14 +182,20 @@ def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: t
     same model and tokens: the reference decoder (anira/decode.py; allocation-aware cache
     against a full cache of D entries per token) and the static-cache decoder
     (anira/static_decode.py; recorded as CUDA graphs on a GPU), in both layouts, running
-    all D iterations per step and skipping those no token runs (``skip_halted``)."""
+    all D iterations per step and skipping those no token runs (``skip_halted``: with a flag
+    read by the host, and on a GPU whose torch build records conditional nodes, on the device)."""
     tokens = torch.randint(1, model.cfg.vocab_size, (batch, seq),
                            generator=torch.Generator().manual_seed(seed)).to(device)
     timer = partial(time_call, device=device)
     out: dict[str, Any] = {"batch": batch, "tokens": seq}
-    # static buffers for the model's whole max_len (what a real decode would allocate)
-    decoders = {f"{layout}{suffix}": StaticDecoder(model, batch, layout=layout, skip_halted=bool(suffix))
-                for suffix in ("", "_skip") for layout in LAYOUTS}
+    # static buffers for the model's whole max_len (what a real decode would allocate);
+    # skipping on the device (conditional graph nodes) where this torch build records them
+    skips = {"": False, "_skip": True}
+    on_device = device.type == "cuda" and conditional_nodes_available()
+    if on_device:
+        skips["_skip_device"] = "device"
+    decoders = {f"{layout}{suffix}": StaticDecoder(model, batch, layout=layout, skip_halted=skip)
+                for suffix, skip in skips.items() for layout in LAYOUTS}
     runs: dict[str, Callable[[], Any]] = {
         "aware": lambda: decode.teacher_forced(model, tokens, full_cache=False),
         "full": lambda: decode.teacher_forced(model, tokens, full_cache=True),
@@ -211,7 +217,7 @@ def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: t
     reference_depths = results["aware"][1]
     out["mean_depth"] = float(reference_depths.float().mean())  # of the decoded tokens
     static: dict[str, Any] = {"graphed": any(dec.recorded for dec in decoders.values()),
-                              "max_len": decoders["aware"].max_len}
+                              "max_len": decoders["aware"].max_len, "conditional_nodes": on_device}
     for name, dec in decoders.items():
         static[name] = {"tokens_per_s": batch * seq / statistics.median(times[f"static_{name}"]),
                         "core_kv_bytes": dec.nbytes_used(), "core_kv_bytes_allocated": dec.nbytes(),
@@ -222,6 +228,9 @@ def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: t
                         "depths_match": bool(torch.equal(results[f"static_{name}"][1], reference_depths))}
     static["speed_ratio"] = static["aware"]["tokens_per_s"] / static["full"]["tokens_per_s"]
     static["skip_speed_ratio"] = static["aware_skip"]["tokens_per_s"] / static["full"]["tokens_per_s"]
+    if on_device:  # the allocation-aware layout skipping inside one graph against the full one running all D
+        static["device_skip_speed_ratio"] = (static["aware_skip_device"]["tokens_per_s"]
+                                             / static["full"]["tokens_per_s"])
     static["speedup_over_reference"] = static["aware"]["tokens_per_s"] / out["aware"]["tokens_per_s"]
     out["static"] = static
     return out

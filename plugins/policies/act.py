@@ -131,7 +131,7 @@ class AdaptiveComputationTime(HaltingPolicy):
             steps=state["steps"] + running.long(),
             remainder=torch.where(halt, remainder, state["remainder"]),
             mix=state["mix"] + w[..., None] * h.float(),
-            weights=state["weights"] + [w],
+            weights=state["weights"] + [w] if ctx.history else state["weights"],  # only finish reads them
         )
         return new_state, still.to(h.dtype)
 

@@ -86,7 +86,8 @@ class AniraOnline(GeometricPriorMixin, HaltingPolicy):
             keep = straight_through((survive > 1 - state["u"]).float(), survive)
         else:
             keep = ((1 - survive) < self.threshold - _TOL).float()
-        new_state = dict(state, survive=survive, alphas=state["alphas"] + [alpha])
+        alphas = state["alphas"] + [alpha] if ctx.history else state["alphas"]  # only finish reads them
+        new_state = dict(state, survive=survive, alphas=alphas)
         return new_state, keep.to(h.dtype)
 
     def finish(self, state: State, ctx: LoopContext, like: Tensor) -> Tensor:
