@@ -148,9 +148,9 @@ def attend_one(q: Tensor, keys: Tensor, values: Tensor, visible: Tensor | None =
 
     In float32 it is written out (:func:`written_one`): SDPA's float32 kernel for a single
     query (memory-efficient attention) took 31–36 µs a call over 256 keys on the H200,
-    about 30 % of a graphed decode step's GPU time, and the graphed step is 1.17–1.23× faster without
-    it. In bf16, SDPA's cuDNN kernel is the faster one (:func:`sdpa_one`; measured side
-    by side: docs/benchmarks.md, "Where a decode step goes")."""
+    about 30 % of a graphed decode step's GPU time, and the graphed step is 1.17–1.23×
+    faster without it. In bf16, SDPA's cuDNN kernel is the faster one (:func:`sdpa_one`;
+    measured side by side: docs/benchmarks.md, "Where a decode step goes")."""
     one = written_one if keys.dtype == torch.float32 else sdpa_one
     return one(q, keys, values, visible)
 
