@@ -134,12 +134,15 @@ class StaticDecoder:
     recording follows it); ``"off"`` or a CPU runs it eagerly. ``skip_halted``:
     stop each step's loop once no token runs (see the module docstring): ``True`` (or
     ``"host"``) with the host reading a flag after each iteration, one graph per piece;
-    ``"device"`` with the device deciding inside one graph (conditional nodes). The step reads the model's weights where they are: in-place
+    ``"device"`` with the device deciding inside one graph (conditional nodes).
+    ``compile``: run the all-D step through ``torch.compile`` (one graph, fullgraph), which
+    fuses its many small element-wise kernels, before it is recorded. The step reads the model's weights where they are: in-place
     updates are seen, but a model moved or given new tensors needs a new decoder
     (checked)."""
 
     def __init__(self, model: Any, batch: int, *, max_len: int | None = None, layout: str = "aware",
-                 rows: int | None = None, graphs: str = "auto", skip_halted: bool | str = False) -> None:
+                 rows: int | None = None, graphs: str = "auto", skip_halted: bool | str = False,
+                 compile: bool = False) -> None:
         cfg = model.cfg
         if cfg.n_core != 1:
             raise AniraError("decoding with a static cache needs n_core == 1")
@@ -154,6 +157,10 @@ class StaticDecoder:
             raise AniraError(f"skip_halted must be False, True, 'host' or 'device', got {skip_halted!r}")
         skip = {False: None, True: "host"}.get(skip_halted, skip_halted) if not isinstance(skip_halted, str) \
             else skip_halted
+        if not isinstance(compile, bool):
+            raise AniraError(f"compile must be True or False, got {compile!r}")
+        if compile and skip is not None:
+            raise AniraError("compile applies to the step that runs all D iterations; use skip_halted=False")
         if (skip == "device" and graphs == "auto" and model.device.type == "cuda"
                 and not conditional_nodes_available()):
             raise AniraError("skip_halted='device' needs CUDA graph conditional nodes "
@@ -171,6 +178,9 @@ class StaticDecoder:
         self.model, self.batch, self.max_len, self.layout = model, batch, max_len, layout
         self.rows = rows if layout == "aware" else 0
         self.graphs, self.skip = graphs, skip  # skip: None, "host" or "device"
+        self.compiled = compile
+        self._compiled = torch.compile(self._body, fullgraph=True, dynamic=False) if compile else None
+        self._all_d = self._compiled_body if compile else self._body
         self.skip_halted = skip is not None
         dev = model.device
         # under autocast the projections (and so the keys/values) come out in its dtype
@@ -317,7 +327,7 @@ class StaticDecoder:
 
     # -- the step, in pieces -------------------------------------------------------------
     def _eager_step(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        return {None: self._body, "host": self._skipping, "device": self._conditional}[self.skip]
+        return {None: self._all_d, "host": self._skipping, "device": self._conditional}[self.skip]
 
     @torch.no_grad()
     def _body(self, token: Tensor) -> tuple[Tensor, Tensor]:
@@ -326,6 +336,14 @@ class StaticDecoder:
         for t in range(self.model.cfg.max_iters):
             s = self._iterate(t, s)
         return self._close(self.model.cfg.max_iters, s)
+
+    def _compiled_body(self, token: Tensor) -> tuple[Tensor, Tensor]:
+        try:
+            return self._compiled(token)
+        except torch._dynamo.exc.Unsupported as err:  # e.g. a plugin policy's step that breaks the graph
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise AniraError(f"compile=True: the decode step could not be compiled as one graph ({reason}); "
+                             "use compile=False") from err
 
     @torch.no_grad()
     def _skipping(self, token: Tensor) -> tuple[Tensor, Tensor]:
@@ -517,7 +535,7 @@ class StaticDecoder:
                 if self.skip == "host":
                     self._record_pieces()
                 else:  # all D iterations, or skipping on the device: one graph
-                    step = self._conditional if self.skip == "device" else self._body
+                    step = self._conditional if self.skip == "device" else self._all_d
                     self._graph, self._out = _record(partial(step, self._token_in))
         except RuntimeError as err:  # an operation that cannot be recorded (e.g. a plugin policy's)
             self.graphs = "off"  # eager from now on; benchmarks report graphed: false

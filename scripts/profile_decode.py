@@ -10,7 +10,9 @@ replays, and on the host's flag reads when skipping.
 Each decoder runs twice: single-query attention written out (anira.decode.written_one) and
 through SDPA's fused kernels (anira.decode.sdpa_one); decoding takes the first in float32
 and the second otherwise (anira.decode.attend_one).
-Usage (H200): python scripts/profile_decode.py [float32|bfloat16]
+With ``compile`` as the second argument, the all-D decoders run once more through
+torch.compile (``StaticDecoder(..., compile=True)``), with the dispatched attention.
+Usage (H200): python scripts/profile_decode.py [float32|bfloat16] [compile]
 """
 import itertools
 import statistics
@@ -37,9 +39,14 @@ tokens = torch.randint(1, 256, (1, n), generator=torch.Generator().manual_seed(0
 print(f"{dtype}: batch 1, {n} tokens, D {D}, d_model 512; per token:")
 # skipping with the host reading a flag (True), and on the device where conditional nodes record
 SKIPS = (False, True, "device") if conditional_nodes_available() else (False, True)
-for layout, skip, (attention, attend) in itertools.product(("aware", "full"), SKIPS, ATTENTION.items()):
-    anira.decode.attend_one = attend  # what _finish calls
-    dec = StaticDecoder(model, 1, layout=layout, skip_halted=skip)
+RUNS = [(layout, skip, attention, False) for layout, skip, attention in
+        itertools.product(("aware", "full"), SKIPS, ATTENTION)]
+if len(sys.argv) > 2 and sys.argv[2] == "compile":
+    RUNS += [(layout, False, "dispatched", True) for layout in ("aware", "full")]
+dispatched = anira.decode.attend_one
+for layout, skip, attention, compiled in RUNS:
+    anira.decode.attend_one = ATTENTION.get(attention, dispatched)  # what _finish calls
+    dec = StaticDecoder(model, 1, layout=layout, skip_halted=skip, compile=compiled)
     teacher_forced(dec, tokens)  # warm-up: records the graphs
     walls = []
     for _ in range(5):
@@ -55,7 +62,7 @@ for layout, skip, (attention, attend) in itertools.product(("aware", "full"), SK
     busy = sum(e.device_time for e in kernels) / n  # µs
     span = (max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)) / n
     wall = statistics.median(walls) * 1e6
-    mode = {False: "all-D", True: "skipping", "device": "skipping on the device"}[skip]
+    mode = {False: "all-D", True: "skipping", "device": "skipping on the device"}[skip] + (", compiled" if compiled else "")
     print(f"\n== {layout} {mode}, attention {attention}: "
           f"wall {wall:.0f} µs ({1e6 / wall:.0f} tokens/s), "
           f"GPU busy {busy:.0f} µs ({busy / wall:.0%}), first-to-last kernel {span:.0f} µs, "

@@ -200,6 +200,39 @@ def test_device_skipping_needs_a_policy_state_of_fixed_shape():
         sd.teacher_forced(decoder, _tokens(1, 4))
 
 
+@pytest.mark.slow
+def test_a_compiled_step_equals_the_eager_one():
+    """compile=True runs the all-D step through torch.compile (inductor's C++ kernels on a
+    CPU): the same exit depths, logits and served keys/values, over two calls of one decoder."""
+    model = _model("anira-o", max_iters=2, seed=1)
+    tokens = _tokens(2, 6)
+    eager = sd.StaticDecoder(model, 2, max_len=8, layout="aware")
+    logits, depths = sd.teacher_forced(eager, tokens)
+    assert depths.unique().numel() == 2  # tokens exit at both depths: the freezing is exercised
+    compiled = sd.StaticDecoder(model, 2, max_len=8, layout="aware", compile=True)
+    for _ in range(2):
+        c_logits, c_depths = sd.teacher_forced(compiled, tokens)
+        assert torch.equal(c_depths, depths) and torch.allclose(c_logits, logits, atol=1e-5)
+    for t in range(2):
+        assert torch.allclose(compiled.served(t)[0], eager.served(t)[0], atol=1e-5), t
+        assert torch.equal(compiled.slots[t], eager.slots[t]), t
+
+
+@pytest.mark.slow
+def test_a_step_that_cannot_be_compiled_whole_is_a_one_line_error():
+    model = _model("anira-o", max_iters=2, seed=1)
+    step = model.policy.step
+
+    def reads_the_host(pstate, h, t, ctx, hook):
+        print(float(h.sum()))  # a host read: breaks the compiled graph
+        return step(pstate, h, t, ctx, hook)
+
+    model.policy.step = reads_the_host
+    decoder = sd.StaticDecoder(model, 1, compile=True)
+    with pytest.raises(AniraError, match="could not be compiled as one graph"):
+        sd.teacher_forced(decoder, _tokens(1, 2))
+
+
 @pytest.mark.parametrize("skip_halted", [False, True, "device"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_generation_equals_the_reference_and_the_forward(layout, skip_halted):
@@ -332,6 +365,8 @@ def test_bad_arguments_are_one_line_errors():
         (lambda: sd.StaticDecoder(_model("anira-o", {"rule": "mean"}), 1, skip_halted=True), "full-distribution rule"),
         (lambda: sd.StaticDecoder(model, 1, skip_halted="yes"), "skip_halted must be False, True, 'host' or 'device'"),
         (lambda: sd.StaticDecoder(model, 1, skip_halted=1), "skip_halted must be False, True, 'host' or 'device'"),
+        (lambda: sd.StaticDecoder(model, 1, compile="yes"), "compile must be True or False"),
+        (lambda: sd.StaticDecoder(model, 1, compile=True, skip_halted=True), "compile applies to the step that runs all D"),
         (lambda: sd.StaticDecoder(_model("fixed", n_core=2), 1), "n_core == 1"),
         (lambda: sd.StaticDecoder(model, 2).step(torch.tensor([1])), "each of the 2 sequences"),
         (lambda: sd.StaticDecoder(model, 1).step(torch.tensor([1.0])), "integer ids"),
@@ -470,3 +505,21 @@ def test_device_skipping_without_conditional_nodes_is_a_one_line_error():
     model, _ = _cuda_case("anira-o", {}, "aware")
     with pytest.raises(AniraError, match="needs CUDA graph conditional nodes"):
         sd.StaticDecoder(model, 3, skip_halted="device")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("policy, options", [("anira-o", {}), ("pattern", {"depths": [1, 5, 3, 2]})])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compiled_graphed_step_equals_the_eager_step_and_the_reference(policy, options, layout):
+    """compile=True on a GPU: inductor's kernels, recorded as one CUDA graph, replay what the
+    eager step computes."""
+    model, tokens = _cuda_case(policy, options, layout)
+    eager = sd.teacher_forced(sd.StaticDecoder(model, 3, layout=layout, graphs="off"), tokens)
+    decoder = sd.StaticDecoder(model, 3, layout=layout, compile=True)
+    graphed = [sd.teacher_forced(decoder, tokens) for _ in range(2)]
+    assert decoder._graph is not None
+    ref_logits, ref_depths, _ = decode.teacher_forced(model, tokens)
+    for logits, depths in graphed:
+        assert torch.equal(depths, eager[1]) and torch.equal(depths, ref_depths)
+        assert torch.allclose(logits, eager[0], atol=1e-4) and torch.allclose(logits, ref_logits, atol=1e-4)
