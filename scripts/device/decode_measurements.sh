@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One device call (H200 alone, about 5 minutes): the static decoder's gpu tests, then its
+# profile and benchmark in both dtypes, each result written under $OUT as it comes (a call cut
+# short by the budget still returns what finished). Covers skip_halted="device" (conditional
+# graph nodes, where this torch build records them) and compile=True.
+# Usage (device, repo root, .whl carried): bash scripts/device/decode_measurements.sh
+set -uo pipefail
+source "$(dirname "$0")/setup.sh"
+python3 -c "import torch, anira.static_decode as sd; print(torch.__version__, torch.version.cuda, 'conditional nodes:', sd.conditional_nodes_available())" > $OUT/torch.txt 2>&1
+timeout 200 python3 -P -m pytest -q -p no:warnings -m gpu tests/test_static_decode.py -rA > $OUT/gpu_static_decode.txt 2>&1
+for d in float32 bfloat16; do
+  timeout 150 python3 -P -m anira.cli bench inference --device cuda --batches 1 --iters 6 --repeats 10 --decode-len 64 \
+    --dtype $d --json > $OUT/bench_decode_$d.json 2> $OUT/bench_decode_$d.err
+done
+for d in float32 bfloat16; do
+  timeout 200 python3 -P scripts/profile_decode.py $d compile > $OUT/profile_decode_$d.txt 2>&1
+done
