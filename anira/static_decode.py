@@ -100,7 +100,6 @@ from anira.layers import Block
 
 LAYOUTS = ("aware", "full")
 GRAPH_CHOICES = ("auto", "off")
-SKIP_CHOICES = (False, True, "host", "device")  # True is "host"
 
 
 def conditional_nodes_available() -> bool:
@@ -136,9 +135,9 @@ class StaticDecoder:
     ``"host"``) with the host reading a flag after each iteration, one graph per piece;
     ``"device"`` with the device deciding inside one graph (conditional nodes).
     ``compile``: run the all-D step through ``torch.compile`` (one graph, fullgraph), which
-    fuses its many small element-wise kernels, before it is recorded. The step reads the model's weights where they are: in-place
-    updates are seen, but a model moved or given new tensors needs a new decoder
-    (checked)."""
+    fuses its many small element-wise kernels, before it is recorded. The step reads the
+    model's weights where they are: in-place updates are seen, but a model moved or given
+    new tensors needs a new decoder (checked)."""
 
     def __init__(self, model: Any, batch: int, *, max_len: int | None = None, layout: str = "aware",
                  rows: int | None = None, graphs: str = "auto", skip_halted: bool | str = False,
@@ -153,10 +152,14 @@ class StaticDecoder:
             raise AniraError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if graphs not in GRAPH_CHOICES:
             raise AniraError(f"graphs must be one of {', '.join(GRAPH_CHOICES)}, got {graphs!r}")
-        if not any(skip_halted is c or (isinstance(c, str) and skip_halted == c) for c in SKIP_CHOICES):
+        if skip_halted is False:
+            skip = None
+        elif skip_halted is True or skip_halted == "host":
+            skip = "host"
+        elif skip_halted == "device":
+            skip = "device"
+        else:
             raise AniraError(f"skip_halted must be False, True, 'host' or 'device', got {skip_halted!r}")
-        skip = {False: None, True: "host"}.get(skip_halted, skip_halted) if not isinstance(skip_halted, str) \
-            else skip_halted
         if not isinstance(compile, bool):
             raise AniraError(f"compile must be True or False, got {compile!r}")
         if compile and skip is not None:
