@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device call (H200 alone, under 10 minutes): the static decoder's gpu tests, then its
 # benchmark in both dtypes, a kernel profile of the batch-64 inference core in bf16, and the
-# decode step's profile in both dtypes; each result is written under $OUT as it comes (a call cut short by the budget still
-# returns what finished). Covers skip_halted="device" (conditional graph nodes, where this
-# torch build records them) and compile=True.
+# decode step's profile in both dtypes. Each result is written under $OUT as it comes (a call
+# cut short by the budget still returns what finished). Covers skip_halted="device"
+# (conditional graph nodes, where this torch build records them) and compile=True.
 # Usage (device, repo root, .whl carried): bash scripts/device/inference_measurements.sh
 set -uo pipefail
 source "$(dirname "$0")/setup.sh"
