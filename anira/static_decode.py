@@ -181,9 +181,7 @@ class StaticDecoder:
         self.model, self.batch, self.max_len, self.layout = model, batch, max_len, layout
         self.rows = rows if layout == "aware" else 0
         self.graphs, self.skip = graphs, skip  # skip: None, "host" or "device"
-        self.compiled = compile
         self._compiled = torch.compile(self._body, fullgraph=True, dynamic=False) if compile else None
-        self._all_d = self._compiled_body if compile else self._body
         self.skip_halted = skip is not None
         dev = model.device
         # under autocast the projections (and so the keys/values) come out in its dtype
@@ -308,7 +306,7 @@ class StaticDecoder:
                                  "make a new one")
             out = self._graphed(token)
         else:
-            out = self._eager_step()(token)
+            out = self._step_body()(token)
         if not self.skip_halted:
             self._iterations += self.model.cfg.max_iters
         self.length += 1
@@ -329,8 +327,13 @@ class StaticDecoder:
         return token.to(self.pos.device, torch.long)
 
     # -- the step, in pieces -------------------------------------------------------------
-    def _eager_step(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        return {None: self._all_d, "host": self._skipping, "device": self._conditional}[self.skip]
+    def _step_body(self) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """The step this decoder runs eagerly, and records as one graph (all but "host")."""
+        if self.skip == "host":
+            return self._skipping
+        if self.skip == "device":
+            return self._conditional
+        return self._body if self._compiled is None else self._compiled_body
 
     @torch.no_grad()
     def _body(self, token: Tensor) -> tuple[Tensor, Tensor]:
@@ -386,11 +389,11 @@ class StaticDecoder:
 
     @staticmethod
     def _state(s: _Loop) -> list[Any]:
-        """What an iteration changes: the policy's state first (it may hold the state h),
-        then h and the flags."""
+        """What an iteration changes: the policy's state, h and the flags."""
         return [*tree_leaves(s.pstate), s.h, s.ran, s.running, s.depth]
 
-    def _own(self, s: _Loop) -> _Loop:
+    @staticmethod
+    def _own(s: _Loop) -> _Loop:
         """``s`` with every tensor an iteration changes in a buffer of its own (none a view of
         another), so that :meth:`_assign` can overwrite them in place."""
         def own(x: Any) -> Any:
@@ -530,7 +533,7 @@ class StaticDecoder:
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            logits, depth = self._eager_step()(self._token_in)
+            logits, depth = self._step_body()(self._token_in)
             result = logits.clone(), depth.clone()
         torch.cuda.current_stream(dev).wait_stream(side)
         try:
@@ -538,8 +541,7 @@ class StaticDecoder:
                 if self.skip == "host":
                     self._record_pieces()
                 else:  # all D iterations, or skipping on the device: one graph
-                    step = self._conditional if self.skip == "device" else self._all_d
-                    self._graph, self._out = _record(partial(step, self._token_in))
+                    self._graph, self._out = _record(partial(self._step_body(), self._token_in))
         except RuntimeError as err:  # an operation that cannot be recorded (e.g. a plugin policy's)
             self.graphs = "off"  # eager from now on; benchmarks report graphed: false
             self._graph = self._pieces = self._closes = None
