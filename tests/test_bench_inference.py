@@ -51,6 +51,9 @@ def test_decoding_reports_the_reference_and_the_static_decoder_side_by_side():
     assert dec["aware"]["tokens_per_s"] > 0 and dec["full"]["tokens_per_s"] > 0  # the reference's keys stay
     static = dec["static"]
     assert static["graphed"] is False and static["max_len"] == 16  # eager on a CPU; buffers for the model's max_len
+    # compiled decoders (tens of seconds to compile on a CPU) and device skipping run on a GPU only
+    assert static["compiled"] is False and static["conditional_nodes"] is False
+    assert not {"aware_compiled", "compiled_speed_ratio", "aware_skip_device"} & static.keys()
     for layout in ("aware", "full"):
         assert static[layout]["depths_match"] is True and static[layout]["tokens_per_s"] > 0
     # the static aware layout uses one row per iteration run plus the exit row (unless the token ran all D)

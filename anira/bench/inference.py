@@ -177,13 +177,14 @@ def bench_inference(
 
 
 def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: torch.device, repeats: int,
-                 seed: int) -> dict[str, Any]:
+                 seed: int, compiled: bool | None = None) -> dict[str, Any]:
     """Tokens/s of teacher-forced decoding and core KV-cache bytes, side by side on the
     same model and tokens: the reference decoder (anira/decode.py; allocation-aware cache
     against a full cache of D entries per token) and the static-cache decoder
     (anira/static_decode.py; recorded as CUDA graphs on a GPU), in both layouts, running
     all D iterations per step and skipping those no token runs (``skip_halted``: with a flag
-    read by the host, and on a GPU whose torch build records conditional nodes, on the device)."""
+    read by the host, and on a GPU whose torch build records conditional nodes, on the device),
+    and ``compiled`` (default: on a GPU) the all-D step through torch.compile."""
     tokens = torch.randint(1, model.cfg.vocab_size, (batch, seq),
                            generator=torch.Generator().manual_seed(seed)).to(device)
     timer = partial(time_call, device=device)
@@ -196,6 +197,10 @@ def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: t
         skips["_skip_device"] = "device"
     decoders = {f"{layout}{suffix}": StaticDecoder(model, batch, layout=layout, skip_halted=skip)
                 for suffix, skip in skips.items() for layout in LAYOUTS}
+    compiled = device.type == "cuda" if compiled is None else compiled
+    if compiled:  # compiling takes tens of seconds per layout on a CPU: a GPU's default only
+        decoders.update({f"{layout}_compiled": StaticDecoder(model, batch, layout=layout, compile=True)
+                         for layout in LAYOUTS})
     runs: dict[str, Callable[[], Any]] = {
         "aware": lambda: decode.teacher_forced(model, tokens, full_cache=False),
         "full": lambda: decode.teacher_forced(model, tokens, full_cache=True),
@@ -217,7 +222,8 @@ def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: t
     reference_depths = results["aware"][1]
     out["mean_depth"] = float(reference_depths.float().mean())  # of the decoded tokens
     static: dict[str, Any] = {"graphed": any(dec.recorded for dec in decoders.values()),
-                              "max_len": decoders["aware"].max_len, "conditional_nodes": on_device}
+                              "max_len": decoders["aware"].max_len, "conditional_nodes": on_device,
+                              "compiled": compiled}
     for name, dec in decoders.items():
         static[name] = {"tokens_per_s": batch * seq / statistics.median(times[f"static_{name}"]),
                         "core_kv_bytes": dec.nbytes_used(), "core_kv_bytes_allocated": dec.nbytes(),
@@ -231,6 +237,9 @@ def bench_decode(model: RecurrentTransformer, *, seq: int, batch: int, device: t
     if on_device:  # the allocation-aware layout skipping inside one graph against the full one running all D
         static["device_skip_speed_ratio"] = (static["aware_skip_device"]["tokens_per_s"]
                                              / static["full"]["tokens_per_s"])
+    if compiled:  # both layouts through torch.compile: the comparison of the layouts at their fastest
+        static["compiled_speed_ratio"] = (static["aware_compiled"]["tokens_per_s"]
+                                          / static["full_compiled"]["tokens_per_s"])
     static["speedup_over_reference"] = static["aware"]["tokens_per_s"] / out["aware"]["tokens_per_s"]
     out["static"] = static
     return out

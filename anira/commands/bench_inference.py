@@ -75,6 +75,18 @@ def run(args: argparse.Namespace) -> int:
                      f"{st['aware']['iterations_per_step']:.2f}); aware skipping / full all D speed "
                      f"{st['skip_speed_ratio']:.3f}"
                      + _depth_mismatch(st, "aware_skip", "full_skip"))
+        if st["conditional_nodes"]:
+            lines.append(f"decode {dec['tokens']} tokens x batch {dec['batch']} ({kind}), skipping on the device "
+                         f"(conditional graph nodes): allocation-aware {st['aware_skip_device']['tokens_per_s']:.1f} "
+                         f"tok/s, full {st['full_skip_device']['tokens_per_s']:.1f} tok/s; aware skipping / full all "
+                         f"D speed {st['device_skip_speed_ratio']:.3f}"
+                         + _depth_mismatch(st, "aware_skip_device", "full_skip_device"))
+        if st["compiled"]:
+            lines.append(f"decode {dec['tokens']} tokens x batch {dec['batch']} ({kind}), all D through "
+                         f"torch.compile: allocation-aware {st['aware_compiled']['tokens_per_s']:.1f} tok/s, full "
+                         f"{st['full_compiled']['tokens_per_s']:.1f} tok/s; aware/full speed "
+                         f"{st['compiled_speed_ratio']:.3f}"
+                         + _depth_mismatch(st, "aware_compiled", "full_compiled"))
     return emit(r, args.json, lines)
 
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One device call (H200 alone): (1) what this torch build's CUDAGraph offers for conditional
+# nodes; (2) the wrapper code inductor writes for the compiled float32 decode step (where its
+# device-to-device copies come from); (3) `anira bench inference` decoding in both dtypes, now
+# with the compiled static decoders; (4) batch-64 inference in bf16 and float32 with the rotary
+# tables widened to float32 (current) and, side by side in the same call, without (the old
+# mixed-dtype products, restored in the installed copy only).
+# Usage (device, repo root, .whl carried): bash scripts/device/rotary_and_compiled_decode.sh
+set -uo pipefail
+source "$(dirname "$0")/setup.sh"
+python3 - > $OUT/torch_and_wrapper.txt 2>&1 <<'PY'
+import torch, anira.static_decode as sd
+g = torch.cuda.CUDAGraph
+print(torch.__version__, torch.version.cuda, "conditional nodes:", sd.conditional_nodes_available())
+print("mro:", [c.__name__ for c in g.__mro__])
+print("graph attrs:", sorted(a for a in dir(g) if not a.startswith("__")))
+try:
+    import torch._higher_order_ops.cudagraph_conditional_nodes as c
+    print("cudagraph_conditional_nodes module:", sorted(n for n in dir(c) if not n.startswith("__")))
+except Exception as e:
+    print("no cudagraph_conditional_nodes module:", e)
+PY
+TORCH_LOGS=output_code timeout 150 python3 -P - > $OUT/compiled_f32_wrapper.txt 2>&1 <<'PY'
+import torch
+from anira.bench.inference import balanced_depths
+from anira.config import ModelConfig
+from anira.model import build_model
+from anira.static_decode import StaticDecoder, teacher_forced
+D, seq = 6, 256
+cfg = ModelConfig(vocab_size=256, d_model=512, n_heads=8, d_ff=2048, max_iters=D, max_len=seq)
+model = build_model(cfg, "pattern", seed=0, depths=balanced_depths(seq, D, 0.5, 0)).cuda().eval()
+teacher_forced(StaticDecoder(model, 1, layout="full", compile=True), torch.randint(1, 256, (1, 4)).cuda())
+PY
+grep -n "copy_\|memcpy\|def call\|return (" $OUT/compiled_f32_wrapper.txt | cut -c1-400 > $OUT/compiled_f32_copies.txt
+gzip -f $OUT/compiled_f32_wrapper.txt
+for d in float32 bfloat16; do
+  timeout 200 python3 -P -m anira.cli bench inference --device cuda --batches 1 --iters 6 --repeats 10 --decode-len 64 \
+    --dtype $d --json > $OUT/bench_decode_$d.json 2> /dev/null
+done
+L=/tmp/anira/anira/layers.py
+cp $L /tmp/layers_current.py
+for run in 1; do
+  for variant in widened mixed; do
+    if [ $variant = mixed ]; then sed -i 's/^        cos, sin = cos.float(), sin.float()$/        pass/' $L; else cp /tmp/layers_current.py $L; fi
+    for d in bfloat16 float32; do
+      echo "== run $run, rotary tables $variant, $d" >> $OUT/bench_b64_rotary.txt
+      grep -c "cos, sin = cos.float(), sin.float()" $L >> $OUT/bench_b64_rotary.txt
+      timeout 100 python3 -P -m anira.cli bench inference --device cuda --batches 64 --repeats 10 --decode-len 0 \
+        --dtype $d --json >> $OUT/bench_b64_rotary.txt 2> /dev/null
+    done
+  done
+done
+cp /tmp/layers_current.py $L
