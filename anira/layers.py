@@ -41,29 +41,36 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position tables (half-split convention), built once for max_len."""
+    """Rotary position tables (half-split convention), built once for max_len.
+
+    Dimension j < e/2 pairs with j + e/2; the pair turns by position·base^(−2j/e). The
+    tables are full width so that the rotation is two products and a sum over whole,
+    contiguous rows: x·cos + partner(x)·sin_signed, where partner swaps the two halves and
+    sin_signed carries the rotation's minus sign on the first half. That is the same
+    arithmetic, value for value, as x1·cos − x2·sin, x1·sin + x2·cos on the halves, whose
+    strided halves take a GPU's slow non-vectorised kernels."""
 
     def __init__(self, d_head: int, max_len: int, base: float) -> None:
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, d_head, 2, dtype=torch.float32) / d_head))
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (pos, e/2)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("cos", torch.cat([angles.cos(), angles.cos()], -1), persistent=False)  # (pos, e)
+        self.register_buffer("sin_signed", torch.cat([-angles.sin(), angles.sin()], -1), persistent=False)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         """Rotate ``x`` of shape (b, p, h, e); ``positions`` (b, p) default 0..p-1."""
         if positions is None:
             cos = self.cos[: x.shape[1]][None, :, None, :]
-            sin = self.sin[: x.shape[1]][None, :, None, :]
+            sin = self.sin_signed[: x.shape[1]][None, :, None, :]
         else:
             cos = self.cos[positions][:, :, None, :]
-            sin = self.sin[positions][:, :, None, :]
+            sin = self.sin_signed[positions][:, :, None, :]
         # in float32, tables included: a model cast to bf16 holds bf16 tables, and a product of
-        # mixed dtypes takes a GPU's unvectorised casting kernel (about twice the time;
-        # the values are the same, bf16 widens exactly)
-        x1, x2 = x.float().chunk(2, dim=-1)
-        cos, sin = cos.float(), sin.float()
-        out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        # mixed dtypes takes a GPU's unvectorised casting kernel (the values are the same:
+        # bf16 widens exactly)
+        wide = x.float()
+        x1, x2 = wide.chunk(2, dim=-1)
+        out = wide * cos.float() + torch.cat([x2, x1], dim=-1) * sin.float()
         return out.type_as(x)
 
 

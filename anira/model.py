@@ -390,7 +390,7 @@ class RecurrentTransformer(LensMixin, HookedRootModule):
         # when recorded: in-place updates (however made) are seen by the next replay, a
         # replaced tensor changes the key; inference-mode tensors cannot be updated in
         # place outside it
-        tensors = [*self.core_blocks.parameters(), self.rotary.cos, self.rotary.sin]
+        tensors = [*self.core_blocks.parameters(), self.rotary.cos, self.rotary.sin_signed]
         return (tuple(h.shape), h.dtype, h.device, tuple(t.data_ptr() for t in tensors), tensors[0].dtype,
                 autocast_key(h.device), torch.is_inference_mode_enabled())
 

@@ -67,8 +67,26 @@ def test_a_bf16_model_rotates_in_float32_without_mixed_dtype_products():
     with _MixedProducts() as mode:
         out = rotary(x, positions)
     assert mode.mixed == []
-    cos = rotary.cos[positions].float()[:, :, None]
-    sin = rotary.sin[positions].float()[:, :, None]
+    assert out.dtype == torch.bfloat16 and torch.equal(out, _on_the_halves(rotary, x, positions))
+
+
+def _on_the_halves(rotary: Rotary, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The half-split rotation written on the halves, x1·cos − x2·sin and x1·sin + x2·cos, in
+    float32 from the module's (possibly bf16) tables, rounded once to x's dtype."""
+    half = x.shape[-1] // 2
+    cos = rotary.cos[positions][..., :half].float()[:, :, None]
+    sin = rotary.sin_signed[positions][..., half:].float()[:, :, None]
     x1, x2 = x.float().chunk(2, -1)
-    expected = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).to(torch.bfloat16)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_full_width_tables_give_the_halves_formula_value_for_value(dtype):
+    """The full-width form (x·cos + partner(x)·sin_signed) is the same IEEE arithmetic as the
+    formula on the halves: a − b = a + (−b) and a + b = b + a hold exactly."""
+    torch.manual_seed(2)
+    rotary = Rotary(d_head=16, max_len=64, base=10000.0).to(dtype)
+    x = (torch.randn(3, 9, 4, 16) * 10).to(dtype)
+    positions = torch.randint(0, 64, (3, 9))
+    assert torch.equal(rotary(x, positions), _on_the_halves(rotary, x, positions))
+    assert torch.equal(rotary(x), _on_the_halves(rotary, x, torch.arange(9).expand(3, 9)))

@@ -2,9 +2,8 @@
 # One device call (H200 alone): (1) what this torch build's CUDAGraph offers for conditional
 # nodes; (2) the wrapper code inductor writes for the compiled float32 decode step (where its
 # device-to-device copies come from); (3) `anira bench inference` decoding in both dtypes, now
-# with the compiled static decoders; (4) batch-64 inference in bf16 and float32 with the rotary
-# tables widened to float32 (current) and, side by side in the same call, without (the old
-# mixed-dtype products, restored in the installed copy only).
+# with the compiled static decoders; (4) batch-64 inference in bf16 and float32 with the
+# rotary of this tree and, side by side in the same call, that of a968d98 (installed copy only).
 # Usage (device, repo root, .whl carried): bash scripts/device/rotary_and_compiled_decode.sh
 set -uo pipefail
 source "$(dirname "$0")/setup.sh"
@@ -37,17 +36,17 @@ for d in float32 bfloat16; do
   timeout 200 python3 -P -m anira.cli bench inference --device cuda --batches 1 --iters 6 --repeats 10 --decode-len 64 \
     --dtype $d --json > $OUT/bench_decode_$d.json 2> /dev/null
 done
-L=/tmp/anira/anira/layers.py
-cp $L /tmp/layers_current.py
-for run in 1; do
-  for variant in widened mixed; do
-    if [ $variant = mixed ]; then sed -i 's/^        cos, sin = cos.float(), sin.float()$/        pass/' $L; else cp /tmp/layers_current.py $L; fi
-    for d in bfloat16 float32; do
-      echo "== run $run, rotary tables $variant, $d" >> $OUT/bench_b64_rotary.txt
-      grep -c "cos, sin = cos.float(), sin.float()" $L >> $OUT/bench_b64_rotary.txt
-      timeout 100 python3 -P -m anira.cli bench inference --device cuda --batches 64 --repeats 10 --decode-len 0 \
-        --dtype $d --json >> $OUT/bench_b64_rotary.txt 2> /dev/null
-    done
+# before: anira/{layers,model}.py of a968d98 (rotary on strided halves, bf16 tables in the
+# products), written to rotary_before/ here by the caller (untracked, so it travels)
+A=/tmp/anira/anira
+cp $A/layers.py /tmp/layers_current.py; cp $A/model.py /tmp/model_current.py
+for variant in current before current before; do
+  if [ $variant = before ]; then cp rotary_before/layers.py rotary_before/model.py $A/;
+  else cp /tmp/layers_current.py $A/layers.py; cp /tmp/model_current.py $A/model.py; fi
+  for d in bfloat16 float32; do
+    echo "== rotary $variant ($(grep -c sin_signed $A/layers.py) sin_signed), $d" >> $OUT/bench_b64_rotary.txt
+    timeout 100 python3 -P -m anira.cli bench inference --device cuda --batches 64 --repeats 10 --decode-len 0 \
+      --dtype $d --json >> $OUT/bench_b64_rotary.txt 2> /dev/null
   done
 done
-cp /tmp/layers_current.py $L
+cp /tmp/layers_current.py $A/layers.py; cp /tmp/model_current.py $A/model.py
