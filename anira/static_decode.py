@@ -205,6 +205,9 @@ class StaticDecoder:
             self.used = torch.zeros(batch, dtype=torch.long, device=dev)  # rows handed out per sequence
             self.missed = torch.zeros(batch, dtype=torch.long, device=dev)  # rows wanted once the pool was full
             self._row_base = torch.arange(batch, device=dev) * (rows + 1)  # flat row of each sequence's row 0
+        # flat index of (depth 0, sequence i, position 0) in a (D, b, max_len) table: writes go
+        # through the whole table's flat view (see _put)
+        self._table_base = torch.arange(batch, device=dev) * max_len
         self.pos = torch.zeros((), dtype=torch.long, device=dev)  # the position the next token takes
         self.key_positions = torch.arange(max_len, device=dev)
         self.length = 0  # tokens fed, counted on the host (for the max-length check only)
@@ -484,8 +487,8 @@ class StaticDecoder:
         state entering t; ``fresh`` (b,): that state is new (the token ran iteration
         t − 1, or t = 0)."""
         if self.layout == "full":
-            self.core_k[t].index_copy_(1, pos, k.to(self.core_k.dtype))
-            self.core_v[t].index_copy_(1, pos, v.to(self.core_v.dtype))
+            self._put(self.core_k, t, pos, k[:, 0])
+            self._put(self.core_v, t, pos, v[:, 0])
             return
         # a new row where the state is new; otherwise the slot of iteration t - 1 (its
         # exit row) carries over
@@ -497,8 +500,17 @@ class StaticDecoder:
         self.pool_k.view(-1, *self.pool_k.shape[2:]).index_copy_(0, flat, k[:, 0].to(self.pool_k.dtype))
         self.pool_v.view(-1, *self.pool_v.shape[2:]).index_copy_(0, flat, v[:, 0].to(self.pool_v.dtype))
         earlier = self.slots[t - 1].index_select(1, pos)[:, 0] if t > 0 else row
-        self.slots[t].index_copy_(1, pos, torch.where(new, row, earlier)[:, None])
+        self._put(self.slots, t, pos, torch.where(new, row, earlier))
         self.used.add_(new.long())
+
+    def _put(self, table: Tensor, t: int, pos: Tensor, value: Tensor) -> None:
+        """table[t, i, pos] = value[i] for every sequence i, for a (D, b, max_len, ...) table.
+        Written through the flat view of the whole table, not through table[t]: compiled
+        (compile=True), an in-place write into a slice of a buffer becomes a copy of the
+        slice per write and a copy back at the end, while a write into the whole buffer
+        stays in place."""
+        flat = t * self.batch * self.max_len + self._table_base + pos
+        table.view(-1, *table.shape[3:]).index_copy_(0, flat, value.to(table.dtype))
 
     def _offered(self, t: int) -> tuple[Tensor, Tensor]:
         """What every position offers at iteration t (b, L, h, e)."""
