@@ -213,6 +213,7 @@ class StaticDecoder:
         self.length = 0  # tokens fed, counted on the host (for the max-length check only)
         self._iterations = 0  # core iterations the steps ran, counted on the host (see iterations_run)
         self._iterations_on_device = torch.zeros((), dtype=torch.long, device=dev)  # skip "device"
+        self._owners = _owners(model)
         self._weights = self._weight_key()
         # the recorded step: its static input, and the graph with its outputs (skip_halted:
         # one graph per piece, see _record_pieces)
@@ -246,8 +247,12 @@ class StaticDecoder:
         return self._graph is not None or self._pieces is not None
 
     def _weight_key(self) -> tuple:
-        m = self.model
-        return tuple(t.data_ptr() for t in (*m.parameters(), *m.buffers()))
+        """The address of every parameter and buffer the step can read: a tensor moved,
+        replaced or given new data changes it. Read from the modules that own them, listed
+        once (walking the module tree, hook points included, takes hundreds of µs: longer
+        than a compiled step)."""
+        return tuple(None if t is None else t.data_ptr()
+                     for m in self._owners for t in (*m._parameters.values(), *m._buffers.values()))
 
     def check(self) -> None:
         """Raise if the allocation-aware pool ran out of rows (one device synchronisation)."""
@@ -303,8 +308,9 @@ class StaticDecoder:
             raise AniraError("autocast changed since this decoder was made; make a new one")
         if self.graphs == "auto" and self.pos.is_cuda:
             # a recorded graph reads every weight at the address it had then (the eager
-            # step reads them afresh)
-            if self._weight_key() != self._weights:
+            # step reads them afresh): the module tree is checked once per sequence (a
+            # module replaced by another), the addresses every step
+            if (self.length == 0 and _owners(self.model) != self._owners) or self._weight_key() != self._weights:
                 raise AniraError("the model's weights were moved or replaced since this decoder was made; "
                                  "make a new one")
             out = self._graphed(token)
@@ -596,6 +602,11 @@ class StaticDecoder:
         graph, out = self._closes[k - 1]
         graph.replay()
         return out
+
+
+def _owners(model: Any) -> list[Any]:
+    """The modules that hold parameters or buffers of their own, in the model's order."""
+    return [m for m in model.modules() if m._parameters or m._buffers]
 
 
 @dataclass

@@ -5,6 +5,7 @@ iterations no token runs (``skip_halted``). The ``gpu`` tests record the step (o
 pieces) as CUDA graphs and compare their replays with the eager step (run them with
 ``python -m pytest -m gpu tests/test_static_decode.py`` on a GPU machine)."""
 
+import copy
 import inspect
 from pathlib import Path
 
@@ -523,3 +524,25 @@ def test_compiled_graphed_step_equals_the_eager_step_and_the_reference(policy, o
     for logits, depths in graphed:
         assert torch.equal(depths, eager[1]) and torch.equal(depths, ref_depths)
         assert torch.allclose(logits, eager[0], atol=1e-4) and torch.allclose(logits, ref_logits, atol=1e-4)
+
+
+def test_the_weight_key_sees_tensors_moved_or_replaced_and_the_module_tree_replaced():
+    """What the graphed step checks before each replay (on a GPU): the addresses of every
+    parameter and buffer, read from the modules that own them (listed once), and once per
+    sequence the module tree itself."""
+    model = _model("anira-o", max_iters=2, seed=1)
+    decoder = sd.StaticDecoder(model, 1)
+    key = decoder._weight_key()
+    assert key == decoder._weights and decoder._weight_key() == key  # stable while nothing changes
+    attn = model.core_blocks[0].attn
+    attn.W_qkv.weight = torch.nn.Parameter(attn.W_qkv.weight * 1)  # a new tensor in the same module
+    assert decoder._weight_key() != key
+    moved = sd.StaticDecoder(model, 1)
+    model.double()  # parameters get new data, buffers (the rotary tables) new tensors
+    assert moved._weight_key() != moved._weights
+    rotary_only = sd.StaticDecoder(model, 1)
+    model.rotary.cos = model.rotary.cos.clone()
+    assert rotary_only._weight_key() != rotary_only._weights
+    rebuilt = sd.StaticDecoder(model, 1)
+    model.core_blocks[0].attn = copy.deepcopy(model.core_blocks[0].attn)  # equal weights, new modules
+    assert sd._owners(model) != rebuilt._owners
