@@ -44,11 +44,11 @@ class Rotary(nn.Module):
     """Rotary position tables (half-split convention), built once for max_len.
 
     Dimension j < e/2 pairs with j + e/2; the pair turns by position·base^(−2j/e). The
-    tables are full width so that the rotation is two products and a sum over whole,
-    contiguous rows: x·cos + partner(x)·sin_signed, where partner swaps the two halves and
-    sin_signed carries the rotation's minus sign on the first half. That is the same
-    arithmetic, value for value, as x1·cos − x2·sin, x1·sin + x2·cos on the halves, whose
-    strided halves take a GPU's slow non-vectorised kernels."""
+    tables are full width so that the rotation is two products and a sum over whole rows:
+    x·cos + partner(x)·sin_signed, where partner swaps the two halves and sin_signed carries
+    the rotation's minus sign on the first half. That is the same arithmetic, value for
+    value, as x1·cos − x2·sin, x1·sin + x2·cos on the halves, in 4 kernels instead of 7 on
+    a float32 input."""
 
     def __init__(self, d_head: int, max_len: int, base: float) -> None:
         super().__init__()
@@ -65,9 +65,8 @@ class Rotary(nn.Module):
         else:
             cos = self.cos[positions][:, :, None, :]
             sin = self.sin_signed[positions][:, :, None, :]
-        # in float32, tables included: a model cast to bf16 holds bf16 tables, and a product of
-        # mixed dtypes takes a GPU's unvectorised casting kernel (the values are the same:
-        # bf16 widens exactly)
+        # in float32, tables included: a model cast to bf16 holds bf16 tables (widening is
+        # exact), and a product of mixed dtypes would add a cast per element
         wide = x.float()
         x1, x2 = wide.chunk(2, dim=-1)
         out = wide * cos.float() + torch.cat([x2, x1], dim=-1) * sin.float()
