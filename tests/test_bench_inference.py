@@ -83,3 +83,22 @@ def test_cli_decodes_in_bfloat16(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "inference", "--dtype", "float16"])
     assert exit_info.value.code == 2
+
+
+def test_cli_prints_the_compiled_decoders_where_they_ran(capsys, monkeypatch):
+    """On a GPU the benchmark adds the compiled static decoders. Here their compile is left out
+    (tens of seconds on a CPU) so that the keys the benchmark writes and the line the CLI
+    prints from them meet."""
+    import functools
+
+    from anira.bench import inference
+
+    static_decoder = inference.StaticDecoder
+    monkeypatch.setattr(inference, "StaticDecoder", lambda *args, compile=False, **kwargs: static_decoder(*args, **kwargs))
+    monkeypatch.setattr(inference, "bench_decode", functools.partial(inference.bench_decode, compiled=True))
+    code = main(["bench", "inference", "--batches", "1", "--seq", "16", "--d-model", "32", "--repeats", "1",
+                 "--decode-len", "4", "--graphs", "off"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "(static cache, eager), all D through torch.compile: allocation-aware" in out
+    assert "aware/full speed" in out and "EXIT DEPTHS DIFFER" not in out

@@ -76,18 +76,21 @@ def run(args: argparse.Namespace) -> int:
                      f"{st['skip_speed_ratio']:.3f}"
                      + _depth_mismatch(st, "aware_skip", "full_skip"))
         if st["conditional_nodes"]:
-            lines.append(f"decode {dec['tokens']} tokens x batch {dec['batch']} ({kind}), skipping on the device "
-                         f"(conditional graph nodes): allocation-aware {st['aware_skip_device']['tokens_per_s']:.1f} "
-                         f"tok/s, full {st['full_skip_device']['tokens_per_s']:.1f} tok/s; aware skipping / full all "
-                         f"D speed {st['device_skip_speed_ratio']:.3f}"
-                         + _depth_mismatch(st, "aware_skip_device", "full_skip_device"))
+            lines.append(_layouts_line(dec, kind, "skipping on the device (conditional graph nodes)", "_skip_device",
+                                       "aware skipping / full all D speed", "device_skip_speed_ratio"))
         if st["compiled"]:
-            lines.append(f"decode {dec['tokens']} tokens x batch {dec['batch']} ({kind}), all D through "
-                         f"torch.compile: allocation-aware {st['aware_compiled']['tokens_per_s']:.1f} tok/s, full "
-                         f"{st['full_compiled']['tokens_per_s']:.1f} tok/s; aware/full speed "
-                         f"{st['compiled_speed_ratio']:.3f}"
-                         + _depth_mismatch(st, "aware_compiled", "full_compiled"))
+            lines.append(_layouts_line(dec, kind, "all D through torch.compile", "_compiled", "aware/full speed",
+                                       "compiled_speed_ratio"))
     return emit(r, args.json, lines)
+
+
+def _layouts_line(dec: dict, kind: str, mode: str, suffix: str, ratio_name: str, ratio_key: str) -> str:
+    """One line for a pair of static decoders (allocation-aware and full) run in one mode."""
+    st = dec["static"]
+    aware, full = f"aware{suffix}", f"full{suffix}"
+    return (f"decode {dec['tokens']} tokens x batch {dec['batch']} ({kind}), {mode}: allocation-aware "
+            f"{st[aware]['tokens_per_s']:.1f} tok/s, full {st[full]['tokens_per_s']:.1f} tok/s; {ratio_name} "
+            f"{st[ratio_key]:.3f}" + _depth_mismatch(st, aware, full))
 
 
 def _depth_mismatch(static: dict, *decoders: str) -> str:
