@@ -94,7 +94,8 @@ def test_cli_prints_the_compiled_decoders_where_they_ran(capsys, monkeypatch):
     from anira.bench import inference
 
     static_decoder = inference.StaticDecoder
-    monkeypatch.setattr(inference, "StaticDecoder", lambda *args, compile=False, **kwargs: static_decoder(*args, **kwargs))
+    monkeypatch.setattr(inference, "StaticDecoder",
+                        lambda *args, compile=False, **kwargs: static_decoder(*args, **kwargs))
     monkeypatch.setattr(inference, "bench_decode", functools.partial(inference.bench_decode, compiled=True))
     code = main(["bench", "inference", "--batches", "1", "--seq", "16", "--d-model", "32", "--repeats", "1",
                  "--decode-len", "4", "--graphs", "off"])
